@@ -1,0 +1,1362 @@
+//! The engine: every protocol v1 behaviour over the adapter traits, with no transport.
+//!
+//! A transport (the WebSocket server, a test) authenticates a user, calls
+//! [`Engine::connect`], feeds each text frame to [`Engine::handle_text`], writes what
+//! the session's [`Outbox`] yields to the socket, and calls [`Engine::disconnect`] when
+//! the connection ends. Direct replies and fan-out share the one bounded outbox, so a
+//! session sees its frames in the order the engine produced them.
+
+mod order;
+mod session;
+mod shard;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use session::SessionShared;
+pub use session::{CloseReason, Outbound, Outbox, OutboxItem, Session, SessionHandle};
+use shard::Sharded;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
+use crate::model::{
+    AckStatus, Envelope, HistoryQuery, NewMessage, NewThread, PresenceInfo, PushNotification,
+    SessionEntry, StoredMessage, ThreadInfo, ThreadKind,
+};
+use crate::protocol::{
+    decode_client, ClientFrame, CreateThread, HistoryMessage, Receipt, ReqId, Request, ServerFrame,
+    ThreadSummary,
+};
+use crate::time::now_ms;
+use crate::traits::{
+    IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+};
+
+/// Engine settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// This node's id (0 to 1023); also the Snowflake node field.
+    pub node_id: NodeId,
+    /// Longest `text` in UTF-8 bytes (default 16 KiB); longer is `too_large`.
+    pub max_text_bytes: usize,
+    /// Longest `temp_id` in bytes (default 128).
+    pub max_temp_id_bytes: usize,
+    /// Longest group title in bytes (default 256).
+    pub max_title_bytes: usize,
+    /// Most members in a group (default 10 000).
+    pub max_group_members: usize,
+    /// `fetch_history` page size without `limit` (default 50).
+    pub default_history_limit: usize,
+    /// Largest `fetch_history` page (default 200); larger limits are capped.
+    pub max_history_limit: usize,
+    /// How long a user stays online after the last session closes (default 3 s), so a
+    /// quick reconnect does not flap.
+    pub presence_grace: Duration,
+    /// Groups with more members than this get throttled push (default 100).
+    pub large_group_threshold: usize,
+    /// In a large group, at most one push per member and thread per this interval
+    /// (default 60 s).
+    pub large_group_push_interval: Duration,
+    /// Frames a session's outbound queue holds before the session is closed as a slow
+    /// consumer (default 1024).
+    pub outbound_queue: usize,
+    /// How long a message that arrives past a gap in seq waits for the missing ones
+    /// (default 50 ms).
+    pub reorder_window: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: NodeId::default(),
+            max_text_bytes: 16 * 1024,
+            max_temp_id_bytes: 128,
+            max_title_bytes: 256,
+            max_group_members: 10_000,
+            default_history_limit: 50,
+            max_history_limit: 200,
+            presence_grace: Duration::from_secs(3),
+            large_group_threshold: 100,
+            large_group_push_interval: Duration::from_secs(60),
+            outbound_queue: 1024,
+            reorder_window: Duration::from_millis(50),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Defaults with the given node id.
+    pub fn with_node(node_id: NodeId) -> Self {
+        EngineConfig {
+            node_id,
+            ..Default::default()
+        }
+    }
+}
+
+/// The adapters the engine runs on.
+#[derive(Clone)]
+pub struct Adapters {
+    /// Message and session ids.
+    pub ids: Arc<dyn IdGenerator>,
+    /// Messages.
+    pub messages: Arc<dyn MessageStore>,
+    /// Threads, membership, watermarks.
+    pub threads: Arc<dyn ThreadStore>,
+    /// Where sessions live.
+    pub directory: Arc<dyn SessionDirectory>,
+    /// Online/offline.
+    pub presence: Arc<dyn Presence>,
+    /// Push for offline members.
+    pub push: Arc<dyn PushSink>,
+    /// Cross-node delivery.
+    pub relay: Arc<dyn Relay>,
+}
+
+/// Counters the engine keeps; the server exports them as metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Messages accepted (new, not duplicates).
+    pub messages_accepted: AtomicU64,
+    /// Duplicate sends answered from the store.
+    pub duplicate_sends: AtomicU64,
+    /// Acks that moved a watermark.
+    pub acks: AtomicU64,
+    /// Push notifications handed to the sink.
+    pub pushes: AtomicU64,
+    /// Push notifications the sink refused.
+    pub push_failures: AtomicU64,
+    /// Envelopes sent to other nodes.
+    pub relay_sent: AtomicU64,
+    /// Relay sends that failed.
+    pub relay_failures: AtomicU64,
+    /// Sessions closed because their outbound queue overflowed.
+    pub slow_consumers: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl EngineStats {
+    fn error(&self, code: &'static str) {
+        let mut g = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *g.entry(code).or_insert(0) += 1;
+    }
+
+    /// Error replies by protocol code.
+    pub fn errors_by_code(&self) -> BTreeMap<&'static str, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A message on its way to local sessions.
+pub(crate) struct Delivery {
+    users: Vec<UserId>,
+    except: Option<SessionId>,
+    frame: Bytes,
+    kind: &'static str,
+    accepted_at: Option<Instant>,
+}
+
+struct ThreadSlot {
+    send_lock: tokio::sync::Mutex<()>,
+    order: Mutex<order::OrderState>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    a: Adapters,
+    stats: EngineStats,
+    /// Local sessions by user.
+    sessions: Sharded<UserId, Vec<Arc<SessionShared>>>,
+    /// Local presence subscribers by watched user.
+    watchers: Sharded<UserId, Vec<Arc<SessionShared>>>,
+    /// Per-thread send lock and delivery order.
+    slots: Sharded<ThreadId, Arc<ThreadSlot>>,
+    /// Last push per (user, thread) in large groups.
+    push_throttle: Sharded<(UserId, ThreadId), Instant>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The chat engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node_id", &self.inner.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts an engine: subscribes to this node's relay envelopes and to presence
+    /// changes, and starts the housekeeping task. Must run inside a tokio runtime.
+    pub async fn start(config: EngineConfig, adapters: Adapters) -> Result<Engine> {
+        let relay_stream = adapters.relay.subscribe(config.node_id).await?;
+        let presence_stream = adapters.presence.changes().await?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                a: adapters,
+                stats: EngineStats::default(),
+                sessions: Sharded::new(),
+                watchers: Sharded::new(),
+                slots: Sharded::new(),
+                push_throttle: Sharded::new(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let weak = Arc::downgrade(&engine.inner);
+        let relay_task = tokio::spawn({
+            let weak = weak.clone();
+            let mut stream = relay_stream;
+            async move {
+                while let Some(env) = stream.next().await {
+                    let Some(inner) = weak.upgrade() else { break };
+                    Engine { inner }.deliver_envelope(env);
+                }
+                tracing::debug!("relay stream ended");
+            }
+        });
+        let presence_task = tokio::spawn({
+            let weak = weak.clone();
+            let mut stream = presence_stream;
+            async move {
+                while let Some(change) = stream.next().await {
+                    let Some(inner) = weak.upgrade() else { break };
+                    Engine { inner }.presence_changed(change);
+                }
+                tracing::debug!("presence stream ended");
+            }
+        });
+        let sweep_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                Engine { inner }.sweep();
+            }
+        });
+        engine
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([relay_task, presence_task, sweep_task]);
+        Ok(engine)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// Number of sessions connected to this node.
+    pub fn local_sessions(&self) -> usize {
+        let mut n = 0;
+        self.inner
+            .sessions
+            .for_each_shard(|m| n += m.values().map(Vec::len).sum::<usize>());
+        n
+    }
+
+    /// Stops the background tasks and closes every local session with
+    /// [`CloseReason::Shutdown`].
+    pub fn shutdown(&self) {
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.inner.sessions.for_each_shard(|m| {
+            for s in m.values().flatten() {
+                s.close_with(CloseReason::Shutdown);
+            }
+        });
+    }
+
+    /// Opens a session for an authenticated user: registers it in the directory, marks
+    /// the user online and queues `welcome`. Fails with `unavailable` when the directory
+    /// or presence backend is down (nothing is left registered then).
+    pub async fn connect(&self, user: UserId) -> Result<Session> {
+        let inner = &self.inner;
+        let session_id = SessionId::from_id(inner.a.ids.next_id().get());
+        let (shared, rx) = SessionShared::new(
+            session_id.clone(),
+            user.clone(),
+            inner.config.outbound_queue,
+        );
+        let shared = Arc::new(shared);
+        let entry = SessionEntry {
+            user_id: user.clone(),
+            session_id: session_id.clone(),
+            node: inner.config.node_id,
+        };
+        inner.a.directory.register(&entry).await?;
+        if let Err(e) = inner
+            .a
+            .presence
+            .set_online(&user, &session_id, inner.config.node_id)
+            .await
+        {
+            let _ = inner.a.directory.unregister(&entry).await;
+            return Err(e);
+        }
+        inner
+            .sessions
+            .shard(&user)
+            .entry(user.clone())
+            .or_default()
+            .push(shared.clone());
+        let welcome = ServerFrame::Welcome {
+            user_id: user,
+            session_id,
+            server_time: now_ms(),
+        };
+        shared.push(Outbound {
+            frame: Bytes::from(welcome.encode()),
+            kind: "welcome",
+            accepted_at: None,
+        });
+        Ok(Session {
+            outbox: Outbox::new(rx, shared.clone()),
+            handle: SessionHandle { shared },
+        })
+    }
+
+    /// Ends a session: it stops receiving, leaves the directory and, after the presence
+    /// grace period, stops counting towards its user's presence.
+    pub async fn disconnect(&self, session: &SessionHandle) {
+        let inner = &self.inner;
+        let s = &session.shared;
+        let last_seen = now_ms();
+        {
+            let mut shard = inner.sessions.shard(&s.user);
+            if let Some(list) = shard.get_mut(&s.user) {
+                list.retain(|x| !Arc::ptr_eq(x, s));
+                if list.is_empty() {
+                    shard.remove(&s.user);
+                }
+            }
+        }
+        let subs: Vec<UserId> = s
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for watched in subs {
+            self.unwatch(&watched, s);
+        }
+        let entry = SessionEntry {
+            user_id: s.user.clone(),
+            session_id: s.id.clone(),
+            node: inner.config.node_id,
+        };
+        if let Err(e) = inner.a.directory.unregister(&entry).await {
+            tracing::warn!(session = %s.id, error = %e, "could not unregister session");
+        }
+        let presence = inner.a.presence.clone();
+        let grace = inner.config.presence_grace;
+        let (user, sid) = (s.user.clone(), s.id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Err(e) = presence.set_offline(&user, &sid, last_seen).await {
+                tracing::warn!(user = %user, error = %e, "could not record presence offline");
+            }
+        });
+    }
+
+    /// Decodes and handles one text frame from `session`. Replies and errors are queued
+    /// on the session's outbox.
+    pub async fn handle_text(&self, session: &SessionHandle, text: &str) {
+        match decode_client(text) {
+            Ok(req) => self.handle(session, req).await,
+            Err(e) => {
+                self.inner.stats.error(e.code);
+                self.reply(
+                    &session.shared,
+                    ServerFrame::error(e.req_id, e.code, e.message),
+                );
+            }
+        }
+    }
+
+    /// Handles one decoded request from `session`.
+    pub async fn handle(&self, session: &SessionHandle, req: Request) {
+        let s = &session.shared;
+        let req_id = req.req_id;
+        let result = match req.frame {
+            ClientFrame::SendMessage {
+                thread_id,
+                temp_id,
+                text,
+            } => {
+                self.send_message(s, req_id.clone(), thread_id, temp_id, text)
+                    .await
+            }
+            ClientFrame::MessageAck {
+                thread_id,
+                message_id,
+                status,
+            } => self.ack(s, thread_id, message_id, status).await,
+            ClientFrame::CreateThread(c) => self.create_thread(s, req_id.clone(), c).await,
+            ClientFrame::AddMembers { thread_id, members } => {
+                self.add_members(s, req_id.clone(), thread_id, members)
+                    .await
+            }
+            ClientFrame::LeaveThread { thread_id } => {
+                self.leave(s, req_id.clone(), thread_id).await
+            }
+            ClientFrame::ListThreads {} => self.list_threads(s, req_id.clone()).await,
+            ClientFrame::FetchHistory {
+                thread_id,
+                before_seq,
+                after_seq,
+                limit,
+            } => {
+                self.fetch_history(s, req_id.clone(), thread_id, before_seq, after_seq, limit)
+                    .await
+            }
+            ClientFrame::PresenceSubscribe { user_ids } => {
+                self.presence_subscribe(s, req_id.clone(), user_ids).await
+            }
+            ClientFrame::PresenceUnsubscribe { user_ids } => {
+                for u in user_ids {
+                    if s.subscriptions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&u)
+                    {
+                        self.unwatch(&u, s);
+                    }
+                }
+                Ok(())
+            }
+            ClientFrame::Typing { thread_id, typing } => self.typing(s, thread_id, typing).await,
+            ClientFrame::Ping {} => {
+                self.reply(
+                    s,
+                    ServerFrame::Pong {
+                        req_id: req_id.clone(),
+                    },
+                );
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            let code = e.kind().code();
+            self.inner.stats.error(code);
+            if matches!(e.kind(), ErrorKind::Internal) {
+                tracing::error!(session = %s.id, error = %e, "internal error");
+            } else if e.is_transient() {
+                tracing::warn!(session = %s.id, error = %e, "backend unavailable");
+            }
+            let message = match e.kind() {
+                ErrorKind::Unavailable | ErrorKind::Conflict => {
+                    format!("{}; nothing was accepted, retry later", e.message())
+                }
+                _ => e.message().to_string(),
+            };
+            self.reply(s, ServerFrame::error(req_id, code, message));
+        }
+    }
+
+    fn reply(&self, s: &SessionShared, frame: ServerFrame) {
+        let kind = frame.type_name();
+        self.push_to(
+            s,
+            Outbound {
+                frame: Bytes::from(frame.encode()),
+                kind,
+                accepted_at: None,
+            },
+        );
+    }
+
+    fn push_to(&self, s: &SessionShared, out: Outbound) {
+        if s.push(out) == session::Pushed::KickedNow {
+            self.inner
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The thread, checking that `user` is a member: `not_found` or `forbidden`.
+    async fn member_thread(&self, thread_id: &ThreadId, user: &UserId) -> Result<ThreadInfo> {
+        let thread = self
+            .inner
+            .a
+            .threads
+            .get_thread(thread_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no thread {thread_id}")))?;
+        if !thread.is_member(user) {
+            return Err(Error::forbidden(format!("not a member of {thread_id}")));
+        }
+        Ok(thread)
+    }
+
+    fn slot(&self, thread: &ThreadId) -> Arc<ThreadSlot> {
+        self.inner
+            .slots
+            .shard(thread)
+            .entry(thread.clone())
+            .or_insert_with(|| {
+                Arc::new(ThreadSlot {
+                    send_lock: tokio::sync::Mutex::new(()),
+                    order: Mutex::new(order::OrderState::new()),
+                })
+            })
+            .clone()
+    }
+
+    async fn send_message(
+        &self,
+        s: &SessionShared,
+        req_id: Option<ReqId>,
+        thread_id: ThreadId,
+        temp_id: String,
+        text: String,
+    ) -> Result<()> {
+        let cfg = &self.inner.config;
+        if temp_id.is_empty() || temp_id.len() > cfg.max_temp_id_bytes {
+            return Err(Error::bad_request(format!(
+                "temp_id must be 1 to {} bytes",
+                cfg.max_temp_id_bytes
+            )));
+        }
+        if text.len() > cfg.max_text_bytes {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "text is {} bytes; the limit is {}",
+                    text.len(),
+                    cfg.max_text_bytes
+                ),
+            ));
+        }
+        if text.is_empty() {
+            return Err(Error::bad_request("text must not be empty"));
+        }
+        let thread = self.member_thread(&thread_id, &s.user).await?;
+        let slot = self.slot(&thread_id);
+        let appended = {
+            let _order_guard = slot.send_lock.lock().await;
+            let msg = NewMessage {
+                thread_id: thread_id.clone(),
+                message_id: self.inner.a.ids.next_id(),
+                sender_id: s.user.clone(),
+                temp_id,
+                text,
+                sent_at: now_ms(),
+            };
+            let appended = self.inner.a.messages.append(msg).await?;
+            let frame = if appended.duplicate {
+                Bytes::new()
+            } else {
+                let frame = receive_frame(&appended.message);
+                self.deliver_ordered(
+                    &slot,
+                    appended.message.seq,
+                    Delivery {
+                        users: thread.members.clone(),
+                        except: Some(s.id.clone()),
+                        frame: frame.clone(),
+                        kind: "receive_message",
+                        accepted_at: Some(Instant::now()),
+                    },
+                );
+                frame
+            };
+            (appended, frame)
+        };
+        let (appended, frame) = appended;
+        let m = &appended.message;
+        self.reply(
+            s,
+            ServerFrame::MessageSent {
+                req_id,
+                thread_id: m.thread_id.clone(),
+                temp_id: m.temp_id.clone(),
+                message_id: m.message_id,
+                seq: m.seq,
+                sent_at: m.sent_at,
+            },
+        );
+        if appended.duplicate {
+            self.inner
+                .stats
+                .duplicate_sends
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.inner
+            .stats
+            .messages_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        self.fan_out_remote(&thread, &appended.message, frame, s)
+            .await;
+        Ok(())
+    }
+
+    /// After local delivery: one relay envelope per remote node, push for members
+    /// with no session anywhere. Failures here are logged: the message is stored and
+    /// every member gets it on catch-up.
+    async fn fan_out_remote(
+        &self,
+        thread: &ThreadInfo,
+        m: &StoredMessage,
+        frame: Bytes,
+        sender: &SessionShared,
+    ) {
+        let inner = &self.inner;
+        let members = &thread.members;
+        let sessions = match inner.a.directory.lookup(members).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(thread = %thread.thread_id, error = %e,
+                    "directory lookup failed: remote members get this message on catch-up");
+                return;
+            }
+        };
+        let me = inner.config.node_id;
+        let mut by_node: HashMap<NodeId, Vec<UserId>> = HashMap::new();
+        let mut offline = Vec::new();
+        for (user, entries) in members.iter().zip(sessions.iter()) {
+            if entries.is_empty() {
+                if *user != m.sender_id {
+                    offline.push(user.clone());
+                }
+                continue;
+            }
+            let mut nodes: Vec<NodeId> = entries
+                .iter()
+                .map(|e| e.node)
+                .filter(|n| *n != me)
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            for n in nodes {
+                by_node.entry(n).or_default().push(user.clone());
+            }
+        }
+        if !by_node.is_empty() {
+            let frame = String::from_utf8_lossy(&frame).into_owned();
+            let sends = by_node.into_iter().map(|(node, users)| {
+                let env = Envelope {
+                    from_node: me,
+                    users,
+                    except_session: Some(sender.id.clone()),
+                    order: Some((m.thread_id.clone(), m.seq)),
+                    frame: frame.clone(),
+                };
+                self.relay_send(node, env)
+            });
+            futures::future::join_all(sends).await;
+        }
+        if !offline.is_empty() {
+            self.push_offline(thread, m, offline);
+        }
+    }
+
+    async fn relay_send(&self, node: NodeId, env: Envelope) {
+        match self.inner.a.relay.send(node, env).await {
+            Ok(()) => {
+                self.inner.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.inner
+                    .stats
+                    .relay_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %node, error = %e,
+                    "relay send failed: those members get it on catch-up");
+            }
+        }
+    }
+
+    fn push_offline(&self, thread: &ThreadInfo, m: &StoredMessage, users: Vec<UserId>) {
+        let inner = &self.inner;
+        let large = thread.members.len() > inner.config.large_group_threshold;
+        let users: Vec<UserId> = if large {
+            let now = Instant::now();
+            let every = inner.config.large_group_push_interval;
+            users
+                .into_iter()
+                .filter(|u| {
+                    let key = (u.clone(), thread.thread_id.clone());
+                    let mut shard = inner.push_throttle.shard(&key);
+                    match shard.get(&key) {
+                        Some(t) if now.duration_since(*t) < every => false,
+                        _ => {
+                            shard.insert(key, now);
+                            true
+                        }
+                    }
+                })
+                .collect()
+        } else {
+            users
+        };
+        if users.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        let m = m.clone();
+        tokio::spawn(async move {
+            let pushes = users.into_iter().map(|user_id| {
+                let n = PushNotification {
+                    user_id,
+                    thread_id: m.thread_id.clone(),
+                    message_id: m.message_id,
+                    seq: m.seq,
+                    sender_id: m.sender_id.clone(),
+                    text: m.text.clone(),
+                    sent_at: m.sent_at,
+                };
+                let engine = engine.clone();
+                async move {
+                    let user = n.user_id.clone();
+                    match engine.inner.a.push.push(n).await {
+                        Ok(()) => {
+                            engine.inner.stats.pushes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            engine
+                                .inner
+                                .stats
+                                .push_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(user = %user, error = %e, "push failed");
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(pushes).await;
+        });
+    }
+
+    fn deliver_ordered(&self, slot: &Arc<ThreadSlot>, seq: u64, d: Delivery) {
+        let mut st = slot.order.lock().unwrap_or_else(|p| p.into_inner());
+        match st.admit(seq, d) {
+            order::Admit::Deliver(list) => {
+                for d in list {
+                    self.deliver_local(&d);
+                }
+            }
+            order::Admit::Buffered => {}
+            order::Admit::BufferedArmTimer => {
+                let engine = self.clone();
+                let slot = slot.clone();
+                let window = self.inner.config.reorder_window;
+                tokio::spawn(async move {
+                    tokio::time::sleep(window).await;
+                    let mut st = slot.order.lock().unwrap_or_else(|p| p.into_inner());
+                    for d in st.flush() {
+                        engine.deliver_local(&d);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Writes a delivery to every local session of its users (except one).
+    fn deliver_local(&self, d: &Delivery) {
+        for user in &d.users {
+            let targets: Vec<Arc<SessionShared>> = match self.inner.sessions.shard(user).get(user) {
+                Some(list) => list.clone(),
+                None => continue,
+            };
+            for t in targets {
+                if d.except.as_ref() == Some(&t.id) {
+                    continue;
+                }
+                self.push_to(
+                    &t,
+                    Outbound {
+                        frame: d.frame.clone(),
+                        kind: d.kind,
+                        accepted_at: d.accepted_at,
+                    },
+                );
+            }
+        }
+    }
+
+    fn deliver_envelope(&self, env: Envelope) {
+        let d = Delivery {
+            users: env.users,
+            except: env.except_session,
+            kind: frame_kind(&env.frame),
+            frame: Bytes::from(env.frame),
+            accepted_at: Some(Instant::now()),
+        };
+        match env.order {
+            Some((thread, seq)) => {
+                let slot = self.slot(&thread);
+                self.deliver_ordered(&slot, seq, d);
+            }
+            None => self.deliver_local(&d),
+        }
+    }
+
+    /// Sends a frame to users' sessions on every node (except one session).
+    async fn route(&self, users: Vec<UserId>, except: Option<SessionId>, frame: ServerFrame) {
+        if users.is_empty() {
+            return;
+        }
+        let encoded = frame.encode();
+        let d = Delivery {
+            users: users.clone(),
+            except: except.clone(),
+            frame: Bytes::from(encoded.clone()),
+            kind: frame.type_name(),
+            accepted_at: None,
+        };
+        self.deliver_local(&d);
+        let inner = &self.inner;
+        let me = inner.config.node_id;
+        let found = match inner.a.directory.lookup(&users).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = d.kind, "directory lookup failed: remote sessions miss this event");
+                return;
+            }
+        };
+        let mut by_node: HashMap<NodeId, Vec<UserId>> = HashMap::new();
+        for (user, entries) in users.iter().zip(found) {
+            let mut nodes: Vec<NodeId> = entries
+                .iter()
+                .map(|e| e.node)
+                .filter(|n| *n != me)
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            for n in nodes {
+                by_node.entry(n).or_default().push(user.clone());
+            }
+        }
+        let sends = by_node.into_iter().map(|(node, users)| {
+            self.relay_send(
+                node,
+                Envelope {
+                    from_node: me,
+                    users,
+                    except_session: except.clone(),
+                    order: None,
+                    frame: encoded.clone(),
+                },
+            )
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    async fn ack(
+        &self,
+        s: &SessionShared,
+        thread_id: ThreadId,
+        message_id: MessageId,
+        status: AckStatus,
+    ) -> Result<()> {
+        self.member_thread(&thread_id, &s.user).await?;
+        let m = self
+            .inner
+            .a
+            .messages
+            .get(&thread_id, message_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no message {message_id} in {thread_id}")))?;
+        let upd = self
+            .inner
+            .a
+            .threads
+            .advance_watermark(&thread_id, &s.user, status, m.seq)
+            .await?;
+        if !upd.advanced {
+            return Ok(());
+        }
+        self.inner.stats.acks.fetch_add(1, Ordering::Relaxed);
+        let mut users = Vec::with_capacity(2);
+        if m.sender_id != s.user {
+            users.push(m.sender_id.clone());
+        }
+        if status == AckStatus::Read {
+            users.push(s.user.clone());
+        }
+        let frame = ServerFrame::MessageAck {
+            thread_id,
+            message_id,
+            seq: m.seq,
+            status,
+            user_id: s.user.clone(),
+            at: now_ms(),
+        };
+        self.route(users, Some(s.id.clone()), frame).await;
+        Ok(())
+    }
+
+    fn distinct_others(members: &[UserId], me: &UserId) -> Vec<UserId> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            if m != me && seen.insert(m.clone()) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
+    async fn create_thread(
+        &self,
+        s: &SessionShared,
+        req_id: Option<ReqId>,
+        c: CreateThread,
+    ) -> Result<()> {
+        let cfg = &self.inner.config;
+        let now = now_ms();
+        let new = match c.kind {
+            ThreadKind::Direct => {
+                if c.members.len() != 1 || c.members[0] == s.user {
+                    return Err(Error::bad_request(
+                        "a direct thread takes exactly one member: the other user",
+                    ));
+                }
+                let other = c.members[0].clone();
+                NewThread {
+                    thread_id: ThreadId::direct(&s.user, &other),
+                    kind: ThreadKind::Direct,
+                    title: None,
+                    members: vec![s.user.clone(), other],
+                    created_at: now,
+                }
+            }
+            ThreadKind::Group => {
+                if let Some(t) = &c.title {
+                    if t.len() > cfg.max_title_bytes {
+                        return Err(Error::bad_request(format!(
+                            "title is longer than {} bytes",
+                            cfg.max_title_bytes
+                        )));
+                    }
+                }
+                let others = Self::distinct_others(&c.members, &s.user);
+                if others.len() + 1 > cfg.max_group_members {
+                    return Err(Error::bad_request(format!(
+                        "a group has at most {} members",
+                        cfg.max_group_members
+                    )));
+                }
+                let mut members = Vec::with_capacity(others.len() + 1);
+                members.push(s.user.clone());
+                members.extend(others);
+                NewThread {
+                    thread_id: ThreadId::group(self.inner.a.ids.next_id()),
+                    kind: ThreadKind::Group,
+                    title: c.title,
+                    members,
+                    created_at: now,
+                }
+            }
+        };
+        let wanted = new.members.clone();
+        let created = self.inner.a.threads.create_thread(new).await?;
+        let t = created.thread;
+        if t.kind == ThreadKind::Direct && !wanted.iter().all(|u| t.is_member(u)) {
+            return Err(Error::internal(format!(
+                "direct thread {} exists with other members",
+                t.thread_id
+            )));
+        }
+        self.reply(s, thread_frame(req_id, &t));
+        if created.created {
+            let others: Vec<UserId> = t.members.clone();
+            self.route(others, Some(s.id.clone()), thread_frame(None, &t))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn add_members(
+        &self,
+        s: &SessionShared,
+        req_id: Option<ReqId>,
+        thread_id: ThreadId,
+        members: Vec<UserId>,
+    ) -> Result<()> {
+        let thread = self.member_thread(&thread_id, &s.user).await?;
+        if thread.kind != ThreadKind::Group {
+            return Err(Error::forbidden("members can only be added to a group"));
+        }
+        let add = Self::distinct_others(&members, &s.user);
+        let new_count = thread.members.len() + add.iter().filter(|u| !thread.is_member(u)).count();
+        if new_count > self.inner.config.max_group_members {
+            return Err(Error::bad_request(format!(
+                "a group has at most {} members",
+                self.inner.config.max_group_members
+            )));
+        }
+        let change = self.inner.a.threads.add_members(&thread_id, &add).await?;
+        let t = change.thread;
+        self.reply(s, thread_frame(req_id, &t));
+        if !change.changed.is_empty() {
+            self.route(
+                t.members.clone(),
+                Some(s.id.clone()),
+                thread_frame(None, &t),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn leave(
+        &self,
+        s: &SessionShared,
+        req_id: Option<ReqId>,
+        thread_id: ThreadId,
+    ) -> Result<()> {
+        let thread = self.member_thread(&thread_id, &s.user).await?;
+        if thread.kind != ThreadKind::Group {
+            return Err(Error::forbidden("a direct thread cannot be left"));
+        }
+        let change = self
+            .inner
+            .a
+            .threads
+            .remove_member(&thread_id, &s.user)
+            .await?;
+        let t = change.thread;
+        self.reply(s, thread_frame(req_id, &t));
+        let mut users = t.members.clone();
+        users.push(s.user.clone());
+        self.route(users, Some(s.id.clone()), thread_frame(None, &t))
+            .await;
+        Ok(())
+    }
+
+    async fn list_threads(&self, s: &SessionShared, req_id: Option<ReqId>) -> Result<()> {
+        let a = &self.inner.a;
+        let list = a.threads.list_user_threads(&s.user).await?;
+        let ids: Vec<ThreadId> = list.iter().map(|t| t.thread.thread_id.clone()).collect();
+        let last = a.messages.last_seqs(&ids).await?;
+        let mut threads = Vec::with_capacity(list.len());
+        for (ut, last_seq) in list.into_iter().zip(last) {
+            let mine = ut
+                .receipts
+                .iter()
+                .find(|(u, _)| *u == s.user)
+                .map(|(_, w)| w.read_seq)
+                .unwrap_or(0);
+            let unread = if mine >= last_seq {
+                0
+            } else {
+                a.messages
+                    .count_unread(&ut.thread.thread_id, &s.user, mine)
+                    .await?
+            };
+            let mut receipts: BTreeMap<UserId, Receipt> = ut
+                .thread
+                .members
+                .iter()
+                .map(|u| {
+                    (
+                        u.clone(),
+                        Receipt {
+                            delivered_seq: 0,
+                            read_seq: 0,
+                        },
+                    )
+                })
+                .collect();
+            for (u, w) in ut.receipts {
+                if let Some(r) = receipts.get_mut(&u) {
+                    *r = Receipt {
+                        delivered_seq: w.delivered_seq,
+                        read_seq: w.read_seq,
+                    };
+                }
+            }
+            threads.push(ThreadSummary {
+                thread_id: ut.thread.thread_id,
+                kind: ut.thread.kind,
+                title: ut.thread.title,
+                members: ut.thread.members,
+                last_seq,
+                receipts,
+                unread,
+            });
+        }
+        self.reply(s, ServerFrame::Threads { req_id, threads });
+        Ok(())
+    }
+
+    async fn fetch_history(
+        &self,
+        s: &SessionShared,
+        req_id: Option<ReqId>,
+        thread_id: ThreadId,
+        before_seq: Option<u64>,
+        after_seq: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.inner.config;
+        let limit = match limit {
+            None => cfg.default_history_limit,
+            Some(0) => return Err(Error::bad_request("limit must be at least 1")),
+            Some(n) => (n.min(cfg.max_history_limit as u64)) as usize,
+        };
+        self.member_thread(&thread_id, &s.user).await?;
+        let page = self
+            .inner
+            .a
+            .messages
+            .fetch(
+                &thread_id,
+                HistoryQuery {
+                    before_seq,
+                    after_seq,
+                    limit,
+                },
+            )
+            .await?;
+        let messages = page
+            .messages
+            .into_iter()
+            .map(|m| HistoryMessage {
+                message_id: m.message_id,
+                seq: m.seq,
+                sender_id: m.sender_id,
+                text: m.text,
+                sent_at: m.sent_at,
+            })
+            .collect();
+        self.reply(
+            s,
+            ServerFrame::History {
+                req_id,
+                thread_id,
+                messages,
+                has_more: page.has_more,
+            },
+        );
+        Ok(())
+    }
+
+    async fn presence_subscribe(
+        &self,
+        s: &Arc<SessionShared>,
+        req_id: Option<ReqId>,
+        user_ids: Vec<UserId>,
+    ) -> Result<()> {
+        let mut wanted = Vec::with_capacity(user_ids.len());
+        let mut seen = HashSet::new();
+        for u in user_ids {
+            if seen.insert(u.clone()) {
+                wanted.push(u);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if wanted.iter().any(|u| *u != s.user) {
+            let threads = self.inner.a.threads.list_user_threads(&s.user).await?;
+            let shared: HashSet<&UserId> = threads
+                .iter()
+                .flat_map(|t| t.thread.members.iter())
+                .collect();
+            let refused: Vec<&str> = wanted
+                .iter()
+                .filter(|u| **u != s.user && !shared.contains(u))
+                .map(|u| u.as_str())
+                .collect();
+            if !refused.is_empty() {
+                return Err(Error::forbidden(format!(
+                    "no shared thread with: {}",
+                    refused.join(", ")
+                )));
+            }
+        }
+        for u in &wanted {
+            let new = s
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(u.clone());
+            if new {
+                self.inner
+                    .watchers
+                    .shard(u)
+                    .entry(u.clone())
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let now = match self.inner.a.presence.get(&wanted).await {
+            Ok(v) => v,
+            Err(e) => {
+                for u in &wanted {
+                    if s.subscriptions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(u)
+                    {
+                        self.unwatch(u, s);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for p in now {
+            self.reply(s, presence_frame(req_id.clone(), p));
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, watched: &UserId, s: &Arc<SessionShared>) {
+        let mut shard = self.inner.watchers.shard(watched);
+        if let Some(list) = shard.get_mut(watched) {
+            list.retain(|x| !Arc::ptr_eq(x, s));
+            if list.is_empty() {
+                shard.remove(watched);
+            }
+        }
+    }
+
+    fn presence_changed(&self, p: PresenceInfo) {
+        let targets: Vec<Arc<SessionShared>> =
+            match self.inner.watchers.shard(&p.user_id).get(&p.user_id) {
+                Some(list) => list.clone(),
+                None => return,
+            };
+        let frame = presence_frame(None, p);
+        let bytes = Bytes::from(frame.encode());
+        for t in targets {
+            self.push_to(
+                &t,
+                Outbound {
+                    frame: bytes.clone(),
+                    kind: "presence",
+                    accepted_at: None,
+                },
+            );
+        }
+    }
+
+    async fn typing(&self, s: &SessionShared, thread_id: ThreadId, typing: bool) -> Result<()> {
+        let thread = self.member_thread(&thread_id, &s.user).await?;
+        let others: Vec<UserId> = thread
+            .members
+            .into_iter()
+            .filter(|u| *u != s.user)
+            .collect();
+        self.route(
+            others,
+            None,
+            ServerFrame::Typing {
+                thread_id,
+                user_id: s.user.clone(),
+                typing,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let idle = Duration::from_secs(30);
+        self.inner.slots.for_each_shard(|m| {
+            m.retain(|_, slot| {
+                if Arc::strong_count(slot) > 1 {
+                    return true;
+                }
+                let st = slot.order.lock().unwrap_or_else(|p| p.into_inner());
+                !(st.is_quiet() && st.idle_for(now) > idle)
+            });
+        });
+        let every = self.inner.config.large_group_push_interval;
+        self.inner
+            .push_throttle
+            .for_each_shard(|m| m.retain(|_, t| now.duration_since(*t) < every));
+    }
+}
+
+fn receive_frame(m: &StoredMessage) -> Bytes {
+    Bytes::from(
+        ServerFrame::ReceiveMessage {
+            thread_id: m.thread_id.clone(),
+            message_id: m.message_id,
+            seq: m.seq,
+            sender_id: m.sender_id.clone(),
+            text: m.text.clone(),
+            sent_at: m.sent_at,
+        }
+        .encode(),
+    )
+}
+
+fn thread_frame(req_id: Option<ReqId>, t: &ThreadInfo) -> ServerFrame {
+    ServerFrame::Thread {
+        req_id,
+        thread_id: t.thread_id.clone(),
+        kind: t.kind,
+        title: t.title.clone(),
+        members: t.members.clone(),
+    }
+}
+
+fn presence_frame(req_id: Option<ReqId>, p: PresenceInfo) -> ServerFrame {
+    ServerFrame::Presence {
+        req_id,
+        user_id: p.user_id,
+        status: p.status,
+        last_seen: p.last_seen,
+    }
+}
+
+/// The `type` of an encoded server frame, for metrics on relayed frames.
+fn frame_kind(frame: &str) -> &'static str {
+    const KINDS: [&str; 11] = [
+        "receive_message",
+        "message_ack",
+        "message_sent",
+        "thread",
+        "threads",
+        "typing",
+        "presence",
+        "history",
+        "welcome",
+        "pong",
+        "error",
+    ];
+    let Some(rest) = frame.strip_prefix(r#"{"type":""#) else {
+        return "other";
+    };
+    KINDS
+        .iter()
+        .find(|k| rest.starts_with(**k) && rest[k.len()..].starts_with('"'))
+        .copied()
+        .unwrap_or("other")
+}

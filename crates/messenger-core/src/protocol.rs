@@ -1,0 +1,566 @@
+//! Protocol v1 frames: serde types for every client and server frame, the decoder that
+//! maps failures onto protocol error codes, and the encoder.
+//!
+//! One JSON object per WebSocket text frame, tagged by `"type"`. Unknown fields are
+//! ignored. Any client frame may carry `req_id` (string or integer), echoed verbatim on
+//! the direct reply.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, SessionId, ThreadId, UserId};
+use crate::model::{AckStatus, PresenceStatus, ThreadKind};
+use crate::time::Millis;
+
+/// A request id: string or integer, echoed verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReqId {
+    /// A non-negative integer.
+    UInt(u64),
+    /// A negative integer.
+    Int(i64),
+    /// A string.
+    Str(String),
+}
+
+/// `create_thread` kinds with their kind-specific fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateThread {
+    /// `direct` or `group`.
+    pub kind: ThreadKind,
+    /// Direct: exactly the other user. Group: the members besides the creator.
+    pub members: Vec<UserId>,
+    /// Group title (ignored for direct threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Every frame a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message.
+    SendMessage {
+        /// Target thread.
+        thread_id: ThreadId,
+        /// The client's temporary id; the idempotency key.
+        temp_id: String,
+        /// The text.
+        text: String,
+    },
+    /// Acknowledge delivery or reading up to a message.
+    MessageAck {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The message acked (every message up to its seq is covered).
+        message_id: MessageId,
+        /// `DELIVERED` or `READ`.
+        status: AckStatus,
+    },
+    /// Create a direct or group thread.
+    CreateThread(CreateThread),
+    /// Add members to a group.
+    AddMembers {
+        /// The group.
+        thread_id: ThreadId,
+        /// Users to add.
+        members: Vec<UserId>,
+    },
+    /// Leave a group.
+    LeaveThread {
+        /// The group.
+        thread_id: ThreadId,
+    },
+    /// List the caller's threads.
+    ListThreads {},
+    /// Read a page of history.
+    FetchHistory {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Only messages with seq below this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_seq: Option<u64>,
+        /// Only messages with seq above this (pages forward).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<u64>,
+        /// Page size; default 50, capped at 200.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// Subscribe to users' presence.
+    PresenceSubscribe {
+        /// The users.
+        user_ids: Vec<UserId>,
+    },
+    /// Unsubscribe from users' presence.
+    PresenceUnsubscribe {
+        /// The users.
+        user_ids: Vec<UserId>,
+    },
+    /// Typing started or stopped.
+    Typing {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Whether the user is typing.
+        typing: bool,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping {},
+}
+
+impl ClientFrame {
+    /// The wire `type` of this frame.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientFrame::SendMessage { .. } => "send_message",
+            ClientFrame::MessageAck { .. } => "message_ack",
+            ClientFrame::CreateThread(_) => "create_thread",
+            ClientFrame::AddMembers { .. } => "add_members",
+            ClientFrame::LeaveThread { .. } => "leave_thread",
+            ClientFrame::ListThreads {} => "list_threads",
+            ClientFrame::FetchHistory { .. } => "fetch_history",
+            ClientFrame::PresenceSubscribe { .. } => "presence_subscribe",
+            ClientFrame::PresenceUnsubscribe { .. } => "presence_unsubscribe",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Ping {} => "ping",
+        }
+    }
+}
+
+/// Every client frame type name, in protocol order.
+pub const CLIENT_FRAME_TYPES: [&str; 11] = [
+    "send_message",
+    "message_ack",
+    "create_thread",
+    "add_members",
+    "leave_thread",
+    "list_threads",
+    "fetch_history",
+    "presence_subscribe",
+    "presence_unsubscribe",
+    "typing",
+    "ping",
+];
+
+/// A decoded client frame with its optional `req_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The `req_id`, if the client sent one.
+    pub req_id: Option<ReqId>,
+    /// The frame.
+    pub frame: ClientFrame,
+}
+
+/// Why a client frame could not be decoded; carries the protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// `bad_request` or `unknown_type`.
+    pub code: &'static str,
+    /// What is wrong, for humans.
+    pub message: String,
+    /// The frame's `req_id` when it could be read, for the echo.
+    pub req_id: Option<ReqId>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(default)]
+    req_id: Option<serde_json::Value>,
+}
+
+/// Decodes one client text frame.
+///
+/// Malformed JSON, a missing or ill-typed field and an invalid id are `bad_request`;
+/// a `type` that is not a client frame type is `unknown_type`.
+pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
+    let head: Head<'_> = serde_json::from_str(text).map_err(|e| DecodeError {
+        code: "bad_request",
+        message: if e.is_data() {
+            "a frame must be a JSON object".into()
+        } else {
+            format!("malformed JSON: {e}")
+        },
+        req_id: None,
+    })?;
+    let req_id = match head.req_id {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(ReqId::Str(s)),
+        Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Some(ReqId::UInt(u)),
+            (None, Some(i)) => Some(ReqId::Int(i)),
+            _ => {
+                return Err(DecodeError {
+                    code: "bad_request",
+                    message: "req_id must be a string or an integer".into(),
+                    req_id: None,
+                })
+            }
+        },
+        Some(_) => {
+            return Err(DecodeError {
+                code: "bad_request",
+                message: "req_id must be a string or an integer".into(),
+                req_id: None,
+            })
+        }
+    };
+    let Some(ty) = head.ty else {
+        return Err(DecodeError {
+            code: "bad_request",
+            message: "missing field `type`".into(),
+            req_id,
+        });
+    };
+    if !CLIENT_FRAME_TYPES.contains(&&*ty) {
+        return Err(DecodeError {
+            code: "unknown_type",
+            message: format!("unknown frame type `{ty}`"),
+            req_id,
+        });
+    }
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => Ok(Request { req_id, frame }),
+        Err(e) => Err(DecodeError {
+            code: "bad_request",
+            message: format!("invalid `{ty}`: {}", strip_position(&e)),
+            req_id,
+        }),
+    }
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// A message as it appears in `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    /// The id.
+    pub message_id: MessageId,
+    /// The seq.
+    pub seq: u64,
+    /// The sender.
+    pub sender_id: UserId,
+    /// The text.
+    pub text: String,
+    /// When it was accepted.
+    pub sent_at: Millis,
+}
+
+/// A member's receipts in `threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Highest delivered seq.
+    pub delivered_seq: u64,
+    /// Highest read seq.
+    pub read_seq: u64,
+}
+
+/// One thread in `threads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSummary {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// Direct or group.
+    pub kind: ThreadKind,
+    /// Group title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Members.
+    pub members: Vec<UserId>,
+    /// The newest seq (0 when empty).
+    pub last_seq: u64,
+    /// Every member's watermarks, keyed by user id.
+    pub receipts: std::collections::BTreeMap<UserId, Receipt>,
+    /// Messages after the caller's read watermark sent by others.
+    pub unread: u64,
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on a connection.
+    Welcome {
+        /// The authenticated user.
+        user_id: UserId,
+        /// This session's id.
+        session_id: SessionId,
+        /// Server time (Unix ms).
+        server_time: Millis,
+    },
+    /// The store accepted the message (status SENT).
+    MessageSent {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The thread.
+        thread_id: ThreadId,
+        /// The client's temp id.
+        temp_id: String,
+        /// The authoritative id.
+        message_id: MessageId,
+        /// The seq.
+        seq: u64,
+        /// Acceptance time.
+        sent_at: Millis,
+    },
+    /// A new message in one of the user's threads.
+    ReceiveMessage {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The id.
+        message_id: MessageId,
+        /// The seq.
+        seq: u64,
+        /// The sender.
+        sender_id: UserId,
+        /// The text.
+        text: String,
+        /// Acceptance time.
+        sent_at: Millis,
+    },
+    /// Someone's watermark moved.
+    MessageAck {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The acked message.
+        message_id: MessageId,
+        /// Its seq (the watermark).
+        seq: u64,
+        /// `DELIVERED` or `READ`.
+        status: AckStatus,
+        /// Who acked.
+        user_id: UserId,
+        /// When (Unix ms).
+        at: Millis,
+    },
+    /// A thread's current state.
+    Thread {
+        /// Echo of the request's `req_id` (on the direct reply only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The thread.
+        thread_id: ThreadId,
+        /// Direct or group.
+        kind: ThreadKind,
+        /// Group title.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// Members.
+        members: Vec<UserId>,
+    },
+    /// Reply to `list_threads`.
+    Threads {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The caller's threads.
+        threads: Vec<ThreadSummary>,
+    },
+    /// Reply to `fetch_history`.
+    History {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The thread.
+        thread_id: ThreadId,
+        /// Ascending by seq.
+        messages: Vec<HistoryMessage>,
+        /// More exist in the direction paged.
+        has_more: bool,
+    },
+    /// A user's presence.
+    Presence {
+        /// Echo of the request's `req_id` (on the replies to `presence_subscribe`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// Whose.
+        user_id: UserId,
+        /// Online or offline.
+        status: PresenceStatus,
+        /// When the user went offline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<Millis>,
+    },
+    /// Someone is typing, or stopped.
+    Typing {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Who.
+        user_id: UserId,
+        /// Whether typing.
+        typing: bool,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+    },
+    /// A request failed.
+    Error {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// One of the protocol error codes.
+        code: String,
+        /// What went wrong, for humans.
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// The wire `type` of this frame.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::MessageSent { .. } => "message_sent",
+            ServerFrame::ReceiveMessage { .. } => "receive_message",
+            ServerFrame::MessageAck { .. } => "message_ack",
+            ServerFrame::Thread { .. } => "thread",
+            ServerFrame::Threads { .. } => "threads",
+            ServerFrame::History { .. } => "history",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::Typing { .. } => "typing",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+        }
+    }
+
+    /// Encodes the frame as a JSON text frame.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and no
+        // Serialize impl returns an error.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal","message":"encode failed: {e}"}}"#)
+        })
+    }
+
+    /// Decodes a server frame (for clients and tests).
+    pub fn decode(text: &str) -> Result<ServerFrame, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// An `error` frame.
+    pub fn error(req_id: Option<ReqId>, code: &str, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            req_id,
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Encodes the frame with an optional `req_id` (for clients and tests).
+    pub fn encode(&self, req_id: Option<&ReqId>) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let (Some(r), Some(obj)) = (req_id, v.as_object_mut()) {
+            obj.insert(
+                "req_id".into(),
+                serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        decode_client(text).expect_err("should fail").code
+    }
+
+    #[test]
+    fn decodes_every_frame() {
+        let cases = [
+            r#"{"type":"send_message","thread_id":"t1","temp_id":"x","text":"hi"}"#,
+            r#"{"type":"message_ack","thread_id":"t1","message_id":"12","status":"READ"}"#,
+            r#"{"type":"create_thread","kind":"direct","members":["bob"]}"#,
+            r#"{"type":"create_thread","kind":"group","members":["bob","carol"],"title":"T"}"#,
+            r#"{"type":"add_members","thread_id":"g:1","members":["dave"]}"#,
+            r#"{"type":"leave_thread","thread_id":"g:1"}"#,
+            r#"{"type":"list_threads"}"#,
+            r#"{"type":"fetch_history","thread_id":"t","before_seq":10,"limit":5}"#,
+            r#"{"type":"presence_subscribe","user_ids":["bob"]}"#,
+            r#"{"type":"presence_unsubscribe","user_ids":["bob"]}"#,
+            r#"{"type":"typing","thread_id":"t","typing":true}"#,
+            r#"{"type":"ping","req_id":7,"extra":{"ignored":true}}"#,
+        ];
+        for c in cases {
+            let r = decode_client(c).unwrap_or_else(|e| panic!("{c}: {e:?}"));
+            let again = decode_client(&r.frame.encode(r.req_id.as_ref())).expect("round trip");
+            assert_eq!(r, again);
+        }
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("not json"), "bad_request");
+        assert_eq!(code("[1,2]"), "bad_request");
+        assert_eq!(code(r#"{"no_type":1}"#), "bad_request");
+        assert_eq!(code(r#"{"type":"nope"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":5}"#), "bad_request");
+        assert_eq!(
+            code(r#"{"type":"send_message","thread_id":"t"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"send_message","thread_id":"bad id","temp_id":"x","text":"y"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"send_message","thread_id":"t","temp_id":1,"text":"y"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"message_ack","thread_id":"t","message_id":"x","status":"READ"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"message_ack","thread_id":"t","message_id":"1","status":"SEEN"}"#),
+            "bad_request"
+        );
+        assert_eq!(code(r#"{"type":"ping","req_id":1.5}"#), "bad_request");
+        assert_eq!(code(r#"{"type":"ping","req_id":{}}"#), "bad_request");
+    }
+
+    #[test]
+    fn req_id_is_kept_on_errors() {
+        let e = decode_client(r#"{"type":"nope","req_id":"abc"}"#).expect_err("unknown");
+        assert_eq!(e.req_id, Some(ReqId::Str("abc".into())));
+        let e = decode_client(r#"{"type":"send_message","req_id":-3}"#).expect_err("missing");
+        assert_eq!(e.req_id, Some(ReqId::Int(-3)));
+    }
+
+    #[test]
+    fn server_frames_encode_as_documented() {
+        let f = ServerFrame::MessageSent {
+            req_id: Some(ReqId::UInt(1)),
+            thread_id: ThreadId::new("t").expect("id"),
+            temp_id: "tmp".into(),
+            message_id: MessageId(123),
+            seq: 1,
+            sent_at: 5,
+        };
+        assert_eq!(
+            f.encode(),
+            r#"{"type":"message_sent","req_id":1,"thread_id":"t","temp_id":"tmp","message_id":"123","seq":1,"sent_at":5}"#
+        );
+        assert_eq!(
+            ServerFrame::Pong { req_id: None }.encode(),
+            r#"{"type":"pong"}"#
+        );
+    }
+}

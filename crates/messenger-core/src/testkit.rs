@@ -1,0 +1,1 @@
+//! Conformance suites for adapter implementations (filled in by the testkit work).

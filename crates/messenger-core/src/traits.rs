@@ -1,0 +1,139 @@
+//! The adapter traits. Every one is object-safe (`Arc<dyn Trait>`), `Send + Sync`,
+//! async through `async-trait`, and returns the core [`Error`](crate::Error).
+//!
+//! Implementations: `messenger-storage-mem` (all of them, in memory), `messenger-redis`
+//! (directory, presence, relay) and `messenger-storage-hbase` (message and thread stores).
+//! The `testkit` feature holds the conformance suites an implementation must pass.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::Result;
+use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
+use crate::model::{
+    AckStatus, Appended, CreatedThread, Envelope, HistoryPage, HistoryQuery, MembershipChange,
+    NewMessage, NewThread, PresenceInfo, PushNotification, SessionEntry, StoredMessage, ThreadInfo,
+    UserThread, WatermarkUpdate,
+};
+use crate::time::Millis;
+
+/// Makes unique, roughly time-ordered 64-bit ids. See [`Snowflake`](crate::idgen::Snowflake).
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait IdGenerator: Send + Sync {
+    /// A fresh id, greater than every id this generator returned before.
+    fn next_id(&self) -> MessageId;
+}
+
+/// Durable, ordered message storage.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Appends `msg` to its thread, atomically giving it the thread's next seq
+    /// (1 for the first message, gapless after that), unless (thread, sender, temp_id)
+    /// was appended before, in which case nothing is written and the original message
+    /// comes back with `duplicate: true`. Returns only once the message is durable.
+    async fn append(&self, msg: NewMessage) -> Result<Appended>;
+
+    /// A page of a thread by seq range; see [`HistoryQuery`] and [`HistoryPage`].
+    /// An unknown thread is an empty page.
+    async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage>;
+
+    /// One message by id, if it is in that thread.
+    async fn get(&self, thread: &ThreadId, message_id: MessageId) -> Result<Option<StoredMessage>>;
+
+    /// The highest seq of each thread (0 for an empty or unknown one), in input order.
+    async fn last_seqs(&self, threads: &[ThreadId]) -> Result<Vec<u64>>;
+
+    /// How many messages with `seq > after_seq` were sent by someone other than `reader`.
+    async fn count_unread(&self, thread: &ThreadId, reader: &UserId, after_seq: u64)
+        -> Result<u64>;
+}
+
+/// Threads, membership, each user's thread list and per-user read/delivered watermarks.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ThreadStore: Send + Sync {
+    /// Creates the thread unless one with that id exists; either way returns the stored
+    /// thread. Creating the same direct thread twice, even concurrently, yields one thread.
+    async fn create_thread(&self, thread: NewThread) -> Result<CreatedThread>;
+
+    /// The thread, if it exists.
+    async fn get_thread(&self, thread: &ThreadId) -> Result<Option<ThreadInfo>>;
+
+    /// Adds members (already-members are ignored). `not_found` if the thread does not exist.
+    async fn add_members(&self, thread: &ThreadId, members: &[UserId]) -> Result<MembershipChange>;
+
+    /// Removes a member (a non-member is ignored). `not_found` if the thread does not exist.
+    async fn remove_member(&self, thread: &ThreadId, member: &UserId) -> Result<MembershipChange>;
+
+    /// Every thread `user` is a member of, with every member's watermarks.
+    async fn list_user_threads(&self, user: &UserId) -> Result<Vec<UserThread>>;
+
+    /// Advances `user`'s watermark for `status` in `thread` to `seq` if that is forward.
+    /// Never moves backwards; advancing READ also advances DELIVERED to at least `seq`.
+    async fn advance_watermark(
+        &self,
+        thread: &ThreadId,
+        user: &UserId,
+        status: AckStatus,
+        seq: u64,
+    ) -> Result<WatermarkUpdate>;
+}
+
+/// Where each user's live sessions are: which node holds each connection.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SessionDirectory: Send + Sync {
+    /// Records a live session.
+    async fn register(&self, entry: &SessionEntry) -> Result<()>;
+
+    /// Forgets a session (unknown sessions are ignored).
+    async fn unregister(&self, entry: &SessionEntry) -> Result<()>;
+
+    /// The live sessions of each user, in input order (an empty list for a user with none).
+    async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionEntry>>>;
+}
+
+/// Online, offline and last seen, with a stream of changes from every node.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// Marks `user` online because of `session` on `node`. A change event is emitted only
+    /// if the user was offline.
+    async fn set_online(&self, user: &UserId, session: &SessionId, node: NodeId) -> Result<()>;
+
+    /// Marks `user` offline as of `last_seen`, unless the user still has another live
+    /// session somewhere. A change event is emitted only if the user was online.
+    async fn set_offline(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        last_seen: Millis,
+    ) -> Result<()>;
+
+    /// Current presence of each user, in input order.
+    async fn get(&self, users: &[UserId]) -> Result<Vec<PresenceInfo>>;
+
+    /// A stream of presence changes from every node, starting now.
+    async fn changes(&self) -> Result<BoxStream<'static, PresenceInfo>>;
+}
+
+/// The push path for members with no online session (APNs, FCM, e-mail...).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PushSink: Send + Sync {
+    /// Hands one notification over. Failures are logged by the engine and never block
+    /// delivery to others.
+    async fn push(&self, notification: PushNotification) -> Result<()>;
+}
+
+/// Cross-node delivery: one envelope per remote node per event.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Relay: Send + Sync {
+    /// Sends `envelope` to `node`.
+    async fn send(&self, node: NodeId, envelope: Envelope) -> Result<()>;
+
+    /// The envelopes addressed to `node`, from now on.
+    async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>>;
+}
