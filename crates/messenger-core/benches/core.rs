@@ -11,7 +11,9 @@ fn idgen(c: &mut Criterion) {
     let g = Snowflake::new(NodeId::new(1).expect("node"));
     let mut group = c.benchmark_group("idgen");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("snowflake_next", |b| b.iter(|| std::hint::black_box(g.next())));
+    group.bench_function("snowflake_next", |b| {
+        b.iter(|| std::hint::black_box(g.next()))
+    });
     group.finish();
 }
 

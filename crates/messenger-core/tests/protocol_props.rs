@@ -132,52 +132,89 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 server_time,
             }
         }),
-        (req_id(), thread(), ".{0,30}", msg_id(), any::<u64>(), any::<u64>()).prop_map(
-            |(req_id, thread_id, temp_id, message_id, seq, sent_at)| ServerFrame::MessageSent {
-                req_id,
-                thread_id,
-                temp_id,
-                message_id,
-                seq,
-                sent_at,
-            }
-        ),
-        (thread(), msg_id(), any::<u64>(), user(), any::<String>(), any::<u64>()).prop_map(
-            |(thread_id, message_id, seq, sender_id, text, sent_at)| ServerFrame::ReceiveMessage {
-                thread_id,
-                message_id,
-                seq,
-                sender_id,
-                text,
-                sent_at,
-            }
-        ),
-        (thread(), msg_id(), any::<u64>(), status(), user(), any::<u64>()).prop_map(
-            |(thread_id, message_id, seq, status, user_id, at)| ServerFrame::MessageAck {
-                thread_id,
-                message_id,
-                seq,
-                status,
-                user_id,
-                at,
-            }
-        ),
-        (req_id(), thread(), kind(), option::of(".{0,20}"), vec(user(), 0..4)).prop_map(
-            |(req_id, thread_id, kind, title, members)| ServerFrame::Thread {
-                req_id,
-                thread_id,
-                kind,
-                title,
-                members,
-            }
-        ),
+        (
+            req_id(),
+            thread(),
+            ".{0,30}",
+            msg_id(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(req_id, thread_id, temp_id, message_id, seq, sent_at)| {
+                ServerFrame::MessageSent {
+                    req_id,
+                    thread_id,
+                    temp_id,
+                    message_id,
+                    seq,
+                    sent_at,
+                }
+            }),
+        (
+            thread(),
+            msg_id(),
+            any::<u64>(),
+            user(),
+            any::<String>(),
+            any::<u64>()
+        )
+            .prop_map(|(thread_id, message_id, seq, sender_id, text, sent_at)| {
+                ServerFrame::ReceiveMessage {
+                    thread_id,
+                    message_id,
+                    seq,
+                    sender_id,
+                    text,
+                    sent_at,
+                }
+            }),
+        (
+            thread(),
+            msg_id(),
+            any::<u64>(),
+            status(),
+            user(),
+            any::<u64>()
+        )
+            .prop_map(|(thread_id, message_id, seq, status, user_id, at)| {
+                ServerFrame::MessageAck {
+                    thread_id,
+                    message_id,
+                    seq,
+                    status,
+                    user_id,
+                    at,
+                }
+            }),
+        (
+            req_id(),
+            thread(),
+            kind(),
+            option::of(".{0,20}"),
+            vec(user(), 0..4)
+        )
+            .prop_map(
+                |(req_id, thread_id, kind, title, members)| ServerFrame::Thread {
+                    req_id,
+                    thread_id,
+                    kind,
+                    title,
+                    members,
+                }
+            ),
         (req_id(), vec(summary(), 0..3))
             .prop_map(|(req_id, threads)| ServerFrame::Threads { req_id, threads }),
         (
             req_id(),
             thread(),
             vec(
-                (msg_id(), any::<u64>(), user(), any::<String>(), any::<u64>()),
+                (
+                    msg_id(),
+                    any::<u64>(),
+                    user(),
+                    any::<String>(),
+                    any::<u64>()
+                ),
                 0..4
             ),
             any::<bool>()
@@ -187,13 +224,15 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 thread_id,
                 messages: msgs
                     .into_iter()
-                    .map(|(message_id, seq, sender_id, text, sent_at)| HistoryMessage {
-                        message_id,
-                        seq,
-                        sender_id,
-                        text,
-                        sent_at,
-                    })
+                    .map(
+                        |(message_id, seq, sender_id, text, sent_at)| HistoryMessage {
+                            message_id,
+                            seq,
+                            sender_id,
+                            text,
+                            sent_at,
+                        }
+                    )
                     .collect(),
                 has_more,
             }),
@@ -203,12 +242,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             prop_oneof![Just(PresenceStatus::Online), Just(PresenceStatus::Offline)],
             option::of(any::<u64>())
         )
-            .prop_map(|(req_id, user_id, status, last_seen)| ServerFrame::Presence {
-                req_id,
-                user_id,
-                status,
-                last_seen,
-            }),
+            .prop_map(
+                |(req_id, user_id, status, last_seen)| ServerFrame::Presence {
+                    req_id,
+                    user_id,
+                    status,
+                    last_seen,
+                }
+            ),
         (thread(), user(), any::<bool>()).prop_map(|(thread_id, user_id, typing)| {
             ServerFrame::Typing {
                 thread_id,
