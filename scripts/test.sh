@@ -19,10 +19,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "cargo test (workspace)"
-cargo test --workspace --all-features 2>&1
+step "cargo test: unit, integration, examples and benches (each bench runs once)"
+cargo test --workspace --all-features --all-targets
 
-step "examples and benches build"
-cargo build --workspace --examples --benches --all-features
+step "cargo test: doc tests"
+cargo test --workspace --all-features --doc
 
 printf '\nall checks passed in %ss\n' "$(( $(date +%s) - started ))"
