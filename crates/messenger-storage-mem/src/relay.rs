@@ -113,3 +113,85 @@ impl Relay for MemRelay {
         Ok(stream.boxed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(from: u16, frame: &str) -> Envelope {
+        Envelope {
+            from_node: NodeId::new(from).unwrap(),
+            users: vec![],
+            except_session: None,
+            order: None,
+            frame: frame.into(),
+        }
+    }
+
+    async fn next(s: &mut BoxStream<'static, Envelope>) -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(200), s.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.frame)
+    }
+
+    #[tokio::test]
+    async fn clones_route_between_nodes() {
+        let hub = MemRelay::new();
+        let (n1, n2, n3) = (
+            NodeId::new(1).unwrap(),
+            NodeId::new(2).unwrap(),
+            NodeId::new(3).unwrap(),
+        );
+        // Each "engine" holds its own clone.
+        let (r1, r2, r3) = (hub.clone(), hub.clone(), hub.clone());
+        let mut s1 = r1.subscribe(n1).await.unwrap();
+        let mut s2 = r2.subscribe(n2).await.unwrap();
+        let mut s3 = r3.subscribe(n3).await.unwrap();
+        r1.send(n2, env(1, "1->2")).await.unwrap();
+        r2.send(n3, env(2, "2->3")).await.unwrap();
+        r3.send(n1, env(3, "3->1")).await.unwrap();
+        r3.send(n2, env(3, "3->2")).await.unwrap();
+        assert_eq!(next(&mut s1).await.as_deref(), Some("3->1"));
+        assert_eq!(next(&mut s2).await.as_deref(), Some("1->2"));
+        assert_eq!(next(&mut s2).await.as_deref(), Some("3->2"));
+        assert_eq!(next(&mut s3).await.as_deref(), Some("2->3"));
+        for s in [&mut s1, &mut s2, &mut s3] {
+            assert_eq!(next(s).await, None, "nothing else");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_or_gone_node_drops() {
+        let hub = MemRelay::new();
+        let n = NodeId::new(7).unwrap();
+        hub.send(n, env(1, "nobody")).await.unwrap();
+        let s = hub.subscribe(n).await.unwrap();
+        assert_eq!(hub.subscribers(n), 1);
+        drop(s);
+        assert_eq!(hub.subscribers(n), 0);
+        hub.send(n, env(1, "gone")).await.unwrap();
+        assert!(lock(&hub.hub.nodes).get(&n).is_none(), "forgotten");
+    }
+
+    #[tokio::test]
+    async fn full_queue_applies_backpressure_without_loss() {
+        let hub = MemRelay::with_capacity(2);
+        let n = NodeId::new(1).unwrap();
+        let mut s = hub.subscribe(n).await.unwrap();
+        let sender = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    hub.send(n, env(2, &i.to_string())).await.unwrap();
+                }
+            })
+        };
+        for i in 0..10 {
+            assert_eq!(next(&mut s).await, Some(i.to_string()));
+        }
+        sender.await.unwrap();
+    }
+}
