@@ -1,7 +1,7 @@
 //! [`MemRelay`]: an in-process hub that routes envelopes between engines by node id.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -9,8 +9,6 @@ use futures::StreamExt;
 use messenger_core::model::Envelope;
 use messenger_core::{NodeId, Relay, Result};
 use tokio::sync::mpsc;
-
-use crate::shard::lock;
 
 /// The default per-subscriber queue of a [`MemRelay`].
 pub const DEFAULT_RELAY_CAPACITY: usize = 4096;
@@ -30,7 +28,18 @@ pub struct MemRelay {
 
 struct Hub {
     capacity: usize,
-    nodes: Mutex<HashMap<NodeId, Vec<mpsc::Sender<Envelope>>>>,
+    nodes: RwLock<Nodes>,
+}
+
+type Nodes = HashMap<NodeId, Vec<mpsc::Sender<Envelope>>>;
+
+// Poisoning is ignored: the map stays consistent between statements.
+fn read(l: &RwLock<Nodes>) -> RwLockReadGuard<'_, Nodes> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(l: &RwLock<Nodes>) -> RwLockWriteGuard<'_, Nodes> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for MemRelay {
@@ -58,14 +67,14 @@ impl MemRelay {
         MemRelay {
             hub: Arc::new(Hub {
                 capacity: capacity.max(1),
-                nodes: Mutex::new(HashMap::new()),
+                nodes: RwLock::new(HashMap::new()),
             }),
         }
     }
 
     /// How many live subscriptions `node` has.
     pub fn subscribers(&self, node: NodeId) -> usize {
-        lock(&self.hub.nodes)
+        read(&self.hub.nodes)
             .get(&node)
             .map_or(0, |subs| subs.iter().filter(|s| !s.is_closed()).count())
     }
@@ -74,21 +83,32 @@ impl MemRelay {
 #[async_trait]
 impl Relay for MemRelay {
     async fn send(&self, node: NodeId, envelope: Envelope) -> Result<()> {
-        // Copy the senders out: the hub lock is never held across an await.
-        let subs: Vec<mpsc::Sender<Envelope>> = {
-            let mut nodes = lock(&self.hub.nodes);
-            match nodes.get_mut(&node) {
-                Some(subs) => {
-                    subs.retain(|s| !s.is_closed());
-                    if subs.is_empty() {
-                        nodes.remove(&node);
-                        return Ok(());
-                    }
-                    subs.clone()
+        // Copy the live senders out under the read lock (senders on different nodes do
+        // not block each other); the lock is never held across an await.
+        let (subs, stale) = {
+            let nodes = read(&self.hub.nodes);
+            match nodes.get(&node) {
+                Some(all) => {
+                    let live: Vec<mpsc::Sender<Envelope>> =
+                        all.iter().filter(|s| !s.is_closed()).cloned().collect();
+                    let stale = live.len() < all.len();
+                    (live, stale)
                 }
                 None => return Ok(()),
             }
         };
+        if stale {
+            let mut nodes = write(&self.hub.nodes);
+            if let Some(all) = nodes.get_mut(&node) {
+                all.retain(|s| !s.is_closed());
+                if all.is_empty() {
+                    nodes.remove(&node);
+                }
+            }
+        }
+        if subs.is_empty() {
+            return Ok(());
+        }
         let last = subs.len() - 1;
         let mut envelope = Some(envelope);
         for (i, s) in subs.iter().enumerate() {
@@ -107,7 +127,7 @@ impl Relay for MemRelay {
 
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>> {
         let (tx, rx) = mpsc::channel(self.hub.capacity);
-        lock(&self.hub.nodes).entry(node).or_default().push(tx);
+        write(&self.hub.nodes).entry(node).or_default().push(tx);
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
         Ok(stream.boxed())
@@ -173,7 +193,7 @@ mod tests {
         drop(s);
         assert_eq!(hub.subscribers(n), 0);
         hub.send(n, env(1, "gone")).await.unwrap();
-        assert!(lock(&hub.hub.nodes).get(&n).is_none(), "forgotten");
+        assert!(read(&hub.hub.nodes).get(&n).is_none(), "forgotten");
     }
 
     #[tokio::test]
