@@ -848,3 +848,81 @@ fn binary_help_and_insecure_refusal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dev auth"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_answers_408() {
+    let mut cfg = test_config();
+    cfg.handshake_timeout = Duration::from_millis(200);
+    let srv = start(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /ws HTTP/1.1\r\n")
+        .await
+        .expect("partial head");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"));
+    // The server still serves.
+    srv.client("alice").await.ping().await;
+}
+
+/// The binary: SIGTERM closes sessions with 1001 and exits 0.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_sigterm_closes_1001_and_exits_0() {
+    use std::io::BufRead;
+    let bin = env!("CARGO_BIN_EXE_messenger-server");
+    let mut child = std::process::Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--drain-timeout", "3s"])
+        .env_remove("MESSENGER_JWT_SECRET")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    // The dev-auth notice says where to connect.
+    let url = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut notice = String::new();
+        while let Some(Ok(line)) = lines.next() {
+            notice.push_str(&line);
+            if let Some(i) = line.find("ws://") {
+                let url = line[i..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                // Keep draining stderr so the child never blocks on it.
+                std::thread::spawn(move || for _ in lines {});
+                return (url, notice);
+            }
+        }
+        (String::new(), notice)
+    })
+    .await
+    .expect("join");
+    let (url, notice) = url;
+    assert!(notice.contains("DEV AUTH"), "{notice}");
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect to the binary");
+    let mut c = Client::from_ws(ws).await;
+    c.ping().await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(c.close_code().await, Some(1001));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
