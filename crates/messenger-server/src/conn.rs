@@ -27,6 +27,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4001;
 /// Close code on server shutdown (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a WebSocket protocol violation by the peer (RFC 6455).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not valid UTF-8 (RFC 6455).
+pub const CLOSE_INVALID_UTF8: u16 = 1007;
 /// Close code for an incoming frame or message over the size limit (RFC 6455 "message
 /// too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -167,6 +171,13 @@ where
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
                 return Some(Ctl::Close(CLOSE_TOO_BIG, "frame too large"));
+            }
+            Ok(Some(Err(WsError::Utf8))) => {
+                return Some(Ctl::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8"));
+            }
+            Ok(Some(Err(WsError::Protocol(e)))) => {
+                tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
+                return Some(Ctl::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error"));
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(session = %handle.id(), error = %e, "read error");

@@ -926,3 +926,16 @@ async fn binary_sigterm_closes_1001_and_exits_0() {
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_text_frame_closes_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let srv = start(test_config()).await;
+    let mut a = srv.client("alice").await;
+    let mut b = srv.client("bob").await;
+    let frame = Frame::message(vec![0xffu8, 0xfe], OpCode::Data(Data::Text), true);
+    a.ws.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(a.close_code().await, Some(1007));
+    b.ping().await;
+}
