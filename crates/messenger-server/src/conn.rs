@@ -205,7 +205,9 @@ where
                     continue;
                 }
                 match decoded {
-                    Ok(req) => ctx.engine.handle(handle, req).await,
+                    // Boxed: the engine's request future is over 1 KiB and would
+                    // otherwise sit in every idle connection's task.
+                    Ok(req) => Box::pin(ctx.engine.handle(handle, req)).await,
                     Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
                 }
             }

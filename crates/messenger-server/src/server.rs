@@ -410,11 +410,14 @@ async fn upgrade(
         }
     };
     let answer = http::switching_protocols(&key);
+    // Nothing from the request outlives the handshake.
+    drop((head, key));
     let wrote = tokio::time::timeout(ctx.config.write_timeout, async {
         tcp.write_all(answer.as_bytes()).await?;
         tcp.flush().await
     })
     .await;
+    drop(answer);
     if !matches!(wrote, Ok(Ok(()))) {
         ctx.engine.disconnect(&session.handle).await;
         return;

@@ -939,3 +939,56 @@ async fn invalid_utf8_text_frame_closes_1007() {
     assert_eq!(a.close_code().await, Some(1007));
     b.ping().await;
 }
+
+/// Rough server memory per idle WebSocket connection (RSS delta; clients are raw TCP
+/// sockets so they add almost nothing). Run with `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn idle_connection_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * 4)
+    }
+    let srv = start(test_config()).await;
+    let n = 500;
+    let mut socks = Vec::with_capacity(n);
+    // Warm up allocator arenas.
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(srv.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /ws?token=w{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).await;
+        socks.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib();
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(srv.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /ws?token=u{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).await;
+        socks.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib();
+    println!(
+        "{n} idle connections: {} KiB RSS, {:.1} KiB each",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / n as f64
+    );
+}
