@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use messenger_core::model::SessionEntry;
@@ -111,7 +111,7 @@ pub(crate) struct Shared {
     client: redis::Client,
     opts: RedisOptions,
     token: String,
-    shutdown: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
     local: Mutex<Local>,
     claim_held: AtomicBool,
 }
@@ -145,7 +145,7 @@ impl Shared {
             connect_timeout: self.opts.connect_timeout,
             op_timeout: self.opts.op_timeout,
             ping_interval: self.opts.heartbeat_interval,
-            shutdown: self.shutdown.clone(),
+            shutdown: self.shutdown_tx.subscribe(),
         }
     }
 
@@ -241,12 +241,12 @@ async fn reap_node(
 /// One node's connection to the cluster's Redis: the claimed node id, the background
 /// heartbeat and reaper, and the three adapters.
 ///
-/// Dropping it without [`shutdown`](Self::shutdown) stops the background tasks
-/// without cleaning up, like a crash: the node's sessions are reaped by the other
-/// nodes after `node_ttl`.
+/// The node stays alive (heartbeat running, streams open) while this value or any
+/// adapter it handed out is alive. When the last one is dropped without
+/// [`shutdown`](Self::shutdown), the background tasks and streams stop without
+/// cleaning up, like a crash: the other nodes reap this node after `node_ttl`.
 pub struct RedisCluster {
     shared: Arc<Shared>,
-    shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -283,7 +283,7 @@ impl RedisCluster {
             }
         };
         let keys = Keys::new(&options.key_prefix);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             node,
             keys,
@@ -291,7 +291,7 @@ impl RedisCluster {
             client,
             token: make_token(node),
             opts: options,
-            shutdown: shutdown_rx,
+            shutdown_tx,
             local: Mutex::new(Local::default()),
             claim_held: AtomicBool::new(false),
         });
@@ -331,14 +331,18 @@ impl RedisCluster {
         shared.claim_held.store(true, Ordering::Relaxed);
         tracing::info!(%node, token = %shared.token, "claimed node id in redis");
         let tasks = vec![
-            tokio::spawn(heartbeat(shared.clone())),
-            tokio::spawn(reaper(shared.clone())),
+            tokio::spawn(heartbeat(
+                Arc::downgrade(&shared),
+                shared.shutdown_tx.subscribe(),
+                shared.opts.heartbeat_interval,
+            )),
+            tokio::spawn(reaper(
+                Arc::downgrade(&shared),
+                shared.shutdown_tx.subscribe(),
+                shared.opts.reap_interval,
+            )),
         ];
-        Ok(RedisCluster {
-            shared,
-            shutdown_tx,
-            tasks,
-        })
+        Ok(RedisCluster { shared, tasks })
     }
 
     /// This node's id.
@@ -378,7 +382,7 @@ impl RedisCluster {
     /// they have sessions elsewhere) and releases the node id so it can be claimed at
     /// once.
     pub async fn shutdown(mut self) -> Result<()> {
-        let _ = self.shutdown_tx.send(true);
+        let _ = self.shared.shutdown_tx.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
@@ -400,17 +404,8 @@ impl RedisCluster {
     /// killed with SIGKILL: for tests and failure drills. Other nodes reap this node
     /// after `node_ttl`.
     pub fn abandon(mut self) {
-        let _ = self.shutdown_tx.send(true);
+        let _ = self.shared.shutdown_tx.send(true);
         for t in std::mem::take(&mut self.tasks) {
-            t.abort();
-        }
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        let _ = self.shutdown_tx.send(true);
-        for t in &self.tasks {
             t.abort();
         }
     }
@@ -426,9 +421,8 @@ fn make_token(node: NodeId) -> String {
     format!("n{node}-p{}-{:016x}", std::process::id(), h.finish())
 }
 
-async fn heartbeat(sh: Arc<Shared>) {
-    let mut shutdown = sh.shutdown.clone();
-    let mut tick = tokio::time::interval(sh.opts.heartbeat_interval);
+async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut need_resync = false;
@@ -437,6 +431,7 @@ async fn heartbeat(sh: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let Some(sh) = sh.upgrade() else { return };
         match sh.claim("refresh").await {
             Ok(1) => {
                 if !sh.claim_held.swap(true, Ordering::Relaxed) {
@@ -469,15 +464,15 @@ async fn heartbeat(sh: Arc<Shared>) {
     }
 }
 
-async fn reaper(sh: Arc<Shared>) {
-    let mut shutdown = sh.shutdown.clone();
-    let mut tick = tokio::time::interval(sh.opts.reap_interval);
+async fn reaper(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let Some(sh) = sh.upgrade() else { return };
         if let Err(e) = reap_dead(&sh).await {
             tracing::debug!(node = %sh.node, error = %e, "reaper pass failed");
         }
