@@ -28,17 +28,29 @@ pub struct RedisSessionDirectory {
 #[async_trait]
 impl SessionDirectory for RedisSessionDirectory {
     async fn register(&self, entry: &SessionEntry) -> Result<()> {
-        if entry.node == self.shared.node {
-            self.shared.local_register(entry);
+        let sh = &self.shared;
+        let mine = entry.node == sh.node;
+        if mine {
+            sh.local_register(entry);
         }
-        register_entry(&self.shared, entry).await
+        let r = register_entry(sh, entry).await;
+        if mine && r.is_err() {
+            sh.local_register_failed(entry);
+        }
+        r
     }
 
     async fn unregister(&self, entry: &SessionEntry) -> Result<()> {
-        if entry.node == self.shared.node {
-            self.shared.local_unregister(entry);
+        let sh = &self.shared;
+        let mine = entry.node == sh.node;
+        if mine {
+            sh.local_unregister(entry);
         }
-        unregister_entry(&self.shared, entry).await
+        let r = unregister_entry(sh, entry).await;
+        if mine && r.is_err() {
+            sh.local_unregister_failed(entry);
+        }
+        r
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionEntry>>> {
@@ -162,10 +174,16 @@ pub struct RedisPresence {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn set_online(&self, user: &UserId, session: &SessionId, node: NodeId) -> Result<()> {
-        if node == self.shared.node {
-            self.shared.local_online(user, session);
+        let sh = &self.shared;
+        let mine = node == sh.node;
+        if mine {
+            sh.local_online(user, session);
         }
-        set_online(&self.shared, user, session, node).await
+        let r = set_online(sh, user, session, node).await;
+        if mine && r.is_err() {
+            sh.local_online_failed(user, session);
+        }
+        r
     }
 
     async fn set_offline(
@@ -174,8 +192,13 @@ impl Presence for RedisPresence {
         session: &SessionId,
         last_seen: Millis,
     ) -> Result<()> {
-        self.shared.local_offline(user, session);
-        set_offline(&self.shared, user, session, last_seen).await
+        let sh = &self.shared;
+        let mine = sh.local_offline(user, session);
+        let r = set_offline(sh, user, session, last_seen).await;
+        if mine && r.is_err() {
+            sh.local_offline_failed(user, session, last_seen);
+        }
+        r
     }
 
     async fn get(&self, users: &[UserId]) -> Result<Vec<PresenceInfo>> {

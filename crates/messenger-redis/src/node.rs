@@ -1,7 +1,7 @@
 //! The node's lifecycle: connect, claim the node id, heartbeat, reap dead nodes, and
 //! shut down.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use messenger_core::model::SessionEntry;
-use messenger_core::time::now_ms;
+use messenger_core::time::{now_ms, Millis};
 use messenger_core::{
     Error, ErrorKind, NodeId, Presence, Relay, Result, SessionDirectory, SessionId, UserId,
 };
@@ -96,11 +96,15 @@ impl RedisOptions {
 }
 
 /// This node's own sessions, kept so they can be written again when Redis lost them
-/// (a restart without persistence) or a reaper removed them (the claim had expired).
+/// (a restart without persistence) or a reaper removed them (the claim had expired),
+/// and the removals that failed (Redis unreachable), retried by the heartbeat so that
+/// a session that ended during an outage does not stay online for ever.
 #[derive(Default)]
 struct Local {
     dir: HashSet<SessionEntry>,
     pres: HashSet<(UserId, SessionId)>,
+    failed_unregister: HashSet<SessionEntry>,
+    failed_offline: HashMap<(UserId, SessionId), Millis>,
 }
 
 /// State shared by the adapters and background tasks of one node.
@@ -122,19 +126,68 @@ impl Shared {
     }
 
     pub fn local_register(&self, e: &SessionEntry) {
-        self.local().dir.insert(e.clone());
+        let mut l = self.local();
+        l.failed_unregister.remove(e);
+        l.dir.insert(e.clone());
+    }
+
+    pub fn local_register_failed(&self, e: &SessionEntry) {
+        self.local().dir.remove(e);
     }
 
     pub fn local_unregister(&self, e: &SessionEntry) {
         self.local().dir.remove(e);
     }
 
-    pub fn local_online(&self, u: &UserId, s: &SessionId) {
-        self.local().pres.insert((u.clone(), s.clone()));
+    pub fn local_unregister_failed(&self, e: &SessionEntry) {
+        self.local().failed_unregister.insert(e.clone());
     }
 
-    pub fn local_offline(&self, u: &UserId, s: &SessionId) {
+    pub fn local_online(&self, u: &UserId, s: &SessionId) {
+        let key = (u.clone(), s.clone());
+        let mut l = self.local();
+        l.failed_offline.remove(&key);
+        l.pres.insert(key);
+    }
+
+    pub fn local_online_failed(&self, u: &UserId, s: &SessionId) {
         self.local().pres.remove(&(u.clone(), s.clone()));
+    }
+
+    /// Whether the session was one of this node's.
+    pub fn local_offline(&self, u: &UserId, s: &SessionId) -> bool {
+        self.local().pres.remove(&(u.clone(), s.clone()))
+    }
+
+    pub fn local_offline_failed(&self, u: &UserId, s: &SessionId, last_seen: Millis) {
+        self.local()
+            .failed_offline
+            .insert((u.clone(), s.clone()), last_seen);
+    }
+
+    /// Retries the removals that failed while Redis was unreachable.
+    async fn retry_failed_removals(&self) -> Result<()> {
+        let (unreg, offline) = {
+            let mut l = self.local();
+            (
+                std::mem::take(&mut l.failed_unregister),
+                std::mem::take(&mut l.failed_offline),
+            )
+        };
+        let mut first_err = None;
+        for e in unreg {
+            if let Err(err) = adapters::unregister_entry(self, &e).await {
+                self.local().failed_unregister.insert(e);
+                first_err.get_or_insert(err);
+            }
+        }
+        for ((u, s), seen) in offline {
+            if let Err(err) = adapters::set_offline(self, &u, &s, seen).await {
+                self.local().failed_offline.insert((u, s), seen);
+                first_err.get_or_insert(err);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     pub fn subscription(&self, channel: String) -> SubscriptionParams {
@@ -454,6 +507,9 @@ async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every:
                 need_resync = false;
             }
             Err(e) => tracing::warn!(node = %sh.node, error = %e, "heartbeat failed"),
+        }
+        if let Err(e) = sh.retry_failed_removals().await {
+            tracing::debug!(node = %sh.node, error = %e, "retrying failed removals failed");
         }
         if need_resync {
             match sh.resync().await {
