@@ -1,8 +1,8 @@
 //! The node's lifecycle: connect, claim the node id, heartbeat, reap dead nodes, and
 //! shut down.
 
-use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -313,9 +313,8 @@ impl RedisCluster {
     /// so: the server should exit; a dead holder's claim expires after `node_ttl`).
     pub async fn connect(url: &str, node: NodeId, options: RedisOptions) -> Result<RedisCluster> {
         options.validate()?;
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::bad_request(format!("invalid redis url {url:?}")).with_source(e)
-        })?;
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::bad_request(format!("invalid redis url {url:?}")).with_source(e))?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.op_timeout))
@@ -350,14 +349,8 @@ impl RedisCluster {
         });
         // A previous holder of this id that died leaves sessions behind that no
         // reaper may have removed yet (a lone node restarting): remove them first.
-        if let Some(n) = reap_node(
-            &shared.con,
-            &shared.keys,
-            node,
-            "",
-            shared.opts.reap_batch,
-        )
-        .await?
+        if let Some(n) =
+            reap_node(&shared.con, &shared.keys, node, "", shared.opts.reap_batch).await?
         {
             if n > 0 {
                 tracing::info!(%node, users_offline = n, "removed sessions of this node id's dead previous instance");
@@ -466,10 +459,12 @@ impl RedisCluster {
 
 fn make_token(node: NodeId) -> String {
     let mut h = RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.write_u32(std::process::id());
     format!("n{node}-p{}-{:016x}", std::process::id(), h.finish())
 }
@@ -514,7 +509,9 @@ async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every:
         if need_resync {
             match sh.resync().await {
                 Ok(()) => need_resync = false,
-                Err(e) => tracing::warn!(node = %sh.node, error = %e, "re-registering sessions failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(node = %sh.node, error = %e, "re-registering sessions failed; retrying")
+                }
             }
         }
     }

@@ -60,10 +60,10 @@ where
     let first = open(&p).await?;
     let (tx, rx) = mpsc::channel::<T>(p.capacity.max(1));
     tokio::spawn(run(p, what, decode, first, tx));
-    Ok(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|v| (v, rx))
-    })
-    .boxed())
+    Ok(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+            .boxed(),
+    )
 }
 
 enum End {

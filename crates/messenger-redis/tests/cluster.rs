@@ -82,14 +82,22 @@ async fn directory_one_user_on_two_nodes() {
     b.directory().register(&e2).await.unwrap();
     b.directory().register(&e2).await.unwrap(); // twice: listed once
     let other = user("nobody");
-    let found = a.directory().lookup(&[other.clone(), u.clone()]).await.unwrap();
+    let found = a
+        .directory()
+        .lookup(&[other.clone(), u.clone()])
+        .await
+        .unwrap();
     assert!(found[0].is_empty());
     let mut want = vec![e1.clone(), e2.clone()];
     want.sort_by(|x, y| x.session_id.cmp(&y.session_id));
     assert_eq!(found[1], want);
     a.directory().unregister(&e1).await.unwrap();
     a.directory().unregister(&e1).await.unwrap(); // unknown: ignored
-    let found = b.directory().lookup(&[u.clone()]).await.unwrap();
+    let found = b
+        .directory()
+        .lookup(std::slice::from_ref(&u))
+        .await
+        .unwrap();
     assert_eq!(found, vec![vec![e2.clone()]]);
     assert!(a.directory().lookup(&[]).await.unwrap().is_empty());
     a.shutdown().await.unwrap();
@@ -104,28 +112,53 @@ async fn presence_transitions_across_two_nodes() {
     let mut events = pb.changes().await.unwrap();
     let u = user("bob");
     let (s1, s2) = (session(1), session(2));
-    assert_eq!(pa.get(&[u.clone()]).await.unwrap()[0].status, PresenceStatus::Offline);
+    assert_eq!(
+        pa.get(std::slice::from_ref(&u)).await.unwrap()[0].status,
+        PresenceStatus::Offline
+    );
 
     pa.set_online(&u, &s1, node(1)).await.unwrap();
     let e = next_for(&mut events, &u, Duration::from_secs(5)).await;
     assert_eq!((e.status, e.last_seen), (PresenceStatus::Online, None));
-    assert_eq!(pb.get(&[u.clone()]).await.unwrap()[0].status, PresenceStatus::Online);
+    assert_eq!(
+        pb.get(std::slice::from_ref(&u)).await.unwrap()[0].status,
+        PresenceStatus::Online
+    );
 
     pb.set_online(&u, &s2, node(2)).await.unwrap(); // already online: no event
     pa.set_offline(&u, &s1, 1_000).await.unwrap(); // still on node 2: no event
     pa.set_offline(&u, &s1, 1_000).await.unwrap(); // unknown session: no event
-    assert_eq!(pa.get(&[u.clone()]).await.unwrap()[0].status, PresenceStatus::Online);
+    assert_eq!(
+        pa.get(std::slice::from_ref(&u)).await.unwrap()[0].status,
+        PresenceStatus::Online
+    );
     pb.set_offline(&u, &s2, 2_000).await.unwrap();
     let e = next_for(&mut events, &u, Duration::from_secs(5)).await;
-    assert_eq!((e.status, e.last_seen), (PresenceStatus::Offline, Some(2_000)));
-    let got = pa.get(&[u.clone()]).await.unwrap();
-    assert_eq!((got[0].status, got[0].last_seen), (PresenceStatus::Offline, Some(2_000)));
+    assert_eq!(
+        (e.status, e.last_seen),
+        (PresenceStatus::Offline, Some(2_000))
+    );
+    let got = pa.get(std::slice::from_ref(&u)).await.unwrap();
+    assert_eq!(
+        (got[0].status, got[0].last_seen),
+        (PresenceStatus::Offline, Some(2_000))
+    );
 
     // Nothing else was published for u: the next event for u is this new transition.
     let mut events_a = pa.changes().await.unwrap();
     pa.set_online(&u, &s1, node(1)).await.unwrap();
-    assert_eq!(next_for(&mut events, &u, Duration::from_secs(5)).await.status, PresenceStatus::Online);
-    assert_eq!(next_for(&mut events_a, &u, Duration::from_secs(5)).await.status, PresenceStatus::Online);
+    assert_eq!(
+        next_for(&mut events, &u, Duration::from_secs(5))
+            .await
+            .status,
+        PresenceStatus::Online
+    );
+    assert_eq!(
+        next_for(&mut events_a, &u, Duration::from_secs(5))
+            .await
+            .status,
+        PresenceStatus::Online
+    );
 
     // A clean shutdown of node 1 takes its users offline at once, with an event.
     a.shutdown().await.unwrap();
@@ -153,7 +186,10 @@ async fn relay_delivers_from_a_to_b_only() {
     b.relay().send(node(1), env(node(2), "to-a")).await.unwrap();
     assert_eq!(next_env(&mut at_a).await.frame, "to-a");
     // Sending to a node nobody listens on is fine (best-effort).
-    a.relay().send(node(77), env(node(1), "void")).await.unwrap();
+    a.relay()
+        .send(node(77), env(node(1), "void"))
+        .await
+        .unwrap();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -179,7 +215,12 @@ async fn killed_node_users_go_offline_within_the_bound() {
     let killed_at = Instant::now();
     let killed_ms = now_ms();
     a.abandon(); // like SIGKILL: no cleanup, the heartbeat just stops
-    let e = next_for(&mut events, &u, opts.offline_bound() + Duration::from_secs(2)).await;
+    let e = next_for(
+        &mut events,
+        &u,
+        opts.offline_bound() + Duration::from_secs(2),
+    )
+    .await;
     let took = killed_at.elapsed();
     eprintln!(
         "offline event {took:?} after the kill (node_ttl {:?}, bound {:?})",
@@ -189,15 +230,29 @@ async fn killed_node_users_go_offline_within_the_bound() {
     assert_eq!(e.status, PresenceStatus::Offline);
     assert!(took <= opts.offline_bound(), "took {took:?}");
     let last_seen = e.last_seen.expect("last_seen");
-    assert!(last_seen <= killed_ms && last_seen + 2_000 >= killed_ms, "last_seen {last_seen}");
+    assert!(
+        last_seen <= killed_ms && last_seen + 2_000 >= killed_ms,
+        "last_seen {last_seen}"
+    );
     // The directory stopped returning the dead node's session; v is still online via
     // node 2 and got no event.
-    assert_eq!(b.directory().lookup(&[u.clone()]).await.unwrap(), vec![vec![]]);
+    assert_eq!(
+        b.directory()
+            .lookup(std::slice::from_ref(&u))
+            .await
+            .unwrap(),
+        vec![vec![]]
+    );
     let got = b.presence().get(&[u.clone(), v.clone()]).await.unwrap();
     assert_eq!(got[0].status, PresenceStatus::Offline);
     assert_eq!(got[1].status, PresenceStatus::Online);
     b.presence().set_offline(&v, &sv2, now_ms()).await.unwrap();
-    assert_eq!(next_for(&mut events, &v, Duration::from_secs(5)).await.status, PresenceStatus::Offline);
+    assert_eq!(
+        next_for(&mut events, &v, Duration::from_secs(5))
+            .await
+            .status,
+        PresenceStatus::Offline
+    );
     b.shutdown().await.unwrap();
 }
 
@@ -214,17 +269,31 @@ async fn directory_hides_a_dead_nodes_sessions_before_reaping() {
         node: node(1),
     };
     a.directory().register(&e).await.unwrap();
-    assert_eq!(b.directory().lookup(&[u.clone()]).await.unwrap(), vec![vec![e]]);
+    assert_eq!(
+        b.directory()
+            .lookup(std::slice::from_ref(&u))
+            .await
+            .unwrap(),
+        vec![vec![e]]
+    );
     let t = Instant::now();
     a.abandon();
     loop {
-        if b.directory().lookup(&[u.clone()]).await.unwrap() == vec![vec![]] {
+        if b.directory()
+            .lookup(std::slice::from_ref(&u))
+            .await
+            .unwrap()
+            == vec![vec![]]
+        {
             break;
         }
         assert!(t.elapsed() < opts.node_ttl + Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("dead node's session hidden {:?} after the kill", t.elapsed());
+    eprintln!(
+        "dead node's session hidden {:?} after the kill",
+        t.elapsed()
+    );
     b.shutdown().await.unwrap();
 }
 
@@ -241,9 +310,11 @@ async fn duplicate_node_id_is_refused_while_the_first_lives() {
     assert!(err.message().contains("node id 5"), "{err}");
     // The first one keeps its claim over several heartbeats.
     tokio::time::sleep(opts.node_ttl + Duration::from_millis(500)).await;
-    assert!(RedisCluster::connect(&common::shared().url(), node(5), opts.clone())
-        .await
-        .is_err());
+    assert!(
+        RedisCluster::connect(&common::shared().url(), node(5), opts.clone())
+            .await
+            .is_err()
+    );
     assert!(first.claim_held());
 
     let t = Instant::now();
@@ -256,7 +327,10 @@ async fn duplicate_node_id_is_refused_while_the_first_lives() {
         assert!(t.elapsed() < opts.node_ttl + Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("node id reclaimed {:?} after the holder was killed", t.elapsed());
+    eprintln!(
+        "node id reclaimed {:?} after the holder was killed",
+        t.elapsed()
+    );
     assert!(t.elapsed() >= opts.node_ttl - Duration::from_millis(600));
     // A clean shutdown releases the id at once.
     second.shutdown().await.unwrap();

@@ -86,30 +86,48 @@ async fn redis_restart_mid_traffic() {
     dir_a.register(&entry).await.unwrap();
     pres_a.set_online(&u, &s, node(1)).await.unwrap();
     assert_eq!(
-        poll_event(&mut events, &u, Duration::from_secs(5)).await.map(|e| e.status),
+        poll_event(&mut events, &u, Duration::from_secs(5))
+            .await
+            .map(|e| e.status),
         Some(PresenceStatus::Online)
     );
     relay_a.send(node(2), env("before")).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), at_b.next()).await;
-    assert_eq!(got.ok().flatten().map(|e| e.frame).as_deref(), Some("before"));
+    assert_eq!(
+        got.ok().flatten().map(|e| e.frame).as_deref(),
+        Some("before")
+    );
 
     server.kill();
     let down = Instant::now();
     // Every kind of call fails with a transient error, promptly.
     for _ in 0..3 {
         let t = Instant::now();
-        let e = pres_a.get(&[u.clone()]).await.expect_err("get while redis is down");
+        let e = pres_a
+            .get(std::slice::from_ref(&u))
+            .await
+            .expect_err("get while redis is down");
         assert!(e.is_transient(), "{e}");
-        let e = relay_a.send(node(2), env("lost")).await.expect_err("send while down");
+        let e = relay_a
+            .send(node(2), env("lost"))
+            .await
+            .expect_err("send while down");
         assert!(e.is_transient(), "{e}");
-        let e = dir_b.lookup(&[u.clone()]).await.expect_err("lookup while down");
+        let e = dir_b
+            .lookup(std::slice::from_ref(&u))
+            .await
+            .expect_err("lookup while down");
         assert!(e.is_transient(), "{e}");
         let e = pres_b
             .set_online(&u, &SessionId::new("s-2").unwrap(), node(2))
             .await
             .expect_err("set_online while down");
         assert!(e.is_transient(), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(3), "failing took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "failing took {:?}",
+            t.elapsed()
+        );
     }
     let e = pres_b.changes().await.err().expect("subscribe while down");
     assert!(e.is_transient(), "{e}");
@@ -120,32 +138,47 @@ async fn redis_restart_mid_traffic() {
     let up = Instant::now();
     // The same adapters work again.
     eventually("get after restart", Duration::from_secs(10), || async {
-        pres_a.get(&[u.clone()]).await.ok()
+        pres_a.get(std::slice::from_ref(&u)).await.ok()
     })
     .await;
     eprintln!("calls succeed again {:?} after the restart", up.elapsed());
     // Node 1 wrote its session back (the restarted Redis is empty).
-    eventually("directory re-registered", Duration::from_secs(10), || async {
-        let found = dir_b.lookup(&[u.clone()]).await.ok()?;
-        (found == vec![vec![entry.clone()]]).then_some(())
-    })
+    eventually(
+        "directory re-registered",
+        Duration::from_secs(10),
+        || async {
+            let found = dir_b.lookup(std::slice::from_ref(&u)).await.ok()?;
+            (found == vec![vec![entry.clone()]]).then_some(())
+        },
+    )
     .await;
-    eventually("presence re-registered", Duration::from_secs(10), || async {
-        let p = pres_b.get(&[u.clone()]).await.ok()?;
-        (p[0].status == PresenceStatus::Online).then_some(())
-    })
+    eventually(
+        "presence re-registered",
+        Duration::from_secs(10),
+        || async {
+            let p = pres_b.get(std::slice::from_ref(&u)).await.ok()?;
+            (p[0].status == PresenceStatus::Online).then_some(())
+        },
+    )
     .await;
-    eprintln!("sessions re-registered {:?} after the restart", up.elapsed());
+    eprintln!(
+        "sessions re-registered {:?} after the restart",
+        up.elapsed()
+    );
     // The relay subscription resumed: a new envelope gets through.
     let t = Instant::now();
     'relay: for n in 0.. {
-        assert!(t.elapsed() < Duration::from_secs(10), "relay did not resume");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "relay did not resume"
+        );
         let tag = format!("after-{n}");
         if relay_a.send(node(2), env(&tag)).await.is_err() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), at_b.next()).await {
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), at_b.next()).await
+        {
             if e.frame == tag {
                 break 'relay;
             }
@@ -154,13 +187,18 @@ async fn redis_restart_mid_traffic() {
     // The presence subscription resumed: a new transition is seen.
     let t = Instant::now();
     for n in 0.. {
-        assert!(t.elapsed() < Duration::from_secs(10), "presence events did not resume");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "presence events did not resume"
+        );
         let v = UserId::new(format!("{}-{n}", common::unique_prefix("hal"))).unwrap();
         if pres_a
             .set_online(&v, &SessionId::new("s-9").unwrap(), node(1))
             .await
             .is_ok()
-            && poll_event(&mut events, &v, Duration::from_millis(300)).await.is_some()
+            && poll_event(&mut events, &v, Duration::from_millis(300))
+                .await
+                .is_some()
         {
             break;
         }
@@ -169,7 +207,9 @@ async fn redis_restart_mid_traffic() {
     // And a transition of the re-registered user still works end to end.
     pres_a.set_offline(&u, &s, now_ms()).await.unwrap();
     assert_eq!(
-        poll_event(&mut events, &u, Duration::from_secs(5)).await.map(|e| e.status),
+        poll_event(&mut events, &u, Duration::from_secs(5))
+            .await
+            .map(|e| e.status),
         Some(PresenceStatus::Offline)
     );
     a.shutdown().await.unwrap();

@@ -115,8 +115,7 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL and waits until the port refuses connections.
     pub fn kill(&self) {
-        if let Some((mut child, pid)) = self.proc.lock().unwrap_or_else(|p| p.into_inner()).take()
-        {
+        if let Some((mut child, pid)) = self.proc.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             drop(child.stdin.take());
             let _ = child.wait();
