@@ -60,17 +60,20 @@ pub trait ThreadStore: Send + Sync {
     /// The thread, if it exists.
     async fn get_thread(&self, thread: &ThreadId) -> Result<Option<ThreadInfo>>;
 
-    /// Adds members (already-members are ignored). `not_found` if the thread does not exist.
+    /// Adds members (already-members and repeats in `members` are ignored; each added user
+    /// appears once in `changed`). `not_found` if the thread does not exist.
     async fn add_members(&self, thread: &ThreadId, members: &[UserId]) -> Result<MembershipChange>;
 
     /// Removes a member (a non-member is ignored). `not_found` if the thread does not exist.
     async fn remove_member(&self, thread: &ThreadId, member: &UserId) -> Result<MembershipChange>;
 
-    /// Every thread `user` is a member of, with every member's watermarks.
+    /// Every thread `user` is a member of, with every member's watermarks. The order is
+    /// the adapter's (the engine does not rely on it).
     async fn list_user_threads(&self, user: &UserId) -> Result<Vec<UserThread>>;
 
     /// Advances `user`'s watermark for `status` in `thread` to `seq` if that is forward.
     /// Never moves backwards; advancing READ also advances DELIVERED to at least `seq`.
+    /// `not_found` if the thread does not exist.
     async fn advance_watermark(
         &self,
         thread: &ThreadId,
@@ -84,7 +87,7 @@ pub trait ThreadStore: Send + Sync {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait SessionDirectory: Send + Sync {
-    /// Records a live session.
+    /// Records a live session. Idempotent: registering the same session again lists it once.
     async fn register(&self, entry: &SessionEntry) -> Result<()>;
 
     /// Forgets a session (unknown sessions are ignored).
@@ -114,7 +117,8 @@ pub trait Presence: Send + Sync {
     /// Current presence of each user, in input order.
     async fn get(&self, users: &[UserId]) -> Result<Vec<PresenceInfo>>;
 
-    /// A stream of presence changes from every node, starting now.
+    /// A stream of presence changes from every node, starting now. A subscriber that
+    /// falls behind may skip changes (adapters log it); it never blocks other nodes.
     async fn changes(&self) -> Result<BoxStream<'static, PresenceInfo>>;
 }
 
@@ -128,6 +132,10 @@ pub trait PushSink: Send + Sync {
 }
 
 /// Cross-node delivery: one envelope per remote node per event.
+///
+/// Best effort and unordered: the message store is the source of truth, envelopes carry
+/// a `(thread, seq)` key that the receiving engine uses to restore order, and clients
+/// catch up from history after any loss.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Relay: Send + Sync {

@@ -301,12 +301,11 @@ impl Engine {
     pub async fn connect(&self, user: UserId) -> Result<Session> {
         let inner = &self.inner;
         let session_id = SessionId::from_id(inner.a.ids.next_id().get());
-        let (shared, rx) = SessionShared::new(
+        let shared = Arc::new(SessionShared::new(
             session_id.clone(),
             user.clone(),
             inner.config.outbound_queue,
-        );
-        let shared = Arc::new(shared);
+        ));
         let entry = SessionEntry {
             user_id: user.clone(),
             session_id: session_id.clone(),
@@ -339,7 +338,7 @@ impl Engine {
             accepted_at: None,
         });
         Ok(Session {
-            outbox: Outbox::new(rx, shared.clone()),
+            outbox: Outbox::new(shared.clone()),
             handle: SessionHandle { shared },
         })
     }
@@ -350,6 +349,7 @@ impl Engine {
         let inner = &self.inner;
         let s = &session.shared;
         let last_seen = now_ms();
+        s.end();
         {
             let mut shard = inner.sessions.shard(&s.user);
             if let Some(list) = shard.get_mut(&s.user) {

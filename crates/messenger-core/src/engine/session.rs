@@ -1,11 +1,12 @@
 //! Sessions as the engine sees them: a bounded outbound queue and a kick signal.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::ids::{SessionId, UserId};
 
@@ -40,64 +41,91 @@ pub(crate) enum Pushed {
     KickedNow,
 }
 
+/// A session's state shared between the engine and the transport.
+///
+/// The outbound queue is a `VecDeque` behind a mutex rather than a channel: an idle
+/// session's empty queue allocates nothing (a channel preallocates a block of slots per
+/// session), which matters at hundreds of thousands of connections.
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
     pub(crate) user: UserId,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Wakes the writer: a frame was queued, a close was requested or the session ended.
+    wake: Notify,
     close: OnceLock<CloseReason>,
-    kick: Notify,
+    ended: AtomicBool,
     /// Users whose presence this session follows.
     pub(crate) subscriptions: Mutex<HashSet<UserId>>,
 }
 
+/// Queues shrink back when drained after growing past this many slots.
+const SHRINK_ABOVE: usize = 64;
+
 impl SessionShared {
-    pub(crate) fn new(
-        id: SessionId,
-        user: UserId,
-        capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            SessionShared {
-                id,
-                user,
-                tx,
-                close: OnceLock::new(),
-                kick: Notify::new(),
-                subscriptions: Mutex::new(HashSet::new()),
-            },
-            rx,
-        )
+    pub(crate) fn new(id: SessionId, user: UserId, capacity: usize) -> Self {
+        SessionShared {
+            id,
+            user,
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            wake: Notify::new(),
+            close: OnceLock::new(),
+            ended: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a frame; a full queue kicks the session as a slow consumer.
     pub(crate) fn push(&self, out: Outbound) -> Pushed {
-        if self.close.get().is_some() {
+        if self.close.get().is_some() || self.ended.load(Ordering::Acquire) {
             return Pushed::Dropped;
         }
-        match self.tx.try_send(out) {
-            Ok(()) => Pushed::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close_with(CloseReason::SlowConsumer) {
-                    tracing::info!(session = %self.id, user = %self.user,
-                        "outbound queue full: closing slow consumer");
-                    Pushed::KickedNow
-                } else {
-                    Pushed::Dropped
-                }
+        {
+            let mut q = self.queue();
+            if q.len() < self.capacity {
+                q.push_back(out);
+                drop(q);
+                self.wake.notify_one();
+                return Pushed::Queued;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Dropped,
+        }
+        if self.close_with(CloseReason::SlowConsumer) {
+            tracing::info!(session = %self.id, user = %self.user,
+                "outbound queue full: closing slow consumer");
+            Pushed::KickedNow
+        } else {
+            Pushed::Dropped
         }
     }
 
     /// Asks the writer to close; true if this call set the reason.
     pub(crate) fn close_with(&self, reason: CloseReason) -> bool {
         if self.close.set(reason).is_ok() {
-            self.kick.notify_one();
+            self.wake.notify_one();
             true
         } else {
             false
         }
+    }
+
+    /// The session is gone: nothing more is queued and the outbox ends once drained.
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let mut q = self.queue();
+        let item = q.pop_front();
+        if q.is_empty() && q.capacity() > SHRINK_ABOVE {
+            q.shrink_to(0);
+        }
+        item
     }
 }
 
@@ -113,27 +141,30 @@ pub enum OutboxItem {
 /// The receiving end of a session's bounded outbound queue; the transport's writer
 /// task drains it.
 pub struct Outbox {
-    rx: mpsc::Receiver<Outbound>,
     shared: std::sync::Arc<SessionShared>,
 }
 
 impl Outbox {
-    pub(crate) fn new(rx: mpsc::Receiver<Outbound>, shared: std::sync::Arc<SessionShared>) -> Self {
-        Outbox { rx, shared }
+    pub(crate) fn new(shared: std::sync::Arc<SessionShared>) -> Self {
+        Outbox { shared }
     }
 
-    /// The next frame, or a close request. `None` once the session is disconnected and
-    /// the queue is drained.
+    /// The next frame, or a close request (which comes before any frame still queued).
+    /// `None` once the session is disconnected and the queue is drained.
     pub async fn recv(&mut self) -> Option<OutboxItem> {
-        if let Some(reason) = self.shared.close.get() {
-            return Some(OutboxItem::Close(*reason));
-        }
-        tokio::select! {
-            biased;
-            _ = self.shared.kick.notified() => {
-                self.shared.close.get().map(|r| OutboxItem::Close(*r))
+        loop {
+            if let Some(reason) = self.shared.close.get() {
+                return Some(OutboxItem::Close(*reason));
             }
-            m = self.rx.recv() => m.map(OutboxItem::Frame),
+            if let Some(out) = self.shared.pop() {
+                return Some(OutboxItem::Frame(out));
+            }
+            if self.shared.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            // `notify_one` stores a permit when nobody waits, so a wake-up between the
+            // checks above and this await is not lost.
+            self.shared.wake.notified().await;
         }
     }
 
@@ -142,7 +173,7 @@ impl Outbox {
         if self.shared.close.get().is_some() {
             return None;
         }
-        self.rx.try_recv().ok()
+        self.shared.pop()
     }
 }
 
