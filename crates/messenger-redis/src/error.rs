@@ -7,9 +7,9 @@ use redis::{RedisError, ServerErrorKind};
 /// (transient); anything else (a protocol or type error, a script bug) is `internal`.
 pub(crate) fn map(what: &str, e: RedisError) -> Error {
     if is_transient(&e) {
-        Error::unavailable(format!("redis unavailable: {what}")).with_source(e)
+        Error::unavailable(format!("redis: {what}")).with_source(e)
     } else {
-        Error::internal(format!("redis error: {what}")).with_source(e)
+        Error::internal(format!("redis: {what}")).with_source(e)
     }
 }
 

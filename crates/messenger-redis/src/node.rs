@@ -330,7 +330,7 @@ impl RedisCluster {
             Ok(Err(e)) => return Err(map(&format!("connect to {url}"), e)),
             Err(_) => {
                 return Err(Error::unavailable(format!(
-                    "redis unavailable: connect to {url} timed out"
+                    "redis: connect to {url} timed out"
                 )))
             }
         };

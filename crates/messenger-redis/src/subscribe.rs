@@ -40,7 +40,7 @@ async fn open(p: &SubscriptionParams) -> Result<(PubSubSink, PubSubStream)> {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error::map(&format!("subscribe to {}", p.channel), e)),
         Err(_) => Err(Error::unavailable(format!(
-            "redis unavailable: subscribe to {} timed out",
+            "redis: subscribe to {} timed out",
             p.channel
         ))),
     }

@@ -215,3 +215,63 @@ async fn redis_restart_mid_traffic() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Redis stalls (`CLIENT PAUSE ... WRITE`) while a user leaves: set_offline times out
+/// with a transient error, the heartbeat retries it afterwards, and the offline event
+/// arrives exactly once although the stalled command also ran when the pause ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_offline_is_retried_after_a_stall() {
+    let server = common::RedisServer::start();
+    let opts = common::fast_options("stall");
+    let a = RedisCluster::connect(&server.url(), node(1), opts.clone())
+        .await
+        .unwrap();
+    let b = RedisCluster::connect(&server.url(), node(2), opts.clone())
+        .await
+        .unwrap();
+    let mut events = b.presence().changes().await.unwrap();
+    let u = UserId::new(common::unique_prefix("ida")).unwrap();
+    let s = SessionId::new("s-1").unwrap();
+    a.presence().set_online(&u, &s, node(1)).await.unwrap();
+    assert_eq!(
+        poll_event(&mut events, &u, Duration::from_secs(5))
+            .await
+            .map(|e| e.status),
+        Some(PresenceStatus::Online)
+    );
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let e = a
+        .presence()
+        .set_offline(&u, &s, now_ms())
+        .await
+        .expect_err("set_offline during a stall");
+    assert!(e.is_transient(), "{e}");
+    eprintln!("set_offline failed after {:?}: {e}", t.elapsed());
+
+    let off = poll_event(&mut events, &u, Duration::from_secs(6))
+        .await
+        .expect("offline event after the stall");
+    assert_eq!(off.status, PresenceStatus::Offline);
+    eprintln!("offline event {:?} after the failed call", t.elapsed());
+    // Exactly once: after two more heartbeats, the next event for u is a new online.
+    tokio::time::sleep(opts.heartbeat_interval * 2).await;
+    a.presence().set_online(&u, &s, node(1)).await.unwrap();
+    assert_eq!(
+        poll_event(&mut events, &u, Duration::from_secs(5))
+            .await
+            .map(|e| e.status),
+        Some(PresenceStatus::Online)
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
