@@ -41,6 +41,8 @@
 //! with the defaults) after that node's last heartbeat. Directory lookups also skip
 //! entries of nodes whose claim has expired, so a killed node's sessions stop being
 //! returned after `node_ttl` even before a reaper has run.
+//! [`Presence::get`](messenger_core::Presence::get) reads the same state the events come
+//! from, so it agrees with them: a killed node's users read as online until reaped.
 //!
 //! # Key layout
 //!

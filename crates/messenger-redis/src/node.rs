@@ -4,7 +4,6 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -117,7 +116,8 @@ pub(crate) struct Shared {
     token: String,
     shutdown_tx: watch::Sender<bool>,
     local: Mutex<Local>,
-    claim_held: AtomicBool,
+    /// Whether this instance holds its node id (false once another instance took it).
+    claim_held: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -345,7 +345,7 @@ impl RedisCluster {
             opts: options,
             shutdown_tx,
             local: Mutex::new(Local::default()),
-            claim_held: AtomicBool::new(false),
+            claim_held: watch::Sender::new(false),
         });
         // A previous holder of this id that died leaves sessions behind that no
         // reaper may have removed yet (a lone node restarting): remove them first.
@@ -374,7 +374,7 @@ impl RedisCluster {
                 ),
             ));
         }
-        shared.claim_held.store(true, Ordering::Relaxed);
+        shared.claim_held.send_replace(true);
         tracing::info!(%node, token = %shared.token, "claimed node id in redis");
         let tasks = vec![
             tokio::spawn(heartbeat(
@@ -399,7 +399,15 @@ impl RedisCluster {
     /// Whether this instance still holds its node id: false after the heartbeat found
     /// another instance holding it (for health checks).
     pub fn claim_held(&self) -> bool {
-        self.shared.claim_held.load(Ordering::Relaxed)
+        *self.shared.claim_held.borrow()
+    }
+
+    /// Resolves when this instance loses its node id to another instance (two nodes
+    /// were started with one id, or this one stalled past `node_ttl` and a new one took
+    /// the id). A server should stop then: its sessions are no longer its own in Redis.
+    pub async fn lost_claim(&self) {
+        let mut rx = self.shared.claim_held.subscribe();
+        let _ = rx.wait_for(|held| !held).await;
     }
 
     /// The [`SessionDirectory`].
@@ -482,7 +490,7 @@ async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every:
         let Some(sh) = sh.upgrade() else { return };
         match sh.claim("refresh").await {
             Ok(1) => {
-                if !sh.claim_held.swap(true, Ordering::Relaxed) {
+                if !sh.claim_held.send_replace(true) {
                     tracing::info!(node = %sh.node, "node id claim held again");
                 }
             }
@@ -490,11 +498,11 @@ async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every:
                 tracing::warn!(node = %sh.node,
                     "node id claim had expired (redis restarted or heartbeats were missed); \
                      re-claimed it and re-registering this node's sessions");
-                sh.claim_held.store(true, Ordering::Relaxed);
+                sh.claim_held.send_replace(true);
                 need_resync = true;
             }
             Ok(_) => {
-                if sh.claim_held.swap(false, Ordering::Relaxed) {
+                if sh.claim_held.send_replace(false) {
                     tracing::error!(node = %sh.node,
                         "node id is now claimed by another instance: two nodes run with one id; \
                          this node's sessions will be reaped");

@@ -393,3 +393,33 @@ async fn invalid_options_and_url_are_bad_requests() {
     assert!(e.is_transient(), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_node_id_to_another_instance_is_reported() {
+    let opts = common::fast_options("takeover");
+    let a = connect(7, &opts).await;
+    // Another instance takes the id (as if `a` had stalled past node_ttl).
+    let client = redis::Client::open(common::shared().url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(format!("{}:node:7", opts.key_prefix))
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    tokio::time::timeout(opts.heartbeat_interval * 3, a.lost_claim())
+        .await
+        .expect("lost claim not reported");
+    assert!(!a.claim_held());
+    // The heartbeat does not steal it back.
+    tokio::time::sleep(opts.heartbeat_interval * 2).await;
+    let holder: String = redis::cmd("GET")
+        .arg(format!("{}:node:7", opts.key_prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(holder, "someone-else");
+    a.abandon();
+}
