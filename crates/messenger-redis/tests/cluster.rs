@@ -423,3 +423,59 @@ async fn losing_the_node_id_to_another_instance_is_reported() {
     assert_eq!(holder, "someone-else");
     a.abandon();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reapers_publish_each_offline_exactly_once() {
+    // Three live nodes reap a killed one with 300 users, in batches of 50.
+    let mut opts = common::fast_options("reapers");
+    opts.reap_batch = 50;
+    opts.reap_interval = Duration::from_millis(100);
+    let a = connect(1, &opts).await;
+    let others = vec![
+        connect(2, &opts).await,
+        connect(3, &opts).await,
+        connect(4, &opts).await,
+    ];
+    let mut events = others[0].presence().changes().await.unwrap();
+    let users: Vec<UserId> = (0..300).map(|i| user(&format!("r{i}"))).collect();
+    let pa = a.presence();
+    for (i, u) in users.iter().enumerate() {
+        pa.set_online(u, &session(i as u32), node(1)).await.unwrap();
+    }
+    let mut online = 0;
+    while online < users.len() {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("online events")
+            .unwrap();
+        if e.status == PresenceStatus::Online {
+            online += 1;
+        }
+    }
+    let t = Instant::now();
+    a.abandon();
+    let mut offline = std::collections::HashMap::<UserId, u32>::new();
+    let deadline = opts.offline_bound() + Duration::from_secs(2);
+    while offline.len() < users.len() {
+        let e = tokio::time::timeout(deadline.saturating_sub(t.elapsed()), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 300 offline events", offline.len()))
+            .unwrap();
+        assert_eq!(e.status, PresenceStatus::Offline);
+        *offline.entry(e.user_id).or_default() += 1;
+    }
+    eprintln!("300 users offline {:?} after the kill", t.elapsed());
+    // No duplicates arrive afterwards.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
+        *offline.entry(e.user_id).or_default() += 1;
+    }
+    assert!(
+        offline.values().all(|n| *n == 1),
+        "duplicate offline events"
+    );
+    assert!(users.iter().all(|u| offline.contains_key(u)));
+    for c in others {
+        c.shutdown().await.unwrap();
+    }
+}
