@@ -13,6 +13,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# messenger-redis's tests start their own redis-server (a free 127.0.0.1 port, no
+# persistence) and fail, never skip, when the binary is missing: install it here.
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_SERVER:-}" ]; then
+  step "installing redis-server (needed by messenger-redis tests)"
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server not found and no apt-get: install Redis (6+) and run this again" >&2
+    exit 1
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
