@@ -1,0 +1,173 @@
+//! [`MemMessageStore`]: messages per thread, in memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use messenger_core::model::{Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage};
+use messenger_core::{MessageId, MessageStore, Result, ThreadId, UserId};
+
+use crate::shard::{lock, Sharded};
+
+/// One thread's messages and idempotency indexes.
+#[derive(Default)]
+struct ThreadLog {
+    /// `messages[i].seq == i + 1`.
+    messages: Vec<StoredMessage>,
+    /// (sender, temp_id) -> seq, the idempotency key within the thread.
+    by_temp: HashMap<(UserId, String), u64>,
+    /// message id -> seq.
+    by_id: HashMap<MessageId, u64>,
+}
+
+impl ThreadLog {
+    fn at(&self, seq: u64) -> Option<&StoredMessage> {
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.messages.get(i)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.messages.len() as u64
+    }
+}
+
+/// An in-memory [`MessageStore`].
+///
+/// Threads live in a 64-way sharded map; each thread has its own lock, so appends to
+/// different threads never contend and an append holds only its thread's lock while it
+/// assigns the next seq. Nothing is ever evicted: memory grows with the history, which is
+/// what an embedded single-process default wants (use a real store for production).
+#[derive(Default)]
+pub struct MemMessageStore {
+    threads: Sharded<ThreadId, Arc<Mutex<ThreadLog>>>,
+}
+
+impl std::fmt::Debug for MemMessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemMessageStore").finish_non_exhaustive()
+    }
+}
+
+impl MemMessageStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn log(&self, thread: &ThreadId) -> Option<Arc<Mutex<ThreadLog>>> {
+        self.threads.shard(thread).get(thread).cloned()
+    }
+
+    fn log_or_create(&self, thread: &ThreadId) -> Arc<Mutex<ThreadLog>> {
+        self.threads
+            .shard(thread)
+            .entry(thread.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+/// The page `query` selects from `log` (see [`HistoryQuery`]).
+fn page(log: &ThreadLog, query: HistoryQuery) -> HistoryPage {
+    let limit = query.limit.max(1) as u64;
+    // The inclusive seq range [lo, hi] the bounds allow.
+    let lo = query.after_seq.map_or(1, |a| a.saturating_add(1));
+    let hi = match query.before_seq {
+        Some(b) => b.saturating_sub(1).min(log.last_seq()),
+        None => log.last_seq(),
+    };
+    if lo > hi {
+        return HistoryPage::default();
+    }
+    let in_range = hi - lo + 1;
+    let has_more = in_range > limit;
+    let (from, to) = if query.after_seq.is_some() {
+        // Paging forward: the oldest `limit` in range.
+        (lo, if has_more { lo + limit - 1 } else { hi })
+    } else {
+        // Latest or paging backward: the newest `limit` in range.
+        (if has_more { hi - limit + 1 } else { lo }, hi)
+    };
+    let messages = (from..=to).filter_map(|s| log.at(s).cloned()).collect();
+    HistoryPage { messages, has_more }
+}
+
+#[async_trait]
+impl MessageStore for MemMessageStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+        let log = self.log_or_create(&msg.thread_id);
+        let mut log = lock(&log);
+        let key = (msg.sender_id, msg.temp_id);
+        if let Some(&seq) = log.by_temp.get(&key) {
+            if let Some(original) = log.at(seq) {
+                return Ok(Appended {
+                    message: original.clone(),
+                    duplicate: true,
+                });
+            }
+        }
+        let seq = log.last_seq() + 1;
+        let (sender_id, temp_id) = key;
+        let stored = StoredMessage {
+            thread_id: msg.thread_id,
+            seq,
+            message_id: msg.message_id,
+            sender_id: sender_id.clone(),
+            temp_id: temp_id.clone(),
+            text: msg.text,
+            sent_at: msg.sent_at,
+        };
+        log.by_temp.insert((sender_id, temp_id), seq);
+        log.by_id.insert(stored.message_id, seq);
+        log.messages.push(stored.clone());
+        Ok(Appended {
+            message: stored,
+            duplicate: false,
+        })
+    }
+
+    async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {
+        Ok(match self.log(thread) {
+            Some(log) => page(&lock(&log), query),
+            None => HistoryPage::default(),
+        })
+    }
+
+    async fn get(&self, thread: &ThreadId, message_id: MessageId) -> Result<Option<StoredMessage>> {
+        let Some(log) = self.log(thread) else {
+            return Ok(None);
+        };
+        let log = lock(&log);
+        Ok(log
+            .by_id
+            .get(&message_id)
+            .and_then(|&seq| log.at(seq))
+            .cloned())
+    }
+
+    async fn last_seqs(&self, threads: &[ThreadId]) -> Result<Vec<u64>> {
+        Ok(threads
+            .iter()
+            .map(|t| self.log(t).map_or(0, |log| lock(&log).last_seq()))
+            .collect())
+    }
+
+    async fn count_unread(
+        &self,
+        thread: &ThreadId,
+        reader: &UserId,
+        after_seq: u64,
+    ) -> Result<u64> {
+        let Some(log) = self.log(thread) else {
+            return Ok(0);
+        };
+        let log = lock(&log);
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(log.messages.len());
+        Ok(log.messages[start..]
+            .iter()
+            .filter(|m| &m.sender_id != reader)
+            .count() as u64)
+    }
+}
