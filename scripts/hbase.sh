@@ -9,7 +9,10 @@
 #   scripts/hbase.sh stop     stop both JVMs (by the pids recorded in $RUN_DIR)
 #   scripts/hbase.sh status   say what is running
 #   scripts/hbase.sh restart-thrift   stop and start only the Thrift2 gateway (same port)
-#   scripts/hbase.sh stop-thrift | start-thrift   the gateway alone (used by tests)
+#   scripts/hbase.sh stop-thrift | start-thrift   the gateway alone
+#   scripts/hbase.sh gateway-start NAME [PORT]    an extra Thrift2 gateway on the running
+#                             HBase (tests kill and restart it); prints HBASE_THRIFT=...
+#   scripts/hbase.sh gateway-kill NAME            kill -9 that extra gateway
 #
 # Environment:
 #   MESSENGER_CACHE      jar cache root (default ~/.cache/messenger)
@@ -102,6 +105,10 @@ write_conf() {
   <property><name>hbase.regionserver.handler.count</name><value>16</value></property>
   <property><name>hbase.master.wait.on.regionservers.mintostart</name><value>1</value></property>
   <property><name>zookeeper.session.timeout</name><value>30000</value></property>
+  <!-- The gateway's own HBase client must give up well inside the adapter's claim lease
+       (30 s): a conditional put cannot land long after the adapter stopped waiting. -->
+  <property><name>hbase.rpc.timeout</name><value>5000</value></property>
+  <property><name>hbase.client.operation.timeout</name><value>10000</value></property>
 </configuration>
 XML
   cat >"$RUN_DIR/conf/log4j2.properties" <<'L4J'
@@ -215,7 +222,11 @@ kill_pid() { # name
   rm -f "$RUN_DIR/$1.pid"
 }
 
-stop_quiet() { [ -d "$RUN_DIR" ] || return 0; kill_pid thrift; kill_pid master; }
+stop_quiet() {
+  [ -d "$RUN_DIR" ] || return 0
+  for f in "$RUN_DIR"/gw-*.pid; do [ -e "$f" ] && kill_pid "$(basename "$f" .pid)"; done
+  kill_pid thrift; kill_pid master
+}
 
 stop() { stop_quiet; log "stopped"; }
 
@@ -240,5 +251,20 @@ case "${1:-}" in
     port=$(cat "$RUN_DIR/thrift.port"); start_thrift "$port"; wait_ready "$port"; log "thrift up on $port" ;;
   restart-thrift)
     kill_pid thrift; port=$(cat "$RUN_DIR/thrift.port"); start_thrift "$port"; wait_ready "$port"; log "thrift up on $port" ;;
-  *) echo "usage: $0 fetch|start|stop|status|stop-thrift|start-thrift|restart-thrift" >&2; exit 2 ;;
+  gateway-start)
+    name=${2:?name}; port=${3:-$(free_port)}
+    alive master || die "HBase is not running in $RUN_DIR"
+    java_bg "gw-$name" "$THRIFT_HEAP" org.apache.hadoop.hbase.thrift2.ThriftServer start -p "$port"
+    t0=$SECONDS
+    until probe "$port" 2>/dev/null; do
+      alive "gw-$name" || { tail -n 30 "$RUN_DIR/logs/gw-$name.log" >&2; die "gateway $name exited"; }
+      (( SECONDS - t0 > START_TIMEOUT )) && die "gateway $name not ready after ${START_TIMEOUT}s"
+      sleep 0.5
+    done
+    echo "HBASE_THRIFT=127.0.0.1:$port" ;;
+  gateway-kill)
+    name=${2:?name}
+    if alive "gw-$name"; then kill -9 "$(cat "$RUN_DIR/gw-$name.pid")"; fi
+    rm -f "$RUN_DIR/gw-$name.pid"; log "gateway $name killed" ;;
+  *) echo "usage: $0 fetch|start|stop|status|stop-thrift|start-thrift|restart-thrift|gateway-start NAME [PORT]|gateway-kill NAME" >&2; exit 2 ;;
 esac
