@@ -52,14 +52,24 @@ JDK17_FLAGS=(
   --add-exports java.base/sun.net.util=ALL-UNNAMED
 )
 
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
+# A missing tool is installed when we are root on Debian (fresh CI machines), else named.
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "$1 missing: $2"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive $2 -qq) >&2 \
+      || die "could not install $1 ($2)"
+    command -v "$1" >/dev/null 2>&1 && return 0
+  fi
+  die "$1 not found: $2"
+}
 
 fetch() {
   if [ -f "$CACHE/.complete" ]; then
     log "jars cached in $LIB"
     return 0
   fi
-  need java "apt-get install -y openjdk-17-jre-headless"
+  need java "apt-get install -y openjdk-17-jdk-headless"
   need mvn "apt-get install -y maven"
   log "resolving HBase $HBASE_VERSION from Maven Central into $LIB (first run only, a few minutes)"
   rm -rf "$LIB"; mkdir -p "$LIB"

@@ -63,7 +63,12 @@ impl Pool {
 
     /// Runs `f` on a pooled connection off the async worker threads. `what` names the
     /// operation in errors. Idempotent calls are retried on transient errors with backoff.
-    pub(crate) async fn call<T, F>(&self, what: &'static str, idem: Idempotent, f: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F>(
+        &self,
+        what: &'static str,
+        idem: Idempotent,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
         F: Fn(&mut Client) -> thrift::Result<T> + Send + Sync + 'static,
@@ -106,11 +111,15 @@ impl Pool {
             let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
             let mut client = match pooled {
                 Some(c) => c,
-                None => connect(&inner.addr, inner.connect_timeout, inner.call_timeout)
-                    .map_err(|e| {
-                        Error::unavailable(format!("HBase Thrift2 {what}: connect to {}", inner.addr))
-                            .with_source(e)
-                    })?,
+                None => connect(&inner.addr, inner.connect_timeout, inner.call_timeout).map_err(
+                    |e| {
+                        Error::unavailable(format!(
+                            "HBase Thrift2 {what}: connect to {}",
+                            inner.addr
+                        ))
+                        .with_source(e)
+                    },
+                )?,
             };
             match f(&mut client) {
                 Ok(v) => {
@@ -136,12 +145,18 @@ impl Pool {
         .await;
         match joined {
             Ok(r) => r,
-            Err(e) => Err(Error::internal(format!("HBase {what}: blocking task failed")).with_source(e)),
+            Err(e) => {
+                Err(Error::internal(format!("HBase {what}: blocking task failed")).with_source(e))
+            }
         }
     }
 }
 
-fn connect(addr: &str, connect_timeout: Duration, call_timeout: Duration) -> std::io::Result<Client> {
+fn connect(
+    addr: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> std::io::Result<Client> {
     let mut last = None;
     for sa in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&sa, connect_timeout) {
@@ -183,13 +198,15 @@ fn breaks_connection(e: &thrift::Error) -> bool {
 pub(crate) fn map_error(what: &'static str, e: thrift::Error) -> Error {
     match e {
         thrift::Error::Transport(t) => {
-            Error::unavailable(format!("HBase Thrift2 {what}: transport")).with_source(t.to_string())
+            Error::unavailable(format!("HBase Thrift2 {what}: transport"))
+                .with_source(t.to_string())
         }
         thrift::Error::Protocol(p) => {
             Error::unavailable(format!("HBase Thrift2 {what}: protocol")).with_source(p.to_string())
         }
         thrift::Error::Application(a) => {
-            Error::internal(format!("HBase Thrift2 {what}: application error")).with_source(a.to_string())
+            Error::internal(format!("HBase Thrift2 {what}: application error"))
+                .with_source(a.to_string())
         }
         thrift::Error::User(u) => {
             if let Some(io) = u.downcast_ref::<TIOError>() {

@@ -166,7 +166,10 @@ impl HBaseStore {
                     .inner
                     .pool
                     .call(what, Idempotent::Yes, move |c| {
-                        c.get(table.clone(), tget(row.clone(), Some(vec![col_q(FAM_MSG, check_col)])))
+                        c.get(
+                            table.clone(),
+                            tget(row.clone(), Some(vec![col_q(FAM_MSG, check_col)])),
+                        )
                     })
                     .await
                     .map_err(|_| e)?;
@@ -221,7 +224,10 @@ impl HBaseStore {
                 dedup_key(t, &msg.sender_id, &msg.temp_id),
                 vec![cv(FAM_MSG, COL_SEQ, u64_bytes(seq))],
             ),
-            tput(id_key(t, MessageId(owner)), vec![cv(FAM_MSG, COL_SEQ, u64_bytes(seq))]),
+            tput(
+                id_key(t, MessageId(owner)),
+                vec![cv(FAM_MSG, COL_SEQ, u64_bytes(seq))],
+            ),
             // The hint's cell timestamp is the seq itself: with one version kept, the
             // highest seq wins whatever order concurrent appenders write in.
             tput(
@@ -258,7 +264,11 @@ impl HBaseStore {
         let mid = u64_bytes(msg.message_id.get());
         let cells = vec![
             cv(FAM_MSG, COL_ID, mid.clone()),
-            cv(FAM_MSG, COL_SENDER, msg.sender_id.as_str().as_bytes().to_vec()),
+            cv(
+                FAM_MSG,
+                COL_SENDER,
+                msg.sender_id.as_str().as_bytes().to_vec(),
+            ),
             cv(FAM_MSG, COL_TEMP, msg.temp_id.as_bytes().to_vec()),
             cv(FAM_MSG, COL_TEXT, msg.text.as_bytes().to_vec()),
             cv(FAM_MSG, COL_SENT, u64_bytes(msg.sent_at)),
@@ -336,7 +346,11 @@ impl MessageStore for HBaseStore {
                 )
             };
             let owned = match claim {
-                Some(Claim { owner, seq: Some(seq), .. }) => {
+                Some(Claim {
+                    owner,
+                    seq: Some(seq),
+                    ..
+                }) => {
                     return self.duplicate_of(&msg, seq, owner).await;
                 }
                 Some(c) if c.owner == msg.message_id.get() => true,
@@ -411,7 +425,10 @@ impl MessageStore for HBaseStore {
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {
         let limit = query.limit.clamp(1, (i32::MAX - 1) as usize);
         let lo = query.after_seq.map(|a| a.saturating_add(1)).unwrap_or(1); // inclusive
-        let hi = query.before_seq.map(|b| b.saturating_sub(1)).unwrap_or(u64::MAX); // inclusive
+        let hi = query
+            .before_seq
+            .map(|b| b.saturating_sub(1))
+            .unwrap_or(u64::MAX); // inclusive
         if lo > hi || hi == 0 {
             return Ok(HistoryPage::default());
         }
@@ -452,7 +469,9 @@ impl MessageStore for HBaseStore {
     }
 
     async fn get(&self, thread: &ThreadId, message_id: MessageId) -> Result<Option<StoredMessage>> {
-        let r = self.get_row("get message id", id_key(thread, message_id)).await?;
+        let r = self
+            .get_row("get message id", id_key(thread, message_id))
+            .await?;
         let Some(seq) = cell_u64(&r, FAM_MSG, COL_SEQ) else {
             return Ok(None);
         };
@@ -509,7 +528,12 @@ impl MessageStore for HBaseStore {
         Ok(out)
     }
 
-    async fn count_unread(&self, thread: &ThreadId, reader: &UserId, after_seq: u64) -> Result<u64> {
+    async fn count_unread(
+        &self,
+        thread: &ThreadId,
+        reader: &UserId,
+        after_seq: u64,
+    ) -> Result<u64> {
         let prefix = msg_prefix(thread);
         let me = reader.as_str().as_bytes();
         let mut next = after_seq.saturating_add(1);

@@ -137,7 +137,12 @@ impl HBaseStore {
         let table = self.inner.tables.user_threads.clone();
         let puts: Vec<TPut> = users
             .iter()
-            .map(|u| tput(user_thread_key(u, thread), vec![cv(FAM_USER, COL_MARK, b"1".to_vec())]))
+            .map(|u| {
+                tput(
+                    user_thread_key(u, thread),
+                    vec![cv(FAM_USER, COL_MARK, b"1".to_vec())],
+                )
+            })
             .collect();
         self.inner
             .pool
@@ -188,15 +193,7 @@ impl HBaseStore {
                 .thread_cas(thread, FAM_THREAD, COL_MEMBERS.to_vec(), old, put)
                 .await?
             {
-                Some(true) => {
-                    return Ok((
-                        ThreadInfo {
-                            members,
-                            ..info
-                        },
-                        changed,
-                    ))
-                }
+                Some(true) => return Ok((ThreadInfo { members, ..info }, changed)),
                 Some(false) => {}
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -217,7 +214,11 @@ impl ThreadStore for HBaseStore {
         let t = thread.thread_id.clone();
         self.put_index(&thread.members, &t).await?;
         let mut cells = vec![
-            cv(FAM_THREAD, COL_KIND, thread.kind.as_str().as_bytes().to_vec()),
+            cv(
+                FAM_THREAD,
+                COL_KIND,
+                thread.kind.as_str().as_bytes().to_vec(),
+            ),
             cv(FAM_THREAD, COL_CREATED, u64_bytes(thread.created_at)),
             cv(FAM_THREAD, COL_MEMBERS, encode_members(&thread.members)),
         ];
@@ -331,7 +332,9 @@ impl ThreadStore for HBaseStore {
                 })
                 .await?;
             for r in &rows {
-                let Some(key) = r.row.as_deref() else { continue };
+                let Some(key) = r.row.as_deref() else {
+                    continue;
+                };
                 if let Some(id) = key
                     .strip_prefix(prefix.as_slice())
                     .and_then(|b| std::str::from_utf8(b).ok())
@@ -360,7 +363,9 @@ impl ThreadStore for HBaseStore {
             .await?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, r) in ids.iter().zip(&rows) {
-            let Some(info) = parse_thread(id, r)? else { continue };
+            let Some(info) = parse_thread(id, r)? else {
+                continue;
+            };
             if !info.is_member(user) {
                 continue;
             }
@@ -422,7 +427,13 @@ impl ThreadStore for HBaseStore {
             }
             let put = tput(thread_key(thread), vec![cv(FAM_WM, &q, encode_wm(new))]);
             match self
-                .thread_cas(thread, FAM_WM, q.clone(), old_bytes.unwrap_or_default(), put)
+                .thread_cas(
+                    thread,
+                    FAM_WM,
+                    q.clone(),
+                    old_bytes.unwrap_or_default(),
+                    put,
+                )
                 .await?
             {
                 Some(true) => {

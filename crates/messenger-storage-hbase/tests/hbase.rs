@@ -62,7 +62,10 @@ fn hbase() -> &'static Hbase {
                     String::from_utf8_lossy(&out.stderr)
                 )
             });
-        eprintln!("HBase started by the test harness in {:?} at {addr}", t0.elapsed());
+        eprintln!(
+            "HBase started by the test harness in {:?} at {addr}",
+            t0.elapsed()
+        );
         // Stop it when this test process exits, whichever way it exits.
         let watcher = format!(
             "while kill -0 {} 2>/dev/null; do sleep 1; done; HBASE_RUN_DIR='{}' bash '{}' stop",
@@ -70,6 +73,8 @@ fn hbase() -> &'static Hbase {
             run_dir.display(),
             script().display()
         );
+        // Deliberately never waited for: it outlives this process to stop HBase.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args(["sh", "-c", &watcher])
             .stdout(std::process::Stdio::null())
@@ -98,8 +103,12 @@ async fn store() -> HBaseStore {
 
 mod conformance {
     use super::*;
-    messenger_core::message_store_tests!(|| async { Arc::new(store().await) as Arc<dyn MessageStore> });
-    messenger_core::thread_store_tests!(|| async { Arc::new(store().await) as Arc<dyn ThreadStore> });
+    messenger_core::message_store_tests!(|| async {
+        Arc::new(store().await) as Arc<dyn MessageStore>
+    });
+    messenger_core::thread_store_tests!(|| async {
+        Arc::new(store().await) as Arc<dyn ThreadStore>
+    });
 }
 
 fn unique(prefix: &str) -> String {
@@ -145,7 +154,12 @@ async fn appender(
                 assert!(!a.duplicate);
                 acked.push((a.message.seq, a.message.message_id.get()));
                 if i < shared {
-                    let m = new_msg(&thread, &shared_sender, format!("s{i}"), base + 10_000 + i as u64);
+                    let m = new_msg(
+                        &thread,
+                        &shared_sender,
+                        format!("s{i}"),
+                        base + 10_000 + i as u64,
+                    );
                     store
                         .append(m)
                         .await
@@ -162,7 +176,10 @@ async fn appender(
     all
 }
 
-async fn all_messages(store: &HBaseStore, thread: &ThreadId) -> Vec<messenger_core::model::StoredMessage> {
+async fn all_messages(
+    store: &HBaseStore,
+    thread: &ThreadId,
+) -> Vec<messenger_core::model::StoredMessage> {
     store
         .fetch(thread, HistoryQuery::latest(100_000))
         .await
@@ -179,8 +196,9 @@ const SHARED: usize = 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "helper process of two_processes_append_gapless"]
 async fn two_process_child() {
-    let thread = std::env::var("MESSENGER_CHILD_THREAD")
-        .unwrap_or_else(|_| panic!("MESSENGER_CHILD_THREAD is not set: run two_processes_append_gapless"));
+    let thread = std::env::var("MESSENGER_CHILD_THREAD").unwrap_or_else(|_| {
+        panic!("MESSENGER_CHILD_THREAD is not set: run two_processes_append_gapless")
+    });
     let thread = ThreadId::new(thread).unwrap_or_else(|e| panic!("{e}"));
     let store = Arc::new(store().await);
     let acked = appender(store, thread, "child", CHILD_TASKS, CHILD_PER_TASK, SHARED).await;
@@ -197,7 +215,13 @@ async fn two_processes_append_gapless() {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let addr = hbase().addr.clone();
     let child = tokio::process::Command::new(exe)
-        .args(["--ignored", "--exact", "two_process_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "two_process_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("MESSENGER_TEST_HBASE", &addr)
         .env("MESSENGER_CHILD_THREAD", thread.as_str())
         .stdout(std::process::Stdio::piped())
@@ -218,7 +242,8 @@ async fn two_processes_append_gapless() {
     );
     let theirs: Vec<(u64, u64)> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("ACK "))
+        // libtest prints "test two_process_child ... " before the first line.
+        .filter_map(|l| l.find("ACK ").map(|i| &l[i + 4..]))
         .filter_map(|l| {
             let mut p = l.split(' ').map(|x| x.parse::<u64>().ok());
             Some((p.next()??, p.next()??))
@@ -235,17 +260,35 @@ async fn two_processes_append_gapless() {
         t0.elapsed()
     );
     let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "seqs exactly 1..N");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "seqs exactly 1..N"
+    );
     let ids: HashSet<u64> = msgs.iter().map(|m| m.message_id.get()).collect();
     assert_eq!(ids.len(), total, "no duplicate message");
     let by_seq: BTreeMap<u64, u64> = msgs.iter().map(|m| (m.seq, m.message_id.get())).collect();
     for (seq, id) in mine.iter().chain(&theirs) {
-        assert_eq!(by_seq.get(seq), Some(id), "acknowledged message at seq {seq}");
+        assert_eq!(
+            by_seq.get(seq),
+            Some(id),
+            "acknowledged message at seq {seq}"
+        );
     }
-    let shared: Vec<_> = msgs.iter().filter(|m| m.sender_id.as_str() == "shared-sender").collect();
-    assert_eq!(shared.len(), SHARED, "each shared temp_id stored once across both processes");
+    let shared: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.sender_id.as_str() == "shared-sender")
+        .collect();
     assert_eq!(
-        store.last_seqs(&[thread]).await.unwrap_or_else(|e| panic!("{e}")),
+        shared.len(),
+        SHARED,
+        "each shared temp_id stored once across both processes"
+    );
+    assert_eq!(
+        store
+            .last_seqs(&[thread])
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
         vec![total as u64]
     );
 }
@@ -256,7 +299,10 @@ fn gateway(cmd: &str, name: &str, port: Option<u16>) -> String {
         panic!("the gateway restart test needs HBASE_RUN_DIR when MESSENGER_TEST_HBASE is set")
     });
     let mut c = Command::new("bash");
-    c.arg(script()).arg(cmd).arg(name).env("HBASE_RUN_DIR", run_dir);
+    c.arg(script())
+        .arg(cmd)
+        .arg(name)
+        .env("HBASE_RUN_DIR", run_dir);
     if let Some(p) = port {
         c.arg(p.to_string());
     }
@@ -320,7 +366,10 @@ async fn gateway_killed_and_restarted_mid_traffic() {
                             break;
                         }
                         Err(e) => {
-                            assert!(e.is_transient(), "non-transient error while the gateway was down: {e}");
+                            assert!(
+                                e.is_transient(),
+                                "non-transient error while the gateway was down: {e}"
+                            );
                             unavailable += 1;
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -356,10 +405,18 @@ async fn gateway_killed_and_restarted_mid_traffic() {
     assert!(unavailable > 0, "the writer never saw the outage");
     let msgs = all_messages(&store, &thread).await;
     let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "gapless, one per temp_id");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "gapless, one per temp_id"
+    );
     let by_seq: BTreeMap<u64, u64> = msgs.iter().map(|m| (m.seq, m.message_id.get())).collect();
     for (seq, id) in &acked {
-        assert_eq!(by_seq.get(seq), Some(id), "acknowledged message at seq {seq} kept");
+        assert_eq!(
+            by_seq.get(seq),
+            Some(id),
+            "acknowledged message at seq {seq} kept"
+        );
     }
     eprintln!("outage: {unavailable} unavailable answers, all {total} messages kept");
     let n = name.clone();
