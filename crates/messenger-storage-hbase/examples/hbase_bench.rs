@@ -69,7 +69,12 @@ fn raw_key(thread: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn raw_append(c: &mut impl TTHBaseServiceSyncClient, table: &[u8], thread: &str, seq: u64) -> BoxResult<()> {
+fn raw_append(
+    c: &mut impl TTHBaseServiceSyncClient,
+    table: &[u8],
+    thread: &str,
+    seq: u64,
+) -> BoxResult<()> {
     let row = raw_key(thread, seq);
     let put = TPut {
         row: row.clone(),
@@ -85,14 +90,26 @@ fn raw_append(c: &mut impl TTHBaseServiceSyncClient, table: &[u8], thread: &str,
         durability: None,
         cell_visibility: None,
     };
-    let won = c.check_and_put(table.to_vec(), row, b"m".to_vec(), b"i".to_vec(), Vec::new(), put)?;
+    let won = c.check_and_put(
+        table.to_vec(),
+        row,
+        b"m".to_vec(),
+        b"i".to_vec(),
+        Vec::new(),
+        put,
+    )?;
     if !won {
         return Err("raw append lost its row".into());
     }
     Ok(())
 }
 
-fn raw_latest(c: &mut impl TTHBaseServiceSyncClient, table: &[u8], thread: &str, n: i32) -> BoxResult<usize> {
+fn raw_latest(
+    c: &mut impl TTHBaseServiceSyncClient,
+    table: &[u8],
+    thread: &str,
+    n: i32,
+) -> BoxResult<usize> {
     let scan = TScan {
         start_row: Some(raw_key(thread, u64::MAX)),
         stop_row: Some(raw_key(thread, 0)),
@@ -153,7 +170,8 @@ async fn main() -> BoxResult<()> {
         .nth(1)
         .or_else(|| std::env::var("HBASE_THRIFT").ok())
         .ok_or("usage: hbase_bench HOST:PORT (or HBASE_THRIFT)")?;
-    let store = Arc::new(HBaseStore::connect(HBaseOptions::new(&addr).with_table_prefix("mbench_")).await?);
+    let store =
+        Arc::new(HBaseStore::connect(HBaseOptions::new(&addr).with_table_prefix("mbench_")).await?);
     let table = b"mbench_messages".to_vec();
     let run = format!("{}-{}", std::process::id(), now_ms());
     let id = |s: &str| ThreadId::new(format!("bench-{s}-{run}"));
@@ -265,7 +283,11 @@ async fn main() -> BoxResult<()> {
     println!("| metric | adapter | raw Thrift2 | adapter / raw |");
     println!("|---|---|---|---|");
     let row = |name: &str, a: &Stats, r: &Stats| {
-        for (what, x, y) in [("p50", a.p50, r.p50), ("p99", a.p99, r.p99), ("mean", a.mean, r.mean)] {
+        for (what, x, y) in [
+            ("p50", a.p50, r.p50),
+            ("p99", a.p99, r.p99),
+            ("mean", a.mean, r.mean),
+        ] {
             println!(
                 "| {name} {what} (ms) | {} | {} | {:.2} |",
                 ms(x),
@@ -274,12 +296,20 @@ async fn main() -> BoxResult<()> {
             );
         }
     };
-    row(&format!("append latency, 1 appender, {SEQ_APPENDS} appends,"), &adapter_append, &raw_append_s);
+    row(
+        &format!("append latency, 1 appender, {SEQ_APPENDS} appends,"),
+        &adapter_append,
+        &raw_append_s,
+    );
     println!(
         "| appends/s, {CONC_TASKS} concurrent appenders x {CONC_APPENDS_PER_TASK} | {adapter_tput:.0} | {raw_tput:.0} | {:.2} (raw / adapter: {:.2}) |",
         adapter_tput / raw_tput,
         raw_tput / adapter_tput
     );
-    row(&format!("latest-50 read, {READS} reads,"), &adapter_read, &raw_read);
+    row(
+        &format!("latest-50 read, {READS} reads,"),
+        &adapter_read,
+        &raw_read,
+    );
     Ok(())
 }

@@ -114,6 +114,9 @@ impl HBaseOptions {
 
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
+    /// Last seq this process saw per thread: a lower bound, used to skip reading the
+    /// head row on the next append (see docs/hbase-schema.md).
+    pub(crate) hints: std::sync::Mutex<std::collections::HashMap<messenger_core::ThreadId, u64>>,
     pub(crate) tables: Tables,
     pub(crate) opts: HBaseOptions,
 }
@@ -143,6 +146,7 @@ impl HBaseStore {
         let store = HBaseStore {
             inner: Arc::new(Inner {
                 pool: Pool::new(&opts),
+                hints: Default::default(),
                 tables: Tables::new(&opts.table_prefix),
                 opts,
             }),

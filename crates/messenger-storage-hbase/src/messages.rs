@@ -15,6 +15,8 @@ use crate::HBaseStore;
 /// After this many lost seq claims in a row the appender re-reads the exact last seq
 /// instead of probing one by one.
 const PROBES_BEFORE_JUMP: u32 = 3;
+/// Most threads whose last seq is cached per process (the cache is dropped when full).
+const MAX_CACHED_HINTS: usize = 100_000;
 /// Rows per scan call when a whole range must be walked.
 const PAGE: i32 = 1000;
 
@@ -71,6 +73,20 @@ fn parse_message(thread: &ThreadId, seq: u64, r: &TResult) -> Result<StoredMessa
 impl HBaseStore {
     fn msg_table(&self) -> Vec<u8> {
         self.inner.tables.messages.clone()
+    }
+
+    fn cached_hint(&self, t: &ThreadId) -> Option<u64> {
+        self.inner.hints.lock().ok()?.get(t).copied()
+    }
+
+    fn remember_hint(&self, t: &ThreadId, seq: u64) {
+        if let Ok(mut h) = self.inner.hints.lock() {
+            if h.len() >= MAX_CACHED_HINTS && !h.contains_key(t) {
+                h.clear();
+            }
+            let e = h.entry(t.clone()).or_insert(0);
+            *e = (*e).max(seq);
+        }
     }
 
     async fn get_row(&self, what: &'static str, row: Vec<u8>) -> Result<TResult> {
@@ -299,11 +315,40 @@ impl HBaseStore {
             }
             lost += 1;
             n = if lost % PROBES_BEFORE_JUMP == 0 {
-                (self.exact_last_seq(t).await? + 1).max(n + 1)
+                let last = self.exact_last_seq(t).await?;
+                self.remember_hint(t, last);
+                (last + 1).max(n + 1)
             } else {
                 n + 1
             };
         }
+    }
+}
+
+impl HBaseStore {
+    /// With the idempotency row owned: claim a seq, record it, acknowledge.
+    async fn store_claimed(&self, msg: NewMessage, hint: u64) -> Result<Appended> {
+        let t = msg.thread_id.clone();
+        let seq = self.claim_seq(&msg, hint, Instant::now()).await?;
+        self.remember_hint(&t, seq);
+        if let Err(e) = self.finish(&msg, msg.message_id.get(), seq).await {
+            // The message is durable at `seq`; the bookkeeping is recovered by the next
+            // append of the same temp_id (lease expiry + search) and the hint only ever
+            // lags. Report success.
+            tracing::warn!(thread = %t, seq, error = %e, "append durable but bookkeeping failed");
+        }
+        Ok(Appended {
+            message: StoredMessage {
+                thread_id: t,
+                seq,
+                message_id: msg.message_id,
+                sender_id: msg.sender_id,
+                temp_id: msg.temp_id,
+                text: msg.text,
+                sent_at: msg.sent_at,
+            },
+            duplicate: false,
+        })
     }
 }
 
@@ -316,7 +361,36 @@ impl MessageStore for HBaseStore {
         let mine = u64_bytes(msg.message_id.get());
         let lease = self.inner.opts.claim_lease;
         let mut wait = Duration::from_millis(5);
+        let claim_cells = |from: u64| {
+            tput(
+                dkey.clone(),
+                vec![
+                    cv(FAM_MSG, COL_ID, mine.clone()),
+                    cv(FAM_MSG, COL_FROM, u64_bytes(from)),
+                    cv(FAM_MSG, COL_CLAIMED, u64_bytes(now_ms())),
+                ],
+            )
+        };
+        // Fast path: with a cached last seq, claim the idempotency row straight away
+        // (new messages are the common case); a lost claim falls back to reading it.
+        let mut fast = self.cached_hint(&t);
         loop {
+            if let Some(hint) = fast.take() {
+                let won = self
+                    .cas_put(
+                        "claim temp_id",
+                        self.msg_table(),
+                        dkey.clone(),
+                        COL_ID,
+                        Vec::new(),
+                        claim_cells(hint),
+                        mine.clone(),
+                    )
+                    .await?;
+                if won {
+                    return self.store_claimed(msg, hint).await;
+                }
+            }
             // One round trip: the idempotency row and the last-seq hint.
             let table = self.msg_table();
             let gets = vec![
@@ -335,16 +409,6 @@ impl MessageStore for HBaseStore {
                 .get(1)
                 .and_then(|r| cell_u64(r, FAM_HEAD, COL_LAST))
                 .unwrap_or(0);
-            let claim_cells = |from: u64| {
-                tput(
-                    dkey.clone(),
-                    vec![
-                        cv(FAM_MSG, COL_ID, mine.clone()),
-                        cv(FAM_MSG, COL_FROM, u64_bytes(from)),
-                        cv(FAM_MSG, COL_CLAIMED, u64_bytes(now_ms())),
-                    ],
-                )
-            };
             let owned = match claim {
                 Some(Claim {
                     owner,
@@ -400,25 +464,7 @@ impl MessageStore for HBaseStore {
             if !owned {
                 continue;
             }
-            let seq = self.claim_seq(&msg, hint, Instant::now()).await?;
-            if let Err(e) = self.finish(&msg, msg.message_id.get(), seq).await {
-                // The message is durable at `seq`; the bookkeeping is recovered by the
-                // next append of the same temp_id (lease expiry + search) and the hint
-                // only ever lags. Report success.
-                tracing::warn!(thread = %t, seq, error = %e, "append durable but bookkeeping failed");
-            }
-            return Ok(Appended {
-                message: StoredMessage {
-                    thread_id: t,
-                    seq,
-                    message_id: msg.message_id,
-                    sender_id: msg.sender_id,
-                    temp_id: msg.temp_id,
-                    text: msg.text,
-                    sent_at: msg.sent_at,
-                },
-                duplicate: false,
-            });
+            return self.store_claimed(msg, hint).await;
         }
     }
 
