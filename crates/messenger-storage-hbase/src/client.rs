@@ -252,3 +252,51 @@ fn first_line(s: &str) -> &str {
         line
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hbase_errors_map_to_transient_or_not() {
+        let io = |retry: Option<bool>, msg: &str| {
+            map_error(
+                "op",
+                thrift::Error::User(Box::new(TIOError {
+                    message: Some(msg.into()),
+                    can_retry: retry,
+                })),
+            )
+        };
+        assert!(io(None, "RetriesExhaustedException: region moving").is_transient());
+        assert!(io(Some(true), "PleaseHoldException: Master is initializing").is_transient());
+        assert!(!io(Some(false), "anything").is_transient());
+        assert!(!io(None, "org.apache.hadoop.hbase.TableNotFoundException: t").is_transient());
+        let refused = thrift::Error::Transport(thrift::TransportError::new(
+            thrift::TransportErrorKind::NotOpen,
+            "refused",
+        ));
+        assert_eq!(map_error("op", refused).kind(), ErrorKind::Unavailable);
+        let bad = thrift::Error::User(Box::new(TIllegalArgument {
+            message: Some("bad".into()),
+        }));
+        assert_eq!(map_error("op", bad).kind(), ErrorKind::Internal);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unavailable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let pool = Pool::new(&HBaseOptions::new(format!("127.0.0.1:{port}")));
+        let e = pool
+            .call("ping", Idempotent::Yes, |c| {
+                crate::gen::hbase::TTHBaseServiceSyncClient::get_thrift_server_type(c)
+            })
+            .await
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(e, Some(ErrorKind::Unavailable));
+    }
+}

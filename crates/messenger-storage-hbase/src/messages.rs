@@ -609,3 +609,47 @@ impl MessageStore for HBaseStore {
         }
     }
 }
+
+impl HBaseStore {
+    /// Test support, not API: writes what an appender that died mid-append leaves behind,
+    /// an idempotency claim by `owner` at `claimed_at` (ms) without a seq, and, when
+    /// `message_seq` is given, that owner's message at that seq (no hint, no id row).
+    #[doc(hidden)]
+    pub async fn __inject_orphan_claim(
+        &self,
+        thread: &ThreadId,
+        sender: &UserId,
+        temp_id: &str,
+        owner: MessageId,
+        claimed_at: u64,
+        message_seq: Option<u64>,
+    ) -> Result<()> {
+        let mut puts = vec![tput(
+            dedup_key(thread, sender, temp_id),
+            vec![
+                cv(FAM_MSG, COL_ID, u64_bytes(owner.get())),
+                cv(FAM_MSG, COL_FROM, u64_bytes(0)),
+                cv(FAM_MSG, COL_CLAIMED, u64_bytes(claimed_at)),
+            ],
+        )];
+        if let Some(seq) = message_seq {
+            puts.push(tput(
+                msg_key(thread, seq),
+                vec![
+                    cv(FAM_MSG, COL_ID, u64_bytes(owner.get())),
+                    cv(FAM_MSG, COL_SENDER, sender.as_str().as_bytes().to_vec()),
+                    cv(FAM_MSG, COL_TEMP, temp_id.as_bytes().to_vec()),
+                    cv(FAM_MSG, COL_TEXT, b"orphan".to_vec()),
+                    cv(FAM_MSG, COL_SENT, u64_bytes(claimed_at)),
+                ],
+            ));
+        }
+        let table = self.msg_table();
+        self.inner
+            .pool
+            .call("inject", Idempotent::Yes, move |c| {
+                c.put_multiple(table.clone(), puts.clone())
+            })
+            .await
+    }
+}

@@ -424,3 +424,79 @@ async fn gateway_killed_and_restarted_mid_traffic() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// An appender died after claiming the temp_id and before claiming a seq: a retry waits
+/// out the lease, finds no message, takes the claim over and appends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_claim_without_message_is_taken_over_after_the_lease() {
+    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut opts = options(&addr);
+    opts.claim_lease = Duration::from_secs(2);
+    let store = HBaseStore::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let thread = ThreadId::new(unique("orphan1")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
+    store
+        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), now_ms(), None)
+        .await
+        .unwrap_or_else(|e| panic!("inject: {e}"));
+    let t0 = Instant::now();
+    let a = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 222))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "waited for the lease"
+    );
+    assert!(!a.duplicate);
+    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(222)));
+    let again = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 333))
+        .await
+        .unwrap_or_else(|e| panic!("append again: {e}"));
+    assert!(again.duplicate);
+    assert_eq!(again.message.message_id, MessageId(222));
+    assert_eq!(all_messages(&store, &thread).await.len(), 1);
+}
+
+/// An appender died after storing its message and before its bookkeeping: a retry after
+/// the lease finds that message and returns it as the duplicate; nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_claim_with_message_is_recovered_as_duplicate() {
+    let store = store().await;
+    let thread = ThreadId::new(unique("orphan2")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
+    let long_ago = now_ms() - 3_600_000;
+    store
+        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), long_ago, Some(1))
+        .await
+        .unwrap_or_else(|e| panic!("inject: {e}"));
+    assert_eq!(
+        store
+            .last_seqs(std::slice::from_ref(&thread))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![1],
+        "last_seqs is exact although the hint was never written"
+    );
+    let a = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 222))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(a.duplicate);
+    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(111)));
+    let got = store
+        .get(&thread, MessageId(111))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.map(|m| m.seq), Some(1), "recovery wrote the id row");
+    let b = store
+        .append(new_msg(&thread, &sender, "next".into(), 444))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert_eq!(b.message.seq, 2);
+}
