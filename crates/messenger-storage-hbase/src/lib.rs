@@ -9,7 +9,7 @@
 //!   creates the tables if they are absent ([`HBaseStore::ensure_tables`], idempotent and
 //!   safe to race from several processes).
 //! - Every Thrift call runs on `tokio::task::spawn_blocking`, never on a runtime worker.
-//! - Errors map into the core [`Error`](messenger_core::Error): a gateway or region server
+//! - Errors map into the core [`Error`]: a gateway or region server
 //!   that is down or slow is `unavailable` (transient), a lost race that could not be
 //!   resolved is `conflict` (transient), anything that will fail again is `internal`.
 //! - Only idempotent calls (gets, scans, puts of fixed cells) are retried. Conditional
