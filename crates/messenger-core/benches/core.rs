@@ -1,1 +1,3 @@
+//! Benchmarks of the core (placeholder until the bench work lands).
+
 fn main() {}

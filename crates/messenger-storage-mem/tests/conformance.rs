@@ -21,7 +21,12 @@ messenger_core::session_directory_tests!(|| async {
 
 messenger_core::presence_tests!(|| async { Arc::new(MemPresence::new()) as Arc<dyn Presence> });
 
-messenger_core::relay_tests!(|| async { Arc::new(MemRelay::new()) as Arc<dyn Relay> });
+/// A factory may also be an `async fn`.
+async fn fresh_relay() -> Arc<dyn Relay> {
+    Arc::new(MemRelay::new())
+}
+
+messenger_core::relay_tests!(fresh_relay);
 
 /// The suites do not need a fresh backend: run them again on one shared backend, as a
 /// Redis or HBase adapter would.

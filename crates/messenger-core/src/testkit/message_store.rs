@@ -184,7 +184,10 @@ pub async fn duplicate_temp_id_returns_original(store: Arc<dyn MessageStore>) {
         again.message, first.message,
         "the original comes back unchanged"
     );
-    assert_eq!(store.last_seqs(&[thread.clone()]).await.ok(), Some(vec![2]));
+    assert_eq!(
+        store.last_seqs(std::slice::from_ref(&thread)).await.ok(),
+        Some(vec![2])
+    );
     let page = fetch(&*store, &thread, HistoryQuery::latest(10)).await;
     assert_eq!(seqs(&page), vec![1, 2]);
 }

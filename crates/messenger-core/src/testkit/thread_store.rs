@@ -220,7 +220,7 @@ pub async fn remove_member_reports_only_removed(store: Arc<dyn ThreadStore>) {
 pub async fn unknown_thread_is_not_found(store: Arc<dyn ThreadStore>) {
     let t = unique_thread("missing");
     let a = unique_user("a");
-    let e = store.add_members(&t, &[a.clone()]).await.err();
+    let e = store.add_members(&t, std::slice::from_ref(&a)).await.err();
     assert_eq!(
         e.map(|e| e.kind()),
         Some(ErrorKind::NotFound),
@@ -243,7 +243,7 @@ pub async fn list_user_threads_follows_membership(store: Arc<dyn ThreadStore>) {
         "an unknown user has none"
     );
     let t1 = create(&*store, new_group("l1", &[a.clone(), b.clone()])).await;
-    let t2 = create(&*store, new_group("l2", &[a.clone()])).await;
+    let t2 = create(&*store, new_group("l2", std::slice::from_ref(&a))).await;
     let ids = |t: &[&ThreadInfo]| t.iter().map(|t| t.thread_id.clone()).collect::<Vec<_>>();
     assert_eq!(listed_ids(&*store, &a).await, set(&ids(&[&t1, &t2])));
     assert_eq!(listed_ids(&*store, &b).await, set(&ids(&[&t1])));
@@ -306,7 +306,7 @@ pub async fn list_user_threads_has_every_members_receipts(store: Arc<dyn ThreadS
 
     let d = unique_user("d");
     store
-        .add_members(&t.thread_id, &[d.clone()])
+        .add_members(&t.thread_id, std::slice::from_ref(&d))
         .await
         .unwrap_or_else(|e| panic!("add_members: {e}"));
     let listed = list(&*store, &a).await;
@@ -317,7 +317,7 @@ pub async fn list_user_threads_has_every_members_receipts(store: Arc<dyn ThreadS
 /// Watermarks move only forward, and `advanced` says whether the acked one moved.
 pub async fn watermark_never_moves_backwards(store: Arc<dyn ThreadStore>) {
     let a = unique_user("a");
-    let t = create(&*store, new_group("wm", &[a.clone()]))
+    let t = create(&*store, new_group("wm", std::slice::from_ref(&a)))
         .await
         .thread_id;
     let s = &*store;
@@ -355,7 +355,7 @@ pub async fn read_implies_delivered(store: Arc<dyn ThreadStore>) {
 /// Many tasks advancing one watermark at once leave the maxima, with READ <= DELIVERED.
 pub async fn concurrent_watermarks_keep_the_max(store: Arc<dyn ThreadStore>) {
     let a = unique_user("a");
-    let t = create(&*store, new_group("wm-race", &[a.clone()]))
+    let t = create(&*store, new_group("wm-race", std::slice::from_ref(&a)))
         .await
         .thread_id;
     let mut tasks = Vec::new();
