@@ -1,0 +1,502 @@
+//! Tests against a real HBase: the conformance suites, appenders in two processes, and a
+//! Thrift gateway killed and restarted mid-traffic.
+//!
+//! `MESSENGER_TEST_HBASE=host:port` points them at a running Thrift2 gateway; without it
+//! the first test starts one with `scripts/hbase.sh start` (run dir
+//! `target/hbase-test-run`) and a watcher stops it when this process exits. Nothing is
+//! ever skipped: no HBase means failing tests.
+//! The gateway-restart test needs the HBase run dir (`HBASE_RUN_DIR`, or the one this
+//! harness started) to run a gateway of its own.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use messenger_core::model::{HistoryQuery, NewMessage};
+use messenger_core::time::now_ms;
+use messenger_core::{ErrorKind, MessageId, MessageStore, ThreadId, ThreadStore, UserId};
+use messenger_storage_hbase::{HBaseOptions, HBaseStore};
+
+struct Hbase {
+    addr: String,
+    run_dir: Option<PathBuf>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn script() -> PathBuf {
+    root().join("scripts/hbase.sh")
+}
+
+fn hbase() -> &'static Hbase {
+    static H: OnceLock<Hbase> = OnceLock::new();
+    H.get_or_init(|| {
+        if let Ok(addr) = std::env::var("MESSENGER_TEST_HBASE") {
+            return Hbase {
+                addr,
+                run_dir: std::env::var("HBASE_RUN_DIR").ok().map(PathBuf::from),
+            };
+        }
+        let run_dir = root().join("target/hbase-test-run");
+        let t0 = Instant::now();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .env("HBASE_RUN_DIR", &run_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running scripts/hbase.sh start: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let addr = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("HBASE_THRIFT="))
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                panic!(
+                    "scripts/hbase.sh start failed ({}):\n{}\n{}",
+                    out.status,
+                    stdout,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        eprintln!(
+            "HBase started by the test harness in {:?} at {addr}",
+            t0.elapsed()
+        );
+        // Stop it when this test process exits, whichever way it exits.
+        let watcher = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; HBASE_RUN_DIR='{}' bash '{}' stop",
+            std::process::id(),
+            run_dir.display(),
+            script().display()
+        );
+        // Deliberately never waited for: it outlives this process to stop HBase.
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .args(["sh", "-c", &watcher])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the HBase stop watcher: {e}"));
+        Hbase {
+            addr,
+            run_dir: Some(run_dir),
+        }
+    })
+}
+
+fn options(addr: &str) -> HBaseOptions {
+    HBaseOptions::new(addr).with_table_prefix("mtest_")
+}
+
+async fn store() -> HBaseStore {
+    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+        .await
+        .unwrap_or_else(|e| panic!("harness: {e}"));
+    HBaseStore::connect(options(&addr))
+        .await
+        .unwrap_or_else(|e| panic!("connect to HBase at {addr}: {e}"))
+}
+
+mod conformance {
+    use super::*;
+    messenger_core::message_store_tests!(|| async {
+        Arc::new(store().await) as Arc<dyn MessageStore>
+    });
+    messenger_core::thread_store_tests!(|| async {
+        Arc::new(store().await) as Arc<dyn ThreadStore>
+    });
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), now_ms())
+}
+
+fn new_msg(thread: &ThreadId, sender: &UserId, temp_id: String, id: u64) -> NewMessage {
+    NewMessage {
+        thread_id: thread.clone(),
+        message_id: MessageId(id),
+        sender_id: sender.clone(),
+        temp_id,
+        text: format!("hello {id}"),
+        sent_at: now_ms(),
+    }
+}
+
+/// Appends `per_task` unique messages from each of `tasks` tasks plus every shared
+/// temp_id once per task; returns (seq, message id) of each acknowledged unique message.
+async fn appender(
+    store: Arc<HBaseStore>,
+    thread: ThreadId,
+    who: &str,
+    tasks: usize,
+    per_task: usize,
+    shared: usize,
+) -> Vec<(u64, u64)> {
+    let shared_sender = UserId::new("shared-sender").unwrap_or_else(|e| panic!("{e}"));
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (store, thread, who) = (store.clone(), thread.clone(), who.to_owned());
+        let shared_sender = shared_sender.clone();
+        handles.push(tokio::spawn(async move {
+            let sender = UserId::new(format!("{who}-{task}")).unwrap_or_else(|e| panic!("{e}"));
+            let base = (u64::from(std::process::id()) << 32) | ((task as u64) << 20);
+            let mut acked = Vec::new();
+            for i in 0..per_task {
+                let m = new_msg(&thread, &sender, format!("t{i}"), base + i as u64);
+                let a = store
+                    .append(m)
+                    .await
+                    .unwrap_or_else(|e| panic!("append: {e}"));
+                assert!(!a.duplicate);
+                acked.push((a.message.seq, a.message.message_id.get()));
+                if i < shared {
+                    let m = new_msg(
+                        &thread,
+                        &shared_sender,
+                        format!("s{i}"),
+                        base + 10_000 + i as u64,
+                    );
+                    store
+                        .append(m)
+                        .await
+                        .unwrap_or_else(|e| panic!("shared append: {e}"));
+                }
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap_or_else(|e| panic!("task: {e}")));
+    }
+    all
+}
+
+async fn all_messages(
+    store: &HBaseStore,
+    thread: &ThreadId,
+) -> Vec<messenger_core::model::StoredMessage> {
+    store
+        .fetch(thread, HistoryQuery::latest(100_000))
+        .await
+        .unwrap_or_else(|e| panic!("fetch: {e}"))
+        .messages
+}
+
+const CHILD_TASKS: usize = 4;
+const CHILD_PER_TASK: usize = 40;
+const SHARED: usize = 10;
+
+/// The second process of [`two_processes_append_gapless`]; runs only when that test
+/// spawns this binary with `--ignored` and the thread in `MESSENGER_CHILD_THREAD`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of two_processes_append_gapless"]
+async fn two_process_child() {
+    let thread = std::env::var("MESSENGER_CHILD_THREAD").unwrap_or_else(|_| {
+        panic!("MESSENGER_CHILD_THREAD is not set: run two_processes_append_gapless")
+    });
+    let thread = ThreadId::new(thread).unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(store().await);
+    let acked = appender(store, thread, "child", CHILD_TASKS, CHILD_PER_TASK, SHARED).await;
+    // Report acknowledgements to the parent on stdout.
+    for (seq, id) in acked {
+        println!("ACK {seq} {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_append_gapless() {
+    let store = Arc::new(store().await);
+    let thread = ThreadId::new(unique("two-proc")).unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let addr = hbase().addr.clone();
+    let child = tokio::process::Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "two_process_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MESSENGER_TEST_HBASE", &addr)
+        .env("MESSENGER_CHILD_THREAD", thread.as_str())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning the second process: {e}"));
+    let t0 = Instant::now();
+    let mine = appender(store.clone(), thread.clone(), "parent", 4, 40, SHARED).await;
+    let out = child
+        .wait_with_output()
+        .await
+        .unwrap_or_else(|e| panic!("second process: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "second process failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<(u64, u64)> = stdout
+        .lines()
+        // libtest prints "test two_process_child ... " before the first line.
+        .filter_map(|l| l.find("ACK ").map(|i| &l[i + 4..]))
+        .filter_map(|l| {
+            let mut p = l.split(' ').map(|x| x.parse::<u64>().ok());
+            Some((p.next()??, p.next()??))
+        })
+        .collect();
+    assert_eq!(theirs.len(), CHILD_TASKS * CHILD_PER_TASK, "child acks");
+    let unique_total = mine.len() + theirs.len();
+    let total = unique_total + SHARED;
+    let msgs = all_messages(&store, &thread).await;
+    eprintln!(
+        "two processes: {} messages ({} shared temp_ids) in {:?}",
+        msgs.len(),
+        SHARED,
+        t0.elapsed()
+    );
+    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "seqs exactly 1..N"
+    );
+    let ids: HashSet<u64> = msgs.iter().map(|m| m.message_id.get()).collect();
+    assert_eq!(ids.len(), total, "no duplicate message");
+    let by_seq: BTreeMap<u64, u64> = msgs.iter().map(|m| (m.seq, m.message_id.get())).collect();
+    for (seq, id) in mine.iter().chain(&theirs) {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(id),
+            "acknowledged message at seq {seq}"
+        );
+    }
+    let shared: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.sender_id.as_str() == "shared-sender")
+        .collect();
+    assert_eq!(
+        shared.len(),
+        SHARED,
+        "each shared temp_id stored once across both processes"
+    );
+    assert_eq!(
+        store
+            .last_seqs(&[thread])
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![total as u64]
+    );
+}
+
+fn gateway(cmd: &str, name: &str, port: Option<u16>) -> String {
+    let h = hbase();
+    let run_dir = h.run_dir.clone().unwrap_or_else(|| {
+        panic!("the gateway restart test needs HBASE_RUN_DIR when MESSENGER_TEST_HBASE is set")
+    });
+    let mut c = Command::new("bash");
+    c.arg(script())
+        .arg(cmd)
+        .arg(name)
+        .env("HBASE_RUN_DIR", run_dir);
+    if let Some(p) = port {
+        c.arg(p.to_string());
+    }
+    let out = c.output().unwrap_or_else(|e| panic!("hbase.sh {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "hbase.sh {cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_killed_and_restarted_mid_traffic() {
+    let name = format!("chaos{}", std::process::id());
+    let started = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || gateway("gateway-start", &name, None)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = started
+        .lines()
+        .find_map(|l| l.strip_prefix("HBASE_THRIFT="))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no address from gateway-start: {started}"));
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad address {addr}"));
+    let mut opts = options(&addr).with_timeouts(Duration::from_secs(1), Duration::from_secs(3));
+    opts.retries = 1;
+    opts.claim_lease = Duration::from_secs(5);
+    let store = Arc::new(
+        HBaseStore::connect(opts)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}")),
+    );
+    let thread = ThreadId::new(unique("chaos")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("chaos-sender").unwrap_or_else(|e| panic!("{e}"));
+
+    // One writer: every message is retried with the same temp_id (and a fresh id, as a
+    // resending client would cause) until it is acknowledged.
+    let total = 60usize;
+    let writer = {
+        let (store, thread, sender) = (store.clone(), thread.clone(), sender.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut unavailable = 0;
+            let mut next_id = 1u64 << 40;
+            for i in 0..total {
+                loop {
+                    next_id += 1;
+                    match store
+                        .append(new_msg(&thread, &sender, format!("c{i}"), next_id))
+                        .await
+                    {
+                        Ok(a) => {
+                            acked.push((a.message.seq, a.message.message_id.get()));
+                            break;
+                        }
+                        Err(e) => {
+                            assert!(
+                                e.is_transient(),
+                                "non-transient error while the gateway was down: {e}"
+                            );
+                            unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, unavailable)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || gateway("gateway-kill", &n, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let down = store.fetch(&thread, HistoryQuery::latest(10)).await;
+    match down {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "while down: {e}"),
+        Ok(_) => panic!("fetch succeeded with the gateway killed"),
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || gateway("gateway-start", &n, Some(port)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("gateway down for {:?}", killed_at.elapsed());
+    let (acked, unavailable) = tokio::time::timeout(Duration::from_secs(120), writer)
+        .await
+        .unwrap_or_else(|_| panic!("writer did not recover"))
+        .unwrap_or_else(|e| panic!("writer: {e}"));
+    assert!(unavailable > 0, "the writer never saw the outage");
+    let msgs = all_messages(&store, &thread).await;
+    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "gapless, one per temp_id"
+    );
+    let by_seq: BTreeMap<u64, u64> = msgs.iter().map(|m| (m.seq, m.message_id.get())).collect();
+    for (seq, id) in &acked {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(id),
+            "acknowledged message at seq {seq} kept"
+        );
+    }
+    eprintln!("outage: {unavailable} unavailable answers, all {total} messages kept");
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || gateway("gateway-kill", &n, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An appender died after claiming the temp_id and before claiming a seq: a retry waits
+/// out the lease, finds no message, takes the claim over and appends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_claim_without_message_is_taken_over_after_the_lease() {
+    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut opts = options(&addr);
+    opts.claim_lease = Duration::from_secs(2);
+    let store = HBaseStore::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let thread = ThreadId::new(unique("orphan1")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
+    store
+        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), now_ms(), None)
+        .await
+        .unwrap_or_else(|e| panic!("inject: {e}"));
+    let t0 = Instant::now();
+    let a = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 222))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "waited for the lease"
+    );
+    assert!(!a.duplicate);
+    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(222)));
+    let again = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 333))
+        .await
+        .unwrap_or_else(|e| panic!("append again: {e}"));
+    assert!(again.duplicate);
+    assert_eq!(again.message.message_id, MessageId(222));
+    assert_eq!(all_messages(&store, &thread).await.len(), 1);
+}
+
+/// An appender died after storing its message and before its bookkeeping: a retry after
+/// the lease finds that message and returns it as the duplicate; nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_claim_with_message_is_recovered_as_duplicate() {
+    let store = store().await;
+    let thread = ThreadId::new(unique("orphan2")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
+    let long_ago = now_ms() - 3_600_000;
+    store
+        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), long_ago, Some(1))
+        .await
+        .unwrap_or_else(|e| panic!("inject: {e}"));
+    assert_eq!(
+        store
+            .last_seqs(std::slice::from_ref(&thread))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![1],
+        "last_seqs is exact although the hint was never written"
+    );
+    let a = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 222))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(a.duplicate);
+    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(111)));
+    let got = store
+        .get(&thread, MessageId(111))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.map(|m| m.seq), Some(1), "recovery wrote the id row");
+    let b = store
+        .append(new_msg(&thread, &sender, "next".into(), 444))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert_eq!(b.message.seq, 2);
+}
