@@ -27,6 +27,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4001;
 /// Close code on server shutdown (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a WebSocket protocol violation by the peer (RFC 6455).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not valid UTF-8 (RFC 6455).
+pub const CLOSE_INVALID_UTF8: u16 = 1007;
 /// Close code for an incoming frame or message over the size limit (RFC 6455 "message
 /// too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -106,12 +110,17 @@ where
     let ended = read_loop(&ctx, &handle, stream, &mut writer).await;
     if let Some(ctl) = ended {
         let _ = ctl_tx.send(ctl);
+    }
+    // The session ends for routing and presence now, not after the close frame is
+    // written: a dead peer's full socket must not delay its presence going offline.
+    ctx.engine.disconnect(&handle).await;
+    // A JoinHandle must not be polled again once it completed inside the reader.
+    if !writer.is_finished() {
         let wait = ctx.config.write_timeout + CLOSE_LINGER;
         if tokio::time::timeout(wait, &mut writer).await.is_err() {
             writer.abort();
         }
     }
-    ctx.engine.disconnect(&handle).await;
     tracing::debug!(session = %handle.id(), user = %handle.user(), "session ended");
 }
 
@@ -163,6 +172,13 @@ where
                 tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
                 return Some(Ctl::Close(CLOSE_TOO_BIG, "frame too large"));
             }
+            Ok(Some(Err(WsError::Utf8))) => {
+                return Some(Ctl::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8"));
+            }
+            Ok(Some(Err(WsError::Protocol(e)))) => {
+                tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
+                return Some(Ctl::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error"));
+            }
             Ok(Some(Err(e))) => {
                 tracing::debug!(session = %handle.id(), error = %e, "read error");
                 return Some(Ctl::PeerGone);
@@ -189,7 +205,9 @@ where
                     continue;
                 }
                 match decoded {
-                    Ok(req) => ctx.engine.handle(handle, req).await,
+                    // Boxed: the engine's request future is over 1 KiB and would
+                    // otherwise sit in every idle connection's task.
+                    Ok(req) => Box::pin(ctx.engine.handle(handle, req)).await,
                     Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
                 }
             }
@@ -374,5 +392,114 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!(b.take(later) && b.take(later) && b.take(later));
         assert!(!b.take(later));
+    }
+}
+
+/// The session handler driven through channels instead of a socket, on paused time.
+#[cfg(all(test, feature = "mem"))]
+mod session_tests {
+    use super::*;
+    use futures::channel::mpsc;
+    use messenger_core::engine::EngineConfig;
+    use messenger_core::UserId;
+
+    type In = mpsc::Sender<Result<Message, WsError>>;
+    type Out = mpsc::Receiver<Message>;
+
+    async fn open(config: ServerConfig) -> (In, Out, tokio::task::JoinHandle<()>, Engine) {
+        let engine = Engine::start(EngineConfig::default(), messenger_storage_mem::adapters())
+            .await
+            .expect("engine");
+        let session = engine
+            .connect(UserId::new("alice").expect("id"))
+            .await
+            .expect("connect");
+        let ctx = ConnCtx {
+            engine: engine.clone(),
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+            shutdown: watch::channel(false).1,
+        };
+        let (out_tx, out_rx) = mpsc::channel::<Message>(64);
+        let (in_tx, in_rx) = mpsc::channel::<Result<Message, WsError>>(64);
+        let sink = out_tx.sink_map_err(|_| WsError::ConnectionClosed);
+        let task = tokio::spawn(run_session(ctx, session, sink, in_rx));
+        (in_tx, out_rx, task, engine)
+    }
+
+    async fn next_text(out: &mut Out) -> serde_json::Value {
+        loop {
+            match out.next().await.expect("open") {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+                Message::Ping(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_gets_pings_then_4001_after_two_intervals() {
+        let config = ServerConfig {
+            ping_interval: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let (_in, mut out, task, engine) = open(config).await;
+        assert_eq!(next_text(&mut out).await["type"], "welcome");
+        let t0 = tokio::time::Instant::now();
+        assert!(matches!(out.next().await, Some(Message::Ping(_))));
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        // The second ping and the timeout fall on the same instant: either order.
+        let code = loop {
+            match out.next().await {
+                Some(Message::Ping(_)) => continue,
+                Some(Message::Close(Some(f))) => break u16::from(f.code),
+                other => panic!("expected a close, got {other:?}"),
+            }
+        };
+        assert_eq!(code, 4001);
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+        task.await.expect("session ends");
+        assert_eq!(engine.local_sessions(), 0, "disconnected from the engine");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_replies_without_processing() {
+        let config = ServerConfig {
+            rate_limit_per_sec: 1,
+            rate_limit_burst: 2,
+            ..Default::default()
+        };
+        let (mut inp, mut out, _task, _engine) = open(config).await;
+        next_text(&mut out).await;
+        for i in 0..3 {
+            let f = format!(r#"{{"type":"ping","req_id":{i}}}"#);
+            inp.send(Ok(Message::Text(f.into()))).await.expect("send");
+        }
+        assert_eq!(next_text(&mut out).await["type"], "pong");
+        assert_eq!(next_text(&mut out).await["type"], "pong");
+        let e = next_text(&mut out).await;
+        assert_eq!(
+            (e["code"].as_str(), e["req_id"].as_u64()),
+            (Some("rate_limited"), Some(2))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_error_closes_1009() {
+        let (mut inp, mut out, task, _engine) = open(ServerConfig::default()).await;
+        next_text(&mut out).await;
+        let err = WsError::Capacity(
+            tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                size: 70_000,
+                max_size: 65_536,
+            },
+        );
+        inp.send(Err(err)).await.expect("send");
+        match out.next().await {
+            Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1009),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        drop(inp);
+        task.await.expect("session ends");
     }
 }

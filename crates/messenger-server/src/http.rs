@@ -111,13 +111,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(HeadError::TooLarge);
         }
-        let mut chunk = [0u8; 1024];
-        let want = chunk.len().min(MAX_HEAD_BYTES - buf.len());
-        let n = stream.read(&mut chunk[..want]).await?;
+        // Read straight into the spare capacity (no stack buffer held across the
+        // await), never past the head limit.
+        let want = (MAX_HEAD_BYTES - buf.len()).min(1024);
+        buf.reserve(want);
+        let n = (&mut *stream).take(want as u64).read_buf(&mut buf).await?;
         if n == 0 {
             return Err(HeadError::Eof);
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some((head, used)) = parse_head(&buf)? {
             let rest = buf.split_off(used);
             return Ok((head, rest));
@@ -276,6 +277,25 @@ mod tests {
             .expect("complete");
         assert_eq!(used, 18);
         assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn read_head_keeps_the_rest_and_bounds_the_size() {
+        let mut input: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\x81\x00";
+        let (h, rest) = read_head(&mut input).await.expect("head");
+        assert_eq!(h.path, "/healthz");
+        assert_eq!(rest, b"\x81\x00");
+        let big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        let mut input = big.as_bytes();
+        assert!(matches!(
+            read_head(&mut input).await,
+            Err(HeadError::TooLarge)
+        ));
+        let mut input: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert!(matches!(read_head(&mut input).await, Err(HeadError::Eof)));
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Close codes: 1001 shutdown, 1009 frame over `max_frame_bytes`,
+//! Close codes: 1001 shutdown, 1002 WebSocket protocol error, 1007 text frame not UTF-8,
+//! 1009 frame over `max_frame_bytes`,
 //! [`CLOSE_SLOW_CONSUMER`] (4000) slow consumer, [`CLOSE_HEARTBEAT_TIMEOUT`] (4001)
 //! silent peer. See `docs/protocol.md`.
 
@@ -45,7 +46,8 @@ mod server;
 
 pub use config::{AuthMode, ConfigError, ServerConfig};
 pub use conn::{
-    TokenBucket, CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
+    TokenBucket, CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_UTF8,
+    CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
 };
 pub use messenger_core::engine::Adapters;
 pub use server::{Server, ServerBuilder, ServerError};

@@ -296,7 +296,13 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 async fn handle_connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.ctx.config;
-    let head = match tokio::time::timeout(cfg.handshake_timeout, http::read_head(&mut tcp)).await {
+    let mut stop = shared.ctx.shutdown.clone();
+    let read = tokio::select! {
+        r = tokio::time::timeout(cfg.handshake_timeout, http::read_head(&mut tcp)) => r,
+        // On shutdown a connection still sending its request head is just dropped.
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let head = match read {
         Err(_) => {
             let _ = http::respond(&mut tcp, 408, "text/plain", "", b"request timeout\n").await;
             return;
@@ -404,11 +410,14 @@ async fn upgrade(
         }
     };
     let answer = http::switching_protocols(&key);
+    // Nothing from the request outlives the handshake.
+    drop((head, key));
     let wrote = tokio::time::timeout(ctx.config.write_timeout, async {
         tcp.write_all(answer.as_bytes()).await?;
         tcp.flush().await
     })
     .await;
+    drop(answer);
     if !matches!(wrote, Ok(Ok(()))) {
         ctx.engine.disconnect(&session.handle).await;
         return;
