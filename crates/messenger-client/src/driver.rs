@@ -831,3 +831,316 @@ fn map_ws_error(e: tungstenite::Error) -> ClientError {
         other => ClientError::Connect(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messenger_core::protocol::{decode_client, HistoryMessage};
+
+    fn t(s: &str) -> ThreadId {
+        ThreadId::new(s).expect("thread")
+    }
+
+    fn u(s: &str) -> UserId {
+        UserId::new(s).expect("user")
+    }
+
+    fn core(cfg: ClientConfig) -> Core {
+        Core::new(cfg)
+    }
+
+    /// The frames written since the last call, decoded, with their req ids.
+    fn written(c: &mut Core) -> Vec<(u64, ClientFrame)> {
+        std::mem::take(&mut c.out)
+            .iter()
+            .map(|s| {
+                let r = decode_client(s).expect("valid frame");
+                match r.req_id {
+                    Some(ReqId::UInt(n)) => (n, r.frame),
+                    other => panic!("req id {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    fn connect(c: &mut Core) {
+        c.connected(u("alice"), SessionId::from_id(1), Instant::now());
+    }
+
+    fn receive(thread: &str, seq: u64, from: &str) -> ServerFrame {
+        ServerFrame::ReceiveMessage {
+            thread_id: t(thread),
+            message_id: MessageId(100 + seq),
+            seq,
+            sender_id: u(from),
+            text: format!("m{seq}"),
+            sent_at: 0,
+        }
+    }
+
+    fn delivered(c: &mut Core) -> Vec<u64> {
+        std::mem::take(&mut c.events)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn outbox_is_flushed_on_connect_before_catch_up_and_new_sends() {
+        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        let mut waits = Vec::new();
+        for i in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            waits.push(rx);
+            let cmd = Command::Send {
+                thread_id: t("t"),
+                temp_id: format!("tmp-{i}"),
+                text: format!("queued {i}"),
+                reply: tx,
+            };
+            assert!(matches!(c.offline_command(cmd), Flow::Continue));
+        }
+        assert!(c.out.is_empty(), "nothing written while offline");
+        connect(&mut c);
+        let frames = written(&mut c);
+        let kinds: Vec<&str> = frames.iter().map(|(_, f)| f.type_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "send_message",
+                "send_message",
+                "send_message",
+                "list_threads"
+            ]
+        );
+        let temps: Vec<String> = frames
+            .iter()
+            .filter_map(|(_, f)| match f {
+                ClientFrame::SendMessage { temp_id, .. } => Some(temp_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(temps, ["tmp-0", "tmp-1", "tmp-2"]);
+
+        // The connection drops before any answer: the same temp ids go out again.
+        c.connection_lost();
+        connect(&mut c);
+        let again = written(&mut c);
+        assert_eq!(again.len(), 4);
+        // The server reconciles the first one.
+        let (req, _) = again[0];
+        c.on_frame(
+            ServerFrame::MessageSent {
+                req_id: Some(ReqId::UInt(req)),
+                thread_id: t("t"),
+                temp_id: "tmp-0".into(),
+                message_id: MessageId(77),
+                seq: 1,
+                sent_at: 5,
+            },
+            Instant::now(),
+        );
+        let sent = waits.remove(0).await.expect("reply").expect("sent");
+        assert_eq!((sent.message_id, sent.seq), (MessageId(77), 1));
+        assert_eq!(delivered(&mut c), vec![1], "own message joins the stream");
+    }
+
+    #[tokio::test]
+    async fn catch_up_fetches_after_the_last_seq_and_pages() {
+        let cfg = ClientConfig::new("ws://x/ws", "alice")
+            .resume(t("old"), 2)
+            .auto_ack_delivered(false);
+        let mut c = core(cfg);
+        connect(&mut c);
+        let (list_req, _) = written(&mut c)[0].clone();
+        let summary = |id: &str, last_seq| ThreadSummary {
+            thread_id: t(id),
+            kind: messenger_core::model::ThreadKind::Group,
+            title: None,
+            members: vec![u("alice"), u("bob")],
+            last_seq,
+            receipts: Default::default(),
+            unread: 0,
+        };
+        c.on_frame(
+            ServerFrame::Threads {
+                req_id: Some(ReqId::UInt(list_req)),
+                threads: vec![summary("old", 5), summary("fresh", 9)],
+            },
+            Instant::now(),
+        );
+        // `old` resumes after 2; `fresh` starts at its last seq (InitialSync::Latest).
+        let fills = written(&mut c);
+        assert_eq!(fills.len(), 1);
+        let (
+            fill_req,
+            ClientFrame::FetchHistory {
+                thread_id,
+                after_seq,
+                ..
+            },
+        ) = fills[0].clone()
+        else {
+            panic!("expected a fetch")
+        };
+        assert_eq!((thread_id, after_seq), (t("old"), Some(2)));
+        let page = |seqs: &[u64]| -> Vec<HistoryMessage> {
+            seqs.iter()
+                .map(|&s| HistoryMessage {
+                    message_id: MessageId(100 + s),
+                    seq: s,
+                    sender_id: u("bob"),
+                    text: format!("m{s}"),
+                    sent_at: 0,
+                })
+                .collect()
+        };
+        c.on_frame(
+            ServerFrame::History {
+                req_id: Some(ReqId::UInt(fill_req)),
+                thread_id: t("old"),
+                messages: page(&[3, 4]),
+                has_more: true,
+            },
+            Instant::now(),
+        );
+        assert_eq!(delivered(&mut c), vec![3, 4]);
+        let next = written(&mut c);
+        let (req, ClientFrame::FetchHistory { after_seq, .. }) = next[0].clone() else {
+            panic!("expected the next page")
+        };
+        assert_eq!(after_seq, Some(4));
+        c.on_frame(
+            ServerFrame::History {
+                req_id: Some(ReqId::UInt(req)),
+                thread_id: t("old"),
+                messages: page(&[5]),
+                has_more: false,
+            },
+            Instant::now(),
+        );
+        assert_eq!(delivered(&mut c), vec![5]);
+        assert!(c.out.is_empty());
+        // Live: `fresh` continues from 9; a duplicate is dropped.
+        c.on_frame(receive("fresh", 10, "bob"), Instant::now());
+        c.on_frame(receive("fresh", 10, "bob"), Instant::now());
+        assert_eq!(delivered(&mut c), vec![10]);
+    }
+
+    #[tokio::test]
+    async fn delivered_is_acked_once_per_batch_for_others_only() {
+        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        connect(&mut c);
+        let _ = written(&mut c);
+        c.synced = true;
+        c.seq.start_at(&t("t"), 0);
+        c.on_frame(receive("t", 1, "alice"), Instant::now());
+        assert!(written(&mut c).is_empty(), "own messages are not acked");
+        c.on_frame(receive("t", 3, "bob"), Instant::now());
+        let frames = written(&mut c);
+        assert!(
+            matches!(
+                &frames[..],
+                [(
+                    _,
+                    ClientFrame::FetchHistory {
+                        after_seq: Some(1),
+                        ..
+                    }
+                )]
+            ),
+            "a gap asks for a fill, no ack yet: {frames:?}"
+        );
+        c.on_frame(receive("t", 2, "bob"), Instant::now());
+        let frames = written(&mut c);
+        assert!(
+            matches!(
+                &frames[..],
+                [(
+                    _,
+                    ClientFrame::MessageAck {
+                        message_id: MessageId(103),
+                        status: AckStatus::Delivered,
+                        ..
+                    }
+                )]
+            ),
+            "one ack covers 2 and 3: {frames:?}"
+        );
+        assert_eq!(delivered(&mut c), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn errors_are_routed_to_their_callers() {
+        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        connect(&mut c);
+        let _ = written(&mut c);
+        let now = Instant::now();
+        // A fire-and-confirm frame refused by the server.
+        let (tx, rx) = oneshot::channel();
+        let frame = ClientFrame::Typing {
+            thread_id: t("t"),
+            typing: true,
+        };
+        c.online_command(Command::Fire { frame, reply: tx }, now);
+        let frames = written(&mut c);
+        assert_eq!(frames[1].1.type_name(), "ping");
+        c.on_frame(
+            ServerFrame::error(Some(ReqId::UInt(frames[0].0)), "forbidden", "no"),
+            now,
+        );
+        c.on_frame(
+            ServerFrame::Pong {
+                req_id: Some(ReqId::UInt(frames[1].0)),
+            },
+            now,
+        );
+        assert_eq!(
+            rx.await.expect("reply").expect_err("refused").code(),
+            Some(&crate::ErrorCode::Forbidden)
+        );
+        // A rate-limited send stays queued and is retried; a forbidden one fails.
+        let (tx, mut rx) = oneshot::channel();
+        c.online_command(
+            Command::Send {
+                thread_id: t("t"),
+                temp_id: "a".into(),
+                text: "x".into(),
+                reply: tx,
+            },
+            now,
+        );
+        let (req, _) = written(&mut c)[0].clone();
+        c.on_frame(
+            ServerFrame::error(Some(ReqId::UInt(req)), "rate_limited", "slow"),
+            now,
+        );
+        assert!(rx.try_recv().is_err(), "still pending");
+        c.tick(now);
+        assert!(c.out.is_empty(), "not before the retry time");
+        c.tick(now + SEND_RETRY);
+        let (req, _) = written(&mut c)[0].clone();
+        c.on_frame(
+            ServerFrame::error(Some(ReqId::UInt(req)), "forbidden", "no"),
+            now,
+        );
+        assert_eq!(
+            rx.await.expect("reply").expect_err("refused").code(),
+            Some(&crate::ErrorCode::Forbidden)
+        );
+        // Requests in flight fail with Disconnected when the connection drops.
+        let (tx, rx) = oneshot::channel();
+        c.online_command(
+            Command::Request {
+                frame: ClientFrame::ListThreads {},
+                reply: Want::Threads(tx),
+            },
+            now,
+        );
+        c.connection_lost();
+        assert_eq!(rx.await.expect("reply"), Err(ClientError::Disconnected));
+    }
+}
