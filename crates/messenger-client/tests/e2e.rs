@@ -525,3 +525,109 @@ async fn receipts_presence_typing_and_threads_arrive_as_events() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_talking_through_a_restart_see_every_message_once_in_order() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let addr = server.addr;
+        let url = server.url();
+        let (alice, mut alice_ev) = client(&url, "alice").await;
+        let (bob, mut bob_ev) = client(&url, "bob").await;
+        let thread = alice
+            .create_group(&[uid("bob")], "through the restart")
+            .await
+            .expect("group")
+            .thread_id;
+        const EACH: usize = 15;
+        let talk = |c: Client, who: &'static str| {
+            let thread = thread.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    c.send(&thread, format!("{who}-{i}")).await.expect("send");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let a = talk(alice.clone(), "alice");
+        let b = talk(bob.clone(), "bob");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        server.stop().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let server = start(&backend, addr, server_config()).await;
+        a.await.expect("alice done");
+        b.await.expect("bob done");
+
+        let want: Vec<u64> = (1..=2 * EACH as u64).collect();
+        for events in [&mut alice_ev, &mut bob_ev] {
+            let got = messages(events, &thread, 2 * EACH).await;
+            assert_eq!(seqs(&got), want);
+            let mut t = texts(&got);
+            t.sort();
+            let mut expected: Vec<String> = (0..EACH)
+                .flat_map(|i| [format!("alice-{i}"), format!("bob-{i}")])
+                .collect();
+            expected.sort();
+            assert_eq!(t, expected);
+            no_more_messages(events, &thread, Duration::from_millis(200)).await;
+        }
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_delays_respect_the_jitter_ceiling() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let addr = server.addr;
+        let backoff = BackoffConfig {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+            multiplier: 2.0,
+            max_retries: None,
+        };
+        let cfg = ClientConfig::new(server.url(), "alice").backoff(backoff.clone());
+        let alice = Client::connect_with(cfg).await.expect("connect");
+        let mut events = alice.events().expect("events");
+        server.stop().await;
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(Event::Connection(ConnectionState::Reconnecting { attempt, delay }))) => {
+                    assert!(
+                        delay <= backoff.ceiling(attempt),
+                        "attempt {attempt}: {delay:?} > {:?}",
+                        backoff.ceiling(attempt)
+                    );
+                    seen.push(attempt);
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no reconnect attempts: {other:?}"),
+            }
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4, 5], "failures count up");
+        let server = start(&backend, addr, server_config()).await;
+        wait_state(&mut events, |s| {
+            matches!(s, ConnectionState::Connected { .. })
+        })
+        .await;
+        alice.ping().await.expect("back online");
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
