@@ -631,3 +631,55 @@ async fn reconnecting_delays_respect_the_jitter_ceiling() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_on_reconnect_stops_the_client_with_a_typed_error() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let addr = server.addr;
+        let (alice, mut events) = client(&server.url(), "alice").await;
+        let thread = alice
+            .create_direct(&uid("bob"))
+            .await
+            .expect("thread")
+            .thread_id;
+        server.stop().await;
+        wait_state(&mut events, |s| {
+            matches!(s, ConnectionState::Disconnected { .. })
+        })
+        .await;
+        let pending = {
+            let alice = alice.clone();
+            tokio::spawn(async move { alice.send(&thread, "never stored").await })
+        };
+        // The server comes back requiring JWTs: the dev token is refused with 401.
+        let mut cfg = server_config();
+        cfg.auth = AuthMode::jwt(b"secret".to_vec());
+        let server = start(&backend, addr, cfg).await;
+        wait_state(&mut events, |s| {
+            matches!(
+                s,
+                ConnectionState::Closed {
+                    error: Some(ClientError::Auth(401))
+                }
+            )
+        })
+        .await;
+        assert_eq!(
+            pending.await.expect("join"),
+            Err(ClientError::Auth(401)),
+            "the queued send fails with the reason"
+        );
+        assert_eq!(alice.list_threads().await, Err(ClientError::Closed));
+        assert!(events.recv().await.is_none(), "the stream ends");
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
