@@ -17,11 +17,9 @@
 //! Marks: `✓` sent (stored by the server), `✓✓` delivered to the other side's device,
 //! `read by X` when X has read it. Messages shown in the current thread are marked read.
 
-use std::collections::HashMap;
-
 use messenger_client::{
-    AckStatus, Client, ClientConfig, ConnectionState, Cursor, Event, Message, MessageId,
-    PresenceStatus, ThreadId, UserId,
+    AckStatus, Client, ClientConfig, ConnectionState, Cursor, Event, Message, PresenceStatus,
+    ThreadId, UserId,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -59,8 +57,6 @@ fn users(list: &str) -> Result<Vec<UserId>, messenger_client::ClientError> {
 struct Ui {
     current: Option<ThreadId>,
     listed: Vec<ThreadId>,
-    /// message id -> a short label of the app's own messages, for marks.
-    mine: HashMap<MessageId, String>,
 }
 
 fn show(m: &Message, me: &UserId) {
@@ -105,16 +101,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
     match event {
         Event::Message(m) => {
+            if ui.current.is_none() {
+                println!("now in {} (the first thread with news)", m.thread_id);
+                ui.current = Some(m.thread_id.clone());
+            }
             show(&m, me);
             if &m.sender_id != me && ui.current.as_ref() == Some(&m.thread_id) {
                 let (client, thread, id) = (client.clone(), m.thread_id.clone(), m.message_id);
                 tokio::spawn(async move { client.mark_read(&thread, id).await });
             }
         }
-        Event::Sent(s) => {
-            ui.mine.insert(s.message_id, format!("#{}", s.seq));
-            println!("  ✓ #{} sent", s.seq);
-        }
+        Event::Sent(s) => println!("  ✓ #{} sent", s.seq),
         Event::Receipt(r) if &r.user_id != me => {
             let mark = match r.status {
                 AckStatus::Delivered => "✓✓ delivered to",

@@ -170,6 +170,11 @@ impl Core {
         id
     }
 
+    /// Sends waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// A connection is up: emit the state, resend the outbox, start catch-up.
     pub fn connected(&mut self, user_id: UserId, session_id: SessionId, now: Instant) {
         self.user_id = Some(user_id.clone());
@@ -676,6 +681,10 @@ impl Driver {
             Ok(r) => (None, r),
             Err(e) => (Some(e), None),
         };
+        match &err {
+            Some(e) => tracing::warn!(error = %e, "client stopped"),
+            None => tracing::debug!("client closed"),
+        }
         let fail = err.clone().unwrap_or(ClientError::Closed);
         if let Some(r) = self.ready.take() {
             let _ = r.send(Err(fail.clone()));
@@ -695,6 +704,7 @@ impl Driver {
 
     async fn session(&mut self, ws: Ws, user_id: UserId, session_id: SessionId) -> End {
         let (mut sink, mut stream) = ws.split();
+        tracing::info!(user = %user_id, session = %session_id, queued = self.core.outbox_len(), "connected");
         self.core.connected(user_id, session_id, Instant::now());
         let heartbeat = self.core.cfg.heartbeat;
         let mut last_rx = Instant::now();

@@ -119,7 +119,6 @@ impl Outbox {
     }
 
     /// Pending sends.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }
