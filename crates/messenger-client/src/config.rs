@@ -81,7 +81,8 @@ pub struct ClientConfig {
     pub token: String,
     /// Reconnection backoff.
     pub backoff: BackoffConfig,
-    /// Send a `DELIVERED` ack for messages from others as they are handed to the app.
+    /// Ack `DELIVERED` the messages from others handed to the app (coalesced: at most
+    /// one ack per thread every 250 ms, for the newest).
     /// Default true.
     pub auto_ack_delivered: bool,
     /// How long a request (other than `send`) waits for its reply. Default 10 s.

@@ -83,14 +83,20 @@ enum Pending {
     FireHead {
         ping: u64,
     },
-    FirePing(Reply<()>),
+    FirePing {
+        head: u64,
+        reply: Reply<()>,
+    },
     Ping(Instant, Reply<Duration>),
     CatchUpList,
     Fill {
         thread_id: ThreadId,
     },
-    AutoAck,
 }
+
+/// The `req_id` of automatic `DELIVERED` acks: they have no reply on success, so they
+/// are not tracked; a refusal is only logged.
+const AUTO_ACK: &str = "auto-ack";
 
 impl Pending {
     fn fail(self, err: ClientError) {
@@ -99,13 +105,12 @@ impl Pending {
             Pending::Want(Want::Threads(r)) => drop(r.send(Err(err))),
             Pending::Want(Want::History(r)) => drop(r.send(Err(err))),
             Pending::Want(Want::Presence(r)) => drop(r.send(Err(err))),
-            Pending::FirePing(r) => drop(r.send(Err(err))),
+            Pending::FirePing { reply, .. } => drop(reply.send(Err(err))),
             Pending::Ping(_, r) => drop(r.send(Err(err))),
             Pending::Send { .. }
             | Pending::FireHead { .. }
             | Pending::CatchUpList
-            | Pending::Fill { .. }
-            | Pending::AutoAck => {}
+            | Pending::Fill { .. } => {}
         }
     }
 
@@ -116,7 +121,7 @@ impl Pending {
             Pending::Want(Want::Threads(r)) => r.is_closed(),
             Pending::Want(Want::History(r)) => r.is_closed(),
             Pending::Want(Want::Presence(r)) => r.is_closed(),
-            Pending::FirePing(r) => r.is_closed(),
+            Pending::FirePing { reply, .. } => reply.is_closed(),
             Pending::Ping(_, r) => r.is_closed(),
             _ => false,
         }
@@ -140,6 +145,10 @@ pub(crate) struct Core {
     /// The first catch-up (which applies [`InitialSync`]) is done.
     synced: bool,
     catch_up_at: Option<Instant>,
+    /// Per thread, the newest message from others not yet acked `DELIVERED`: acks go
+    /// out on the next tick, one per thread, so a busy thread does not spend the
+    /// session's rate limit on acks. Kept across reconnects.
+    acks_due: HashMap<ThreadId, (u64, MessageId)>,
     /// Frames to write, in order.
     pub out: Vec<String>,
     /// Events to emit, in order.
@@ -157,6 +166,7 @@ impl Core {
             user_id: None,
             synced: false,
             catch_up_at: None,
+            acks_due: HashMap::new(),
             out: Vec::new(),
             events: Vec::new(),
         }
@@ -259,8 +269,8 @@ impl Core {
             }
             Command::Fire { frame, reply } => {
                 let ping = self.next_req + 1;
-                self.request(&frame, Pending::FireHead { ping });
-                self.request(&ClientFrame::Ping {}, Pending::FirePing(reply));
+                let head = self.request(&frame, Pending::FireHead { ping });
+                self.request(&ClientFrame::Ping {}, Pending::FirePing { head, reply });
             }
             Command::Ping { reply } => {
                 self.request(&ClientFrame::Ping {}, Pending::Ping(now, reply));
@@ -273,10 +283,31 @@ impl Core {
     /// Housekeeping while connected.
     pub fn tick(&mut self, now: Instant) {
         self.flush_outbox(now);
+        for (thread_id, (_, message_id)) in std::mem::take(&mut self.acks_due) {
+            let frame = ClientFrame::MessageAck {
+                thread_id,
+                message_id,
+                status: AckStatus::Delivered,
+            };
+            self.out
+                .push(frame.encode(Some(&ReqId::Str(AUTO_ACK.into()))));
+        }
         if self.catch_up_at.is_some_and(|t| t <= now) {
             self.catch_up();
         }
         self.pending.retain(|_, p| !p.abandoned());
+        // A confirmation nobody waits for any more takes its frame's entry with it.
+        let pending = &self.pending;
+        let orphans: Vec<u64> = pending
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Pending::FireHead { ping } if !pending.contains_key(ping) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for id in orphans {
+            self.pending.remove(&id);
+        }
     }
 
     fn take(&mut self, req_id: &Option<ReqId>) -> Option<Pending> {
@@ -288,20 +319,17 @@ impl Core {
 
     /// Hands a sequencer step to the app and asks for the fill it needs.
     fn apply(&mut self, thread_id: &ThreadId, step: Step) {
-        let mut ack: Option<MessageId> = None;
         for m in step.deliver {
-            if Some(&m.sender_id) != self.user_id.as_ref() {
-                ack = Some(m.message_id);
+            if self.cfg.auto_ack_delivered && Some(&m.sender_id) != self.user_id.as_ref() {
+                let due = self
+                    .acks_due
+                    .entry(thread_id.clone())
+                    .or_insert((0, m.message_id));
+                if m.seq > due.0 {
+                    *due = (m.seq, m.message_id);
+                }
             }
             self.events.push(Event::Message(m));
-        }
-        if let (true, Some(message_id)) = (self.cfg.auto_ack_delivered, ack) {
-            let frame = ClientFrame::MessageAck {
-                thread_id: thread_id.clone(),
-                message_id,
-                status: AckStatus::Delivered,
-            };
-            self.request(&frame, Pending::AutoAck);
         }
         if let Some(after) = step.fill_after {
             self.fetch_fill(thread_id, after);
@@ -485,7 +513,10 @@ impl Core {
                 typing,
             })),
             ServerFrame::Pong { req_id } => match self.take(&req_id) {
-                Some(Pending::FirePing(r)) => drop(r.send(Ok(()))),
+                Some(Pending::FirePing { head, reply }) => {
+                    self.pending.remove(&head);
+                    let _ = reply.send(Ok(()));
+                }
                 Some(Pending::Ping(t0, r)) => drop(r.send(Ok(now.saturating_duration_since(t0)))),
                 _ => {}
             },
@@ -510,6 +541,10 @@ impl Core {
     fn on_error(&mut self, req_id: Option<ReqId>, code: &str, message: String, now: Instant) {
         let err = ClientError::server(code, message);
         let transient = err.code().is_some_and(|c| c.is_transient());
+        if matches!(&req_id, Some(ReqId::Str(s)) if s == AUTO_ACK) {
+            tracing::debug!(error = %err, "delivered ack refused");
+            return;
+        }
         let Some(p) = self.take(&req_id) else {
             tracing::warn!(error = %err, ?req_id, "server error for no pending request");
             return;
@@ -547,7 +582,6 @@ impl Core {
                     self.apply(&thread_id, step);
                 }
             }
-            Pending::AutoAck => tracing::debug!(error = %err, "delivered ack refused"),
             other => other.fail(err),
         }
     }
@@ -867,6 +901,7 @@ mod tests {
                 let r = decode_client(s).expect("valid frame");
                 match r.req_id {
                     Some(ReqId::UInt(n)) => (n, r.frame),
+                    Some(ReqId::Str(s)) if s == AUTO_ACK => (0, r.frame),
                     other => panic!("req id {other:?}"),
                 }
             })
@@ -1041,13 +1076,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn delivered_is_acked_once_per_batch_for_others_only() {
+    async fn delivered_is_acked_once_per_tick_for_others_only() {
         let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
         connect(&mut c);
         let _ = written(&mut c);
         c.synced = true;
         c.seq.start_at(&t("t"), 0);
         c.on_frame(receive("t", 1, "alice"), Instant::now());
+        c.tick(Instant::now());
         assert!(written(&mut c).is_empty(), "own messages are not acked");
         c.on_frame(receive("t", 3, "bob"), Instant::now());
         let frames = written(&mut c);
@@ -1065,6 +1101,8 @@ mod tests {
             "a gap asks for a fill, no ack yet: {frames:?}"
         );
         c.on_frame(receive("t", 2, "bob"), Instant::now());
+        assert!(written(&mut c).is_empty(), "acks wait for the tick");
+        c.tick(Instant::now());
         let frames = written(&mut c);
         assert!(
             matches!(
@@ -1152,5 +1190,51 @@ mod tests {
         );
         c.connection_lost();
         assert_eq!(rx.await.expect("reply"), Err(ClientError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_tracked_forever() {
+        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        connect(&mut c);
+        let _ = written(&mut c);
+        let now = Instant::now();
+        // Confirmed fire-and-forget frames leave nothing behind.
+        let (tx, rx) = oneshot::channel();
+        let frame = ClientFrame::Typing {
+            thread_id: t("t"),
+            typing: true,
+        };
+        c.online_command(Command::Fire { frame, reply: tx }, now);
+        let frames = written(&mut c);
+        c.on_frame(
+            ServerFrame::Pong {
+                req_id: Some(ReqId::UInt(frames[1].0)),
+            },
+            now,
+        );
+        assert_eq!(rx.await.expect("reply"), Ok(()));
+        // Automatic acks are not tracked at all.
+        c.seq.start_at(&t("t"), 0);
+        for seq in 1..=50 {
+            c.on_frame(receive("t", seq, "bob"), now);
+        }
+        c.tick(now);
+        assert_eq!(written(&mut c).len(), 1, "fifty messages, one ack");
+        // An abandoned confirmation is swept with its frame.
+        let (tx, rx) = oneshot::channel();
+        let frame = ClientFrame::Typing {
+            thread_id: t("t"),
+            typing: false,
+        };
+        c.online_command(Command::Fire { frame, reply: tx }, now);
+        drop(rx);
+        c.tick(now);
+        assert!(
+            c.pending
+                .values()
+                .all(|p| matches!(p, Pending::CatchUpList)),
+            "only the unanswered catch-up remains: {:?}",
+            c.pending
+        );
     }
 }

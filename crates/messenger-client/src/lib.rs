@@ -41,7 +41,7 @@
 //!   bounded by `max` and optionally by `max_retries`. A refused token
 //!   ([`ClientError::Auth`]) is never retried.
 //! - **Acks.** Messages from others are acked `DELIVERED` as they are handed to the app
-//!   (configurable); [`Client::mark_read`] acks `READ`.
+//!   (coalesced per thread, configurable); [`Client::mark_read`] acks `READ`.
 //!
 //! Layout: [`client`] (the handle), [`event`] (what the app receives), [`config`],
 //! [`error`]; the protocol state machine (`driver`), the per-thread ordering

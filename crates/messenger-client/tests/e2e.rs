@@ -497,14 +497,19 @@ async fn receipts_presence_typing_and_threads_arrive_as_events() {
         alice.subscribe_presence(&[uid("bob")]).await.expect("sub");
         let sent = alice.send(&group, "hello").await.expect("send");
         let got = messages(&mut bob_ev, &group, 1).await;
-        bob.mark_read(&group, got[0].message_id)
-            .await
-            .expect("read");
-        bob.typing(&group, true).await.expect("typing");
 
-        let (mut delivered, mut read, mut typing, mut online, mut thread) =
-            (false, false, false, false, false);
+        // Bob's client acks DELIVERED by itself; then bob reads and types.
+        let mut delivered = false;
+        let (mut read, mut typing, mut online, mut thread) = (false, false, false, false);
+        let mut read_sent = false;
         while !(delivered && read && typing && online && thread) {
+            if delivered && !read_sent {
+                read_sent = true;
+                bob.mark_read(&group, got[0].message_id)
+                    .await
+                    .expect("read");
+                bob.typing(&group, true).await.expect("typing");
+            }
             let ev = tokio::time::timeout(Duration::from_secs(5), alice_ev.recv())
                 .await
                 .expect("event in time")
