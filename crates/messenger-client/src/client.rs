@@ -66,7 +66,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) with `token`, with the default
-    /// [`ClientConfig`]. Resolves once the server has welcomed the client.
+    /// [`ClientConfig`]. Resolves once the server has welcomed the client and the first
+    /// `list_threads` has fixed where each thread's events start (see [`InitialSync`](crate::InitialSync)).
     ///
     /// Connection failures are retried with backoff (forever by default); a refused
     /// token ([`ClientError::Auth`]) and a bad URL fail at once.

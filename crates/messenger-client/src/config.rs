@@ -63,8 +63,9 @@ impl BackoffConfig {
 /// Where the client starts in threads it has no position for on its first connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitialSync {
-    /// Start at each thread's current `last_seq`: only new messages become events; the
-    /// app reads older ones with the history helpers. The default.
+    /// Start at each thread's `last_seq` as of the first connection (when `connect`
+    /// resolves): only newer messages become events; the app reads older ones with the
+    /// history helpers. The default.
     #[default]
     Latest,
     /// Deliver every thread's whole history as events, from seq 1.

@@ -143,7 +143,7 @@ pub(crate) struct Core {
     next_req: u64,
     user_id: Option<UserId>,
     /// The first catch-up (which applies [`InitialSync`]) is done.
-    synced: bool,
+    pub synced: bool,
     catch_up_at: Option<Instant>,
     /// Per thread, the newest message from others not yet acked `DELIVERED`: acks go
     /// out on the next tick, one per thread, so a busy thread does not spend the
@@ -676,9 +676,6 @@ impl Driver {
                 Ok((ws, user_id, session_id)) => {
                     failures = 0;
                     let _ = self.shared.user_id.set(user_id.clone());
-                    if let Some(r) = self.ready.take() {
-                        let _ = r.send(Ok(()));
-                    }
                     match self.session(ws, user_id, session_id).await {
                         End::Close(r) => break Ok(r),
                         End::Lost(reason) => {
@@ -762,7 +759,16 @@ impl Driver {
                     last_rx = Instant::now();
                     match msg {
                         Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_str()) {
-                            Ok(frame) => self.core.on_frame(frame, Instant::now()),
+                            Ok(frame) => {
+                                self.core.on_frame(frame, Instant::now());
+                                // `connect` resolves once the first catch-up has fixed
+                                // where each thread starts.
+                                if self.core.synced {
+                                    if let Some(r) = self.ready.take() {
+                                        let _ = r.send(Ok(()));
+                                    }
+                                }
+                            }
                             Err(e) => tracing::debug!(error = %e, "ignoring an undecodable frame"),
                         },
                         Some(Ok(WsMessage::Close(frame))) => {

@@ -688,3 +688,53 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_a_typed_error() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_server_already_stored_reconciles_to_the_original_id() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let (alice, mut alice_ev) = client(&server.url(), "alice").await;
+        let (_bob, mut bob_ev) = client(&server.url(), "bob").await;
+        let thread = alice
+            .create_direct(&uid("bob"))
+            .await
+            .expect("thread")
+            .thread_id;
+        // As if alice's first attempt was stored but its `message_sent` was lost.
+        let original = MessageId(7_000_001);
+        backend
+            .messages()
+            .append(NewMessage {
+                thread_id: thread.clone(),
+                message_id: original,
+                sender_id: uid("alice"),
+                temp_id: "lost-reply".into(),
+                text: "hello".into(),
+                sent_at: 1,
+            })
+            .await
+            .expect("append");
+        let sent = alice
+            .send_with_temp_id(&thread, "lost-reply", "hello")
+            .await
+            .expect("resend");
+        assert_eq!((sent.message_id, sent.seq), (original, 1));
+        alice.send(&thread, "next").await.expect("send");
+        for (who, events) in [("alice", &mut alice_ev), ("bob", &mut bob_ev)] {
+            eprintln!("checking {who}");
+            let got = messages(events, &thread, 2).await;
+            assert_eq!(seqs(&got), vec![1, 2], "{who}");
+            assert_eq!(got[0].message_id, original);
+            no_more_messages(events, &thread, Duration::from_millis(200)).await;
+        }
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
