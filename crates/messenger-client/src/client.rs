@@ -1,6 +1,6 @@
 //! The [`Client`] handle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -87,6 +87,7 @@ impl Client {
         let shared = Arc::new(Shared {
             state: state_tx,
             user_id: OnceLock::new(),
+            events_taken: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = oneshot::channel();
         let request_timeout = config.request_timeout;
@@ -111,13 +112,24 @@ impl Client {
     }
 
     /// The event stream. Returns `Some` the first time and `None` after, since every
-    /// event goes to exactly one consumer. Take it right after connecting and drain it.
+    /// event goes to exactly one consumer. Take it right after connecting and drain it:
+    /// once taken, a full stream makes the client wait for the app (backpressure).
+    /// Until it is taken, events are buffered up to
+    /// [`ClientConfig::event_capacity`] and newer ones are dropped.
     pub fn events(&self) -> Option<Events> {
-        self.inner
+        let taken = self
+            .inner
             .events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .take();
+        if taken.is_some() {
+            self.inner
+                .shared
+                .events_taken
+                .store(true, Ordering::Release);
+        }
+        taken
     }
 
     /// The authenticated user (from the server's `welcome`).

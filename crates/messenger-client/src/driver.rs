@@ -5,6 +5,7 @@
 //! [`run`] wraps it with the WebSocket, the reconnect loop and the channels.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -597,6 +598,8 @@ enum End {
 pub(crate) struct Shared {
     pub state: watch::Sender<ConnectionState>,
     pub user_id: OnceLock<UserId>,
+    /// The app took the event stream ([`Client::events`](crate::Client::events)).
+    pub events_taken: AtomicBool,
 }
 
 /// The task.
@@ -627,7 +630,19 @@ impl Driver {
 
     async fn emit_state(&mut self, s: ConnectionState) {
         self.shared.state.send_replace(s.clone());
-        let _ = self.events.send(Event::Connection(s)).await;
+        self.emit(Event::Connection(s)).await;
+    }
+
+    /// Hands one event to the app. Once the app holds the stream, a full channel
+    /// blocks (backpressure); before, events beyond the channel's capacity are
+    /// dropped so an app that never listens cannot stall the client. A dropped
+    /// stream only means the app does not listen.
+    async fn emit(&mut self, ev: Event) {
+        if self.shared.events_taken.load(Ordering::Acquire) {
+            let _ = self.events.send(ev).await;
+        } else if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(ev) {
+            tracing::debug!(?ev, "event stream not taken and full: dropping an event");
+        }
     }
 
     async fn emit_queued(&mut self) {
@@ -635,8 +650,7 @@ impl Driver {
             if let Event::Connection(s) = &ev {
                 self.shared.state.send_replace(s.clone());
             }
-            // A dropped `Events` only means the app does not listen.
-            let _ = self.events.send(ev).await;
+            self.emit(ev).await;
         }
     }
 

@@ -46,13 +46,15 @@ fn server_config() -> ServerConfig {
 
 async fn bind(addr: SocketAddr) -> TcpListener {
     // The port may linger briefly after a shutdown.
+    let mut last = None;
     for _ in 0..50 {
-        if let Ok(l) = TcpListener::bind(addr).await {
-            return l;
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("cannot bind {addr}");
+    panic!("cannot bind {addr}: {last:?}");
 }
 
 async fn start(backend: &MemBackend, addr: SocketAddr, config: ServerConfig) -> Running {
@@ -733,6 +735,34 @@ async fn a_send_the_server_already_stored_reconciles_to_the_original_id() {
             assert_eq!(got[0].message_id, original);
             no_more_messages(events, &thread, Duration::from_millis(200)).await;
         }
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_takes_events_is_not_stalled() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let mut cfg = ClientConfig::new(server.url(), "alice");
+        cfg.event_capacity = 2;
+        let alice = Client::connect_with(cfg).await.expect("connect");
+        let thread = alice
+            .create_direct(&uid("bob"))
+            .await
+            .expect("thread")
+            .thread_id;
+        for i in 0..10 {
+            alice.send(&thread, format!("m{i}")).await.expect("send");
+        }
+        assert_eq!(alice.list_threads().await.expect("list")[0].last_seq, 10);
         server.stop().await;
     })
     .await
