@@ -19,7 +19,8 @@ pub struct BackoffConfig {
     /// Growth of the ceiling per failed attempt. Default 2.0.
     pub multiplier: f64,
     /// Failed attempts in a row before the client gives up (`None`: never). A
-    /// successful connection resets the count. Default `None`.
+    /// connection that got as far as catch-up resets the count; one dropped before
+    /// that counts as a failure. Default `None`.
     pub max_retries: Option<u32>,
 }
 

@@ -145,6 +145,8 @@ pub(crate) struct Core {
     user_id: Option<UserId>,
     /// The first catch-up (which applies [`InitialSync`]) is done.
     pub synced: bool,
+    /// This connection's catch-up list was answered: the connection was healthy.
+    pub session_synced: bool,
     catch_up_at: Option<Instant>,
     /// Per thread, the newest message from others not yet acked `DELIVERED`: acks go
     /// out on the next tick, one per thread, so a busy thread does not spend the
@@ -166,6 +168,7 @@ impl Core {
             next_req: 1,
             user_id: None,
             synced: false,
+            session_synced: false,
             catch_up_at: None,
             acks_due: HashMap::new(),
             out: Vec::new(),
@@ -189,6 +192,7 @@ impl Core {
     /// A connection is up: emit the state, resend the outbox, start catch-up.
     pub fn connected(&mut self, user_id: UserId, session_id: SessionId, now: Instant) {
         self.user_id = Some(user_id.clone());
+        self.session_synced = false;
         self.events
             .push(Event::Connection(ConnectionState::Connected {
                 user_id,
@@ -537,6 +541,7 @@ impl Core {
             }
         }
         self.synced = true;
+        self.session_synced = true;
     }
 
     fn on_error(&mut self, req_id: Option<ReqId>, code: &str, message: String, now: Instant) {
@@ -688,12 +693,25 @@ impl Driver {
             };
             match opened {
                 Ok((ws, user_id, session_id)) => {
-                    failures = 0;
                     let _ = self.shared.user_id.set(user_id.clone());
                     match self.session(ws, user_id, session_id).await {
                         End::Close(r) => break Ok(r),
                         End::Lost(reason) => {
                             tracing::info!(%reason, "connection lost; reconnecting");
+                            // Only a connection that got as far as catch-up resets the
+                            // backoff: a server that welcomes and drops at once must
+                            // not be hammered.
+                            if self.core.session_synced {
+                                failures = 0;
+                            } else {
+                                failures += 1;
+                                if backoff.max_retries.is_some_and(|m| failures > m) {
+                                    break Err(ClientError::RetriesExhausted {
+                                        attempts: failures,
+                                        last: Box::new(ClientError::Connect(reason)),
+                                    });
+                                }
+                            }
                             self.core.connection_lost();
                             self.emit_state(ConnectionState::Disconnected { reason })
                                 .await;
