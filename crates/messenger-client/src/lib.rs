@@ -5,8 +5,7 @@
 //! across disconnects and server restarts.
 //!
 //! ```no_run
-//! use messenger_client::{Client, Event};
-//! use messenger_core::UserId;
+//! use messenger_client::{Client, Event, UserId};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect("ws://127.0.0.1:8080/ws", "alice").await?;
