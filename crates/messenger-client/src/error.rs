@@ -1,0 +1,185 @@
+//! The typed errors every fallible SDK call returns.
+
+use std::fmt;
+
+/// A protocol v1 error code, as carried by the server's `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Malformed JSON, a missing or ill-typed field, a bad id.
+    BadRequest,
+    /// A frame type the server does not know.
+    UnknownType,
+    /// Not authenticated.
+    Unauthorized,
+    /// Not a member, not allowed.
+    Forbidden,
+    /// No such thread or user.
+    NotFound,
+    /// Text over the server's limit.
+    TooLarge,
+    /// Too many frames; slow down.
+    RateLimited,
+    /// A backing store is down; nothing was accepted.
+    Unavailable,
+    /// A server bug.
+    Internal,
+    /// A code this SDK version does not know.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Parses a wire code.
+    pub fn parse(code: &str) -> ErrorCode {
+        match code {
+            "bad_request" => ErrorCode::BadRequest,
+            "unknown_type" => ErrorCode::UnknownType,
+            "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
+            "not_found" => ErrorCode::NotFound,
+            "too_large" => ErrorCode::TooLarge,
+            "rate_limited" => ErrorCode::RateLimited,
+            "unavailable" => ErrorCode::Unavailable,
+            "internal" => ErrorCode::Internal,
+            other => ErrorCode::Other(other.to_string()),
+        }
+    }
+
+    /// The wire code.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(s) => s,
+        }
+    }
+
+    /// Whether the same request may succeed later (`rate_limited`, `unavailable`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Unavailable)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in the SDK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered the request with an `error` frame.
+    #[error("server refused the request: {code}: {message}")]
+    Server {
+        /// The protocol error code.
+        code: ErrorCode,
+        /// The server's explanation, for humans.
+        message: String,
+    },
+    /// The request needs a live connection and there is none right now (the client is
+    /// reconnecting), or the connection dropped before the reply came. Sends are not
+    /// affected: they wait in the outbox.
+    #[error("not connected")]
+    Disconnected,
+    /// No reply within [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
+    #[error("request timed out")]
+    Timeout,
+    /// The client was closed ([`Client::close`](crate::Client::close)) or its background
+    /// task ended.
+    #[error("client closed")]
+    Closed,
+    /// The URL cannot be used (not `ws://`, unparsable, or `wss://` without TLS support).
+    #[error("invalid url: {0}")]
+    InvalidUrl(String),
+    /// The token cannot be sent in an HTTP header.
+    #[error("the token is not a valid HTTP header value")]
+    InvalidToken,
+    /// The server refused the token before the upgrade (HTTP 401 or 403). Never retried.
+    #[error("authentication refused (HTTP {0})")]
+    Auth(u16),
+    /// The server refused the upgrade with another HTTP status.
+    #[error("upgrade refused (HTTP {0})")]
+    Http(u16),
+    /// The TCP or WebSocket connection failed or broke.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// Reconnection gave up after `attempts` failed attempts
+    /// ([`BackoffConfig::max_retries`](crate::BackoffConfig::max_retries)).
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<ClientError>,
+    },
+    /// The server sent something that breaks protocol v1.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server error code, if this is a [`ClientError::Server`].
+    pub fn code(&self) -> Option<&ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn server(code: &str, message: impl Into<String>) -> ClientError {
+        ClientError::Server {
+            code: ErrorCode::parse(code),
+            message: message.into(),
+        }
+    }
+
+    /// Whether reconnecting may cure this error (everything but auth, a bad URL and
+    /// closing).
+    pub(crate) fn is_retryable_connect(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Auth(_)
+                | ClientError::InvalidUrl(_)
+                | ClientError::InvalidToken
+                | ClientError::Closed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for c in [
+            "bad_request",
+            "unknown_type",
+            "unauthorized",
+            "forbidden",
+            "not_found",
+            "too_large",
+            "rate_limited",
+            "unavailable",
+            "internal",
+            "teapot",
+        ] {
+            assert_eq!(ErrorCode::parse(c).as_str(), c);
+        }
+        assert!(ErrorCode::RateLimited.is_transient());
+        assert!(!ErrorCode::Forbidden.is_transient());
+        let e = ClientError::server("forbidden", "not a member");
+        assert_eq!(e.code(), Some(&ErrorCode::Forbidden));
+        assert!(!ClientError::Auth(401).is_retryable_connect());
+        assert!(ClientError::Connect("refused".into()).is_retryable_connect());
+    }
+}

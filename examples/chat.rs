@@ -1,0 +1,232 @@
+//! A terminal chat client: 1:1 and group chats with sent, delivered and read marks and
+//! presence.
+//!
+//! Run: `cargo run -p messenger-client --example chat -- --url ws://127.0.0.1:8080/ws --token alice`
+//! (start a server first, e.g. `cargo run -p messenger-server`; open a second terminal
+//! with `--token bob`).
+//!
+//! Commands (one per line; anything else is sent to the current thread):
+//! - `/dm bob`: open the direct thread with bob (and watch his presence)
+//! - `/group bob,carol Weekend plans`: create a group with a title
+//! - `/threads`: list threads with unread counts; `/open N` switches to thread N
+//! - `/history [N]`: the last N (default 20) messages of the current thread
+//! - `/add dave,erin`, `/leave`: change a group's members
+//! - `/who bob,carol`: watch presence
+//! - `/quit`
+//!
+//! Marks: `✓` sent (stored by the server), `✓✓` delivered to the other side's device,
+//! `read by X` when X has read it. Messages shown in the current thread are marked read.
+
+use messenger_client::{
+    AckStatus, Client, ClientConfig, ConnectionState, Cursor, Event, Message, PresenceStatus,
+    ThreadId, UserId,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn usage() -> ! {
+    eprintln!("usage: chat [--url ws://127.0.0.1:8080/ws] --token TOKEN");
+    std::process::exit(2)
+}
+
+fn args() -> (String, String) {
+    let mut url = "ws://127.0.0.1:8080/ws".to_string();
+    let mut token = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--url" => url = it.next().unwrap_or_else(|| usage()),
+            "--token" => token = it.next(),
+            _ => usage(),
+        }
+    }
+    (url, token.unwrap_or_else(|| usage()))
+}
+
+fn users(list: &str) -> Result<Vec<UserId>, messenger_client::ClientError> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            UserId::new(s.trim())
+                .map_err(|e| messenger_client::ClientError::Protocol(e.to_string()))
+        })
+        .collect()
+}
+
+/// What the screen knows.
+#[derive(Default)]
+struct Ui {
+    current: Option<ThreadId>,
+    listed: Vec<ThreadId>,
+}
+
+fn show(m: &Message, me: &UserId) {
+    let who = if &m.sender_id == me {
+        "me"
+    } else {
+        m.sender_id.as_str()
+    };
+    println!("[{} #{}] {who}: {}", m.thread_id, m.seq, m.text);
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (url, token) = args();
+    let client = Client::connect_with(ClientConfig::new(url, token)).await?;
+    let me = client.user_id().ok_or("no user id")?;
+    println!("connected as {me}. /dm USER to start; /threads to list.");
+    let mut events = client.events().ok_or("events taken")?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut ui = Ui::default();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                if let Err(e) = command(&client, &mut ui, line.trim()).await {
+                    println!("! {e}");
+                }
+                if line.trim() == "/quit" {
+                    break;
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                on_event(&client, &mut ui, &me, event);
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
+    match event {
+        Event::Message(m) => {
+            if ui.current.is_none() {
+                println!("now in {} (the first thread with news)", m.thread_id);
+                ui.current = Some(m.thread_id.clone());
+            }
+            show(&m, me);
+            if &m.sender_id != me && ui.current.as_ref() == Some(&m.thread_id) {
+                let (client, thread, id) = (client.clone(), m.thread_id.clone(), m.message_id);
+                tokio::spawn(async move { client.mark_read(&thread, id).await });
+            }
+        }
+        Event::Sent(s) => println!("  ✓ #{} sent", s.seq),
+        Event::Receipt(r) if &r.user_id != me => {
+            let mark = match r.status {
+                AckStatus::Delivered => "✓✓ delivered to",
+                AckStatus::Read => "read by",
+            };
+            println!(
+                "  {mark} {} (up to #{} in {})",
+                r.user_id, r.seq, r.thread_id
+            );
+        }
+        Event::Presence(p) => match p.status {
+            PresenceStatus::Online => println!("  • {} is online", p.user_id),
+            PresenceStatus::Offline => println!("  ◦ {} is offline", p.user_id),
+        },
+        Event::Typing(t) if t.typing => println!("  {} is typing in {}…", t.user_id, t.thread_id),
+        Event::Thread(t) => {
+            let title = t.title.as_deref().unwrap_or("");
+            let members: Vec<&str> = t.members.iter().map(|u| u.as_str()).collect();
+            println!("  thread {} {title} [{}]", t.thread_id, members.join(", "));
+        }
+        Event::Connection(ConnectionState::Connected { .. }) => println!("  (online)"),
+        Event::Connection(ConnectionState::Disconnected { reason }) => {
+            println!("  (offline: {reason}; reconnecting, messages you send are queued)")
+        }
+        Event::Connection(ConnectionState::Closed { error }) => {
+            println!(
+                "  (closed{})",
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            )
+        }
+        _ => {}
+    }
+}
+
+async fn command(
+    client: &Client,
+    ui: &mut Ui,
+    line: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match cmd {
+        "" | "/quit" => {}
+        "/dm" => {
+            let other = UserId::new(rest.trim())?;
+            let t = client.create_direct(&other).await?;
+            println!("now in {}", t.thread_id);
+            ui.current = Some(t.thread_id);
+            client.subscribe_presence(&[other]).await?;
+        }
+        "/group" => {
+            let (list, title) = rest.split_once(' ').unwrap_or((rest, ""));
+            let t = client.create_group(&users(list)?, title.trim()).await?;
+            println!("now in {}", t.thread_id);
+            ui.current = Some(t.thread_id);
+        }
+        "/threads" => {
+            let threads = client.list_threads().await?;
+            ui.listed = threads.iter().map(|t| t.thread_id.clone()).collect();
+            for (i, t) in threads.iter().enumerate() {
+                let members: Vec<&str> = t.members.iter().map(|u| u.as_str()).collect();
+                println!(
+                    "{i}: {} {} [{}] {} messages, {} unread",
+                    t.thread_id,
+                    t.title.as_deref().unwrap_or(""),
+                    members.join(", "),
+                    t.last_seq,
+                    t.unread
+                );
+            }
+        }
+        "/open" => {
+            let i: usize = rest.trim().parse()?;
+            let t = ui.listed.get(i).ok_or("no such thread; /threads first")?;
+            ui.current = Some(t.clone());
+            println!("now in {t}");
+        }
+        "/history" => {
+            let t = ui.current.clone().ok_or("no current thread")?;
+            let n = if rest.trim().is_empty() {
+                20
+            } else {
+                rest.trim().parse()?
+            };
+            let page = client.fetch_history(&t, Cursor::Latest, Some(n)).await?;
+            let me = client.user_id().ok_or("no user id")?;
+            for m in &page.messages {
+                show(m, &me);
+            }
+            if let Some(last) = page.messages.last() {
+                client.mark_read(&t, last.message_id).await?;
+            }
+        }
+        "/add" => {
+            let t = ui.current.clone().ok_or("no current thread")?;
+            client.add_members(&t, &users(rest)?).await?;
+        }
+        "/leave" => {
+            let t = ui.current.take().ok_or("no current thread")?;
+            client.leave_thread(&t).await?;
+        }
+        "/who" => client.subscribe_presence(&users(rest)?).await?,
+        c if c.starts_with('/') => println!("! unknown command {c}"),
+        _ => {
+            let t = ui
+                .current
+                .clone()
+                .ok_or("no current thread: /dm USER or /group first")?;
+            let (client, text) = (client.clone(), line.to_string());
+            // The send resolves once stored; the ✓ comes with the Sent event.
+            tokio::spawn(async move {
+                if let Err(e) = client.send(&t, text).await {
+                    println!("! not sent: {e}");
+                }
+            });
+        }
+    }
+    Ok(())
+}
