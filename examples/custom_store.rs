@@ -92,8 +92,8 @@ impl MessageStore for VecStore {
         let limit = q.limit.max(1);
         let in_range: Vec<&StoredMessage> = all
             .iter()
-            .filter(|m| q.after_seq.map_or(true, |a| m.seq > a))
-            .filter(|m| q.before_seq.map_or(true, |b| m.seq < b))
+            .filter(|m| q.after_seq.is_none_or(|a| m.seq > a))
+            .filter(|m| q.before_seq.is_none_or(|b| m.seq < b))
             .collect();
         let (page, has_more) = if q.after_seq.is_some() {
             // The oldest `limit` in range; more means newer ones remain.
