@@ -32,6 +32,7 @@ pub mod idgen;
 pub mod ids;
 pub mod model;
 pub mod protocol;
+pub mod sync;
 pub mod time;
 pub mod traits;
 

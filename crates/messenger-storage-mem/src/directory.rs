@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use messenger_core::model::SessionEntry;
 use messenger_core::{Result, SessionDirectory, UserId};
 
-use crate::shard::Sharded;
+use messenger_core::sync::Sharded;
 
 /// An in-memory [`SessionDirectory`], sharded by user.
 ///

@@ -55,7 +55,6 @@ mod message_store;
 mod presence;
 mod push;
 mod relay;
-mod shard;
 mod thread_store;
 
 use std::collections::HashMap;
@@ -139,7 +138,7 @@ impl MemBackend {
     /// Ids come from a [`Snowflake`] for `node`; asking twice for the same node returns
     /// the same generator, so ids stay unique.
     pub fn adapters(&self, node: NodeId) -> Adapters {
-        let ids = shard::lock(&self.ids)
+        let ids = messenger_core::sync::lock(&self.ids)
             .entry(node)
             .or_insert_with(|| Arc::new(Snowflake::new(node)))
             .clone();

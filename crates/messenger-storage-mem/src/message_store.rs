@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use messenger_core::model::{Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage};
 use messenger_core::{MessageId, MessageStore, Result, ThreadId, UserId};
 
-use crate::shard::{lock, Sharded};
+use messenger_core::sync::{lock, Sharded};
 
 /// One thread's messages and idempotency indexes.
 #[derive(Default)]

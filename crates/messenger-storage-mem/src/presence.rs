@@ -10,7 +10,7 @@ use messenger_core::time::Millis;
 use messenger_core::{NodeId, Presence, Result, SessionId, UserId};
 use tokio::sync::broadcast;
 
-use crate::shard::Sharded;
+use messenger_core::sync::Sharded;
 
 /// The default capacity of the change channel (see [`MemPresence::with_capacity`]).
 pub const DEFAULT_PRESENCE_CAPACITY: usize = 4096;

@@ -11,7 +11,7 @@ use messenger_core::{PushSink, Result};
 use tokio::sync::broadcast;
 
 use crate::presence::broadcast_stream;
-use crate::shard::lock;
+use messenger_core::sync::lock;
 
 /// The default number of notifications a [`MemPushSink`] keeps.
 pub const DEFAULT_PUSH_CAPACITY: usize = 1024;

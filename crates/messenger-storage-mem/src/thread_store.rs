@@ -10,7 +10,7 @@ use messenger_core::model::{
 };
 use messenger_core::{Error, Result, ThreadId, ThreadStore, UserId};
 
-use crate::shard::Sharded;
+use messenger_core::sync::Sharded;
 
 struct ThreadRec {
     info: ThreadInfo,

@@ -8,7 +8,6 @@
 
 mod order;
 mod session;
-mod shard;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::sync::Sharded;
 use session::SessionShared;
 pub use session::{CloseReason, Outbound, Outbox, OutboxItem, Session, SessionHandle};
-use shard::Sharded;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
