@@ -35,6 +35,30 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test: unit, integration, examples and benches (each bench runs once)"
 cargo test --workspace --all-features --all-targets
 
+step "independent Python client against the real server binary (tests/interop)"
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "python3 not found: install it (apt-get install python3) and run this again" >&2
+  exit 1
+fi
+cargo build -q -p messenger-server --bin messenger-server
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/debug/messenger-server --listen "127.0.0.1:$port" >target/interop-server.log 2>&1 &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null && break
+  sleep 0.1
+done
+if ! python3 tests/interop/protocol_check.py "127.0.0.1:$port"; then
+  echo "--- server log (target/interop-server.log) ---" >&2
+  tail -n 40 target/interop-server.log >&2
+  exit 1
+fi
+kill $server_pid 2>/dev/null || true
+wait $server_pid 2>/dev/null || true
+trap - EXIT
+
 step "cargo test: doc tests"
 cargo test --workspace --all-features --doc
 
