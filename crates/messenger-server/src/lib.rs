@@ -38,6 +38,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod http;

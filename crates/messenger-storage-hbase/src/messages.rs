@@ -314,7 +314,7 @@ impl HBaseStore {
                 return Ok(n);
             }
             lost += 1;
-            n = if lost % PROBES_BEFORE_JUMP == 0 {
+            n = if lost.is_multiple_of(PROBES_BEFORE_JUMP) {
                 let last = self.exact_last_seq(t).await?;
                 self.remember_hint(t, last);
                 (last + 1).max(n + 1)
