@@ -368,7 +368,12 @@ impl Server {
         let result = self.serve_inner(listener, shutdown).await;
         #[cfg(feature = "redis")]
         if let Some(r) = redis {
+            let lost = matches!(result, Err(ServerError::LostNodeId(_)));
             match r.shutdown().await {
+                // The new holder's claim and sessions are left alone (token mismatch).
+                Ok(()) if lost => tracing::info!(
+                    "stopped the redis tasks; the node id belongs to the other instance"
+                ),
                 Ok(()) => tracing::info!(
                     "left the cluster: sessions removed from redis, node id released"
                 ),

@@ -276,6 +276,52 @@ async fn duplicate_node_id_is_refused_and_released_on_clean_stop() {
     assert!(err.to_string().contains("redis-server"), "{err}");
 }
 
+/// One Redis command over RESP on a raw socket; returns the raw reply.
+async fn redis_cmd(port: u16, args: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to redis");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Another instance takes this node's id while it runs (simulated by overwriting the
+/// claim, as a second process would after this one stalled past the TTL): the node
+/// notices at its next heartbeat, closes its sessions and `serve` returns
+/// `LostNodeId`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_whose_id_is_taken_over_shuts_down() {
+    let (redis, prefix, mem) = (shared(), unique_prefix("takeover"), MemBackend::new());
+    let mut n = start(&redis.url(), &prefix, 4, &mem).await;
+    let mut a = n.client("alice").await;
+    let key = format!("{prefix}:node:4");
+    let r = redis_cmd(
+        redis.port,
+        &["SET", &key, "another-instance", "PX", "10000"],
+    )
+    .await;
+    assert!(r.starts_with("+OK"), "{r}");
+    let t0 = Instant::now();
+    let task = n.task.take().expect("running");
+    let r = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the node stops within a heartbeat or two")
+        .expect("join");
+    assert!(
+        matches!(r, Err(ServerError::LostNodeId(id)) if id.get() == 4),
+        "{r:?}"
+    );
+    eprintln!("node stopped {:?} after its id was taken", t0.elapsed());
+    assert_eq!(a.close_code().await, Some(1001));
+}
+
 async fn send_one(a: &mut Client, t: &str, i: u32) -> Value {
     a.send(json!({"type":"send_message","thread_id":t,"temp_id":format!("m{i}"),"text":"x","req_id":i}))
         .await;
