@@ -685,7 +685,10 @@ async fn three_nodes_behind_haproxy_survive_a_sigkill() {
     eprintln!(
         "presence: offline {offline_after:?} after SIGKILL (bound {OFFLINE_BOUND:?} after the last heartbeat)"
     );
-    assert!(offline_after <= OFFLINE_BOUND + Duration::from_millis(500));
+    assert!(
+        offline_after <= OFFLINE_BOUND + Duration::from_secs(1),
+        "offline {offline_after:?} after the SIGKILL, bound {OFFLINE_BOUND:?}"
+    );
 
     // The victim's users notice, reconnect through the balancer, land on a survivor and
     // catch up.
