@@ -26,6 +26,19 @@ if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_SERVER:-}" ]; then
   fi
 fi
 
+# messenger-server's multi-process test (tests/processes.rs) puts HAProxy in front of
+# the server processes and fails, never skips, when it is missing: install it here.
+if ! command -v haproxy >/dev/null 2>&1 && [ -z "${HAPROXY:-}" ]; then
+  step "installing haproxy (needed by messenger-server's multi-process cluster test)"
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy >/dev/null
+  else
+    echo "haproxy not found and no apt-get: install HAProxy (2.x) and run this again" >&2
+    exit 1
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

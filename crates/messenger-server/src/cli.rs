@@ -25,6 +25,10 @@ pub const JWT_SECRET_ENV: &str = "MESSENGER_JWT_SECRET";
         tokens are HS256 JWTs (sub = user id, exp required). Without a secret the server runs \
         in DEV AUTH (the token is the user id), which is refused on a non-loopback address \
         unless --insecure-dev-auth is given.\n\
+        Cluster mode: --redis puts sessions, presence and the relay on Redis and then needs an \
+        explicit --node-id, unique per process (a second live node with the same id is refused \
+        at start); --hbase puts messages and threads on HBase (Thrift2 gateway). Without them \
+        everything is in memory in this process.\n\
         Durations accept `500ms`, `15s`, `2m` or a bare number of seconds.\n\
         Logging: RUST_LOG (default `info`)."
 )]
@@ -44,9 +48,33 @@ pub struct Cli {
     /// Allow dev auth (token = user id) on a non-loopback address. Never in production.
     #[arg(long, env = "MESSENGER_INSECURE_DEV_AUTH")]
     pub insecure_dev_auth: bool,
-    /// This node's id, 0..=1023 (Snowflake node field, relay address) [default: 0].
+    /// This node's id, 0..=1023 (Snowflake node field, relay address); required with
+    /// --redis, unique per node [default without --redis: 0].
     #[arg(long, env = "MESSENGER_NODE_ID", value_name = "N")]
     pub node_id: Option<u16>,
+    /// Redis URL (redis://host:port/db): session directory, presence and cross-node relay
+    /// on Redis (cluster mode). TOML key `redis` [default: in memory].
+    #[arg(long = "redis", env = "MESSENGER_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of Redis keys and channels; clusters sharing a Redis need different ones
+    /// [default: messenger].
+    #[arg(long, env = "MESSENGER_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Life of this node's id claim in Redis without a heartbeat: a killed node's users go
+    /// offline within about 4/3 of it (+ up to 2s); a crashed node's id is free again after
+    /// it [default: 15s].
+    #[arg(long, env = "MESSENGER_REDIS_NODE_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub redis_node_ttl: Option<Duration>,
+    /// HBase Thrift2 gateway HOST:PORT: messages and threads on HBase (history survives
+    /// restarts) [default: in memory].
+    #[arg(long, env = "MESSENGER_HBASE", value_name = "HOST:PORT")]
+    pub hbase: Option<String>,
+    /// Prefix of the HBase table names [default: messenger_].
+    #[arg(long, env = "MESSENGER_HBASE_TABLE_PREFIX", value_name = "PREFIX")]
+    pub hbase_table_prefix: Option<String>,
+    /// Most concurrent Thrift connections to the HBase gateway [default: 16].
+    #[arg(long, env = "MESSENGER_HBASE_POOL_SIZE", value_name = "N")]
+    pub hbase_pool_size: Option<usize>,
     /// Most concurrent connections [default: 10000].
     #[arg(long, env = "MESSENGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -102,6 +130,19 @@ pub struct FileConfig {
     pub insecure_dev_auth: Option<bool>,
     /// See `--node-id`.
     pub node_id: Option<u16>,
+    /// See `--redis` (also accepted as `redis_url`).
+    #[serde(alias = "redis_url")]
+    pub redis: Option<String>,
+    /// See `--redis-key-prefix`.
+    pub redis_key_prefix: Option<String>,
+    /// See `--redis-node-ttl`.
+    pub redis_node_ttl: Option<FileDuration>,
+    /// See `--hbase`.
+    pub hbase: Option<String>,
+    /// See `--hbase-table-prefix`.
+    pub hbase_table_prefix: Option<String>,
+    /// See `--hbase-pool-size`.
+    pub hbase_pool_size: Option<usize>,
     /// See `--max-connections`.
     pub max_connections: Option<usize>,
     /// See `--max-frame-bytes`.
@@ -211,8 +252,22 @@ impl Cli {
             Some(secret) => AuthMode::Jwt { secret, leeway },
             None => AuthMode::Dev,
         };
+        let redis_url = self
+            .redis_url
+            .clone()
+            .or(file.redis)
+            .filter(|u| !u.is_empty());
         let node_id = match self.node_id.or(file.node_id) {
             Some(n) => NodeId::new(n).map_err(|e| ConfigError::Invalid(format!("node_id: {e}")))?,
+            // Two nodes silently defaulting to 0 would both try to claim it; the second
+            // one would be refused only at start, so name the rule up front.
+            None if redis_url.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "--redis (cluster mode) needs an explicit --node-id N (0..=1023, unique \
+                     per node; or MESSENGER_NODE_ID, or node_id in the config file)"
+                        .into(),
+                ))
+            }
             None => d.node_id,
         };
         let mut c = ServerConfig {
@@ -264,6 +319,19 @@ impl Cli {
             .write_buffer_bytes
             .or(file.write_buffer_bytes)
             .unwrap_or(d.write_buffer_bytes);
+        c.redis_url = redis_url;
+        if let Some(p) = self.redis_key_prefix.clone().or(file.redis_key_prefix) {
+            c.redis_key_prefix = p;
+        }
+        c.redis_node_ttl = dur(self.redis_node_ttl, &file.redis_node_ttl, d.redis_node_ttl)?;
+        c.hbase = self.hbase.clone().or(file.hbase).filter(|a| !a.is_empty());
+        if let Some(p) = self.hbase_table_prefix.clone().or(file.hbase_table_prefix) {
+            c.hbase_table_prefix = p;
+        }
+        c.hbase_pool_size = self
+            .hbase_pool_size
+            .or(file.hbase_pool_size)
+            .unwrap_or(d.hbase_pool_size);
         c.validate(c.listen)?;
         Ok(c)
     }
@@ -351,6 +419,35 @@ mod tests {
             .expect("valid");
         assert!(matches!(&c.auth, AuthMode::Jwt { secret, .. } if secret == b"from-env"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cluster_keys_and_the_node_id_rule() {
+        let r = cli(&["--redis", "redis://127.0.0.1:1/"]).merge(FileConfig::default(), None);
+        assert!(
+            matches!(&r, Err(ConfigError::Invalid(m)) if m.contains("--node-id")),
+            "{r:?}"
+        );
+        let file: FileConfig = toml::from_str(
+            "redis = \"redis://r:6379/\"\nnode_id = 7\nredis_node_ttl = \"3s\"\n\
+             hbase = \"h:9090\"\nhbase_table_prefix = \"x_\"\nhbase_pool_size = 4\n\
+             redis_key_prefix = \"k\"\n",
+        )
+        .expect("toml");
+        let c = cli(&["--hbase", "flag:1"])
+            .merge(file, None)
+            .expect("valid");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://r:6379/"));
+        assert_eq!(c.node_id.get(), 7);
+        assert_eq!(c.redis_node_ttl, Duration::from_secs(3));
+        assert_eq!(c.redis_key_prefix, "k");
+        assert_eq!(c.hbase.as_deref(), Some("flag:1"));
+        assert_eq!(c.hbase_table_prefix, "x_");
+        assert_eq!(c.hbase_pool_size, 4);
+        let file: FileConfig = toml::from_str("redis_url = \"redis://a/\"").expect("alias");
+        assert_eq!(file.redis.as_deref(), Some("redis://a/"));
+        let c = cli(&[]).merge(FileConfig::default(), None).expect("valid");
+        assert!(c.redis_url.is_none() && c.hbase.is_none());
     }
 
     #[test]

@@ -54,8 +54,11 @@ impl std::fmt::Debug for AuthMode {
 
 /// Everything the server needs besides its adapters.
 ///
-/// Cluster settings (a Redis URL, an HBase address) are chosen by the adapters passed
-/// to the builder; only `node_id` lives here because the engine needs it.
+/// Cluster mode: with `redis_url` set (feature `redis`) the builder connects to Redis and
+/// uses it for the session directory, presence and the relay; with `hbase` set (feature
+/// `hbase`) it uses HBase for the message and thread stores. Adapters given to the
+/// builder explicitly win over both. `node_id` must then be unique per process: Redis
+/// refuses a second live node with the same id.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -100,6 +103,24 @@ pub struct ServerConfig {
     /// Bytes buffered before tungstenite writes to the socket (its default is 128 KiB);
     /// a flush always writes everything. Default 4 KiB.
     pub write_buffer_bytes: usize,
+    /// Redis URL (`redis://host:port/db`): puts the session directory, presence and the
+    /// cross-node relay on Redis (cluster mode). Default none: in memory.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel; clusters sharing one Redis need different
+    /// prefixes. Default `messenger`.
+    pub redis_key_prefix: String,
+    /// How long this node's claim on its id lives in Redis without a heartbeat. A killed
+    /// node's users go offline within about `4/3 * redis_node_ttl + 2 s`; a crashed
+    /// node's id can be claimed again after this long. Heartbeat and reaper run every
+    /// third of it. Default 15 s.
+    pub redis_node_ttl: Duration,
+    /// HBase Thrift2 gateway `host:port`: puts the message and thread stores on HBase.
+    /// Default none: in memory.
+    pub hbase: Option<String>,
+    /// Prefix of the HBase table names. Default `messenger_`.
+    pub hbase_table_prefix: String,
+    /// Most concurrent Thrift connections to the gateway. Default 16.
+    pub hbase_pool_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +143,12 @@ impl Default for ServerConfig {
             presence_grace: Duration::from_secs(3),
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 4 * 1024,
+            redis_url: None,
+            redis_key_prefix: "messenger".into(),
+            redis_node_ttl: Duration::from_secs(15),
+            hbase: None,
+            hbase_table_prefix: "messenger_".into(),
+            hbase_pool_size: 16,
         }
     }
 }
@@ -159,11 +186,22 @@ impl ServerConfig {
             ("rate_limit_per_sec", self.rate_limit_per_sec as usize),
             ("rate_limit_burst", self.rate_limit_burst as usize),
             ("read_buffer_bytes", self.read_buffer_bytes),
+            ("hbase_pool_size", self.hbase_pool_size),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.redis_node_ttl < Duration::from_millis(300) {
+            return Err(ConfigError::Invalid(
+                "redis_node_ttl must be at least 300ms".into(),
+            ));
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid(
+                "redis_key_prefix must be non-empty and without spaces".into(),
+            ));
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Invalid(

@@ -10,9 +10,15 @@
 //! - One listener serves `GET /ws` (protocol v1, token in `Authorization: Bearer` or
 //!   `?token=`, 401 before the upgrade), `GET /healthz` and `GET /metrics` (Prometheus).
 //!
+//! - Cluster mode by configuration: `redis_url` puts the session directory, presence and
+//!   relay on Redis (feature `redis`, claims `node_id`, refused if another live node
+//!   holds it), `hbase` puts the message and thread stores on HBase (feature `hbase`).
+//!   Both features are on by default; see [`cluster`] and `docs/operations.md`.
+//!
 //! Layout: [`config`] (settings), [`auth`] (dev auth and JWT HS256), [`http`] (the
 //! request head and upgrade checks), `conn` (reader and writer task per session),
-//! [`metrics`], [`cli`] (the binary's file/env/flag configuration).
+//! [`metrics`], [`cli`] (the binary's file/env/flag configuration), [`cluster`] (the
+//! Redis and HBase adapters chosen by the configuration).
 //!
 //! ```no_run
 //! use messenger_server::{Server, ServerConfig};
@@ -38,6 +44,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod http;

@@ -1,9 +1,14 @@
-//! The `messenger-server` binary: every adapter in memory, configuration from a TOML
-//! file, the environment and flags. Run `messenger-server --help`.
+//! The `messenger-server` binary: configuration from a TOML file, the environment and
+//! flags; adapters in memory, or on Redis (`--redis`) and HBase (`--hbase`) in cluster
+//! mode. Run `messenger-server --help`.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for a refused configuration, 3 when the node
+//! id is claimed by another live node, 4 when Redis or HBase cannot be used at start,
+//! 5 when another instance took this node's id while running, 1 otherwise.
 
 use clap::Parser;
 use messenger_server::cli::{Cli, JWT_SECRET_ENV};
-use messenger_server::{Server, ServerConfig};
+use messenger_server::{Server, ServerConfig, ServerError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -33,14 +38,25 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %e, "messenger-server stopped");
             eprintln!("messenger-server: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(match e {
+                ServerError::Config(_) => 2,
+                ServerError::NodeIdConflict { .. } => 3,
+                ServerError::Backend { .. } => 4,
+                ServerError::LostNodeId(_) => 5,
+                _ => 1,
+            })
         }
     }
 }
 
-async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
     let addr = listener.local_addr()?;
     if config.auth.is_dev() {
         let notice = format!(

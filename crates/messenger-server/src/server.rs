@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
+use messenger_core::idgen::Snowflake;
 use messenger_core::{
-    IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+    IdGenerator, MessageStore, NodeId, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,13 +40,50 @@ pub enum ServerError {
     /// The listener failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A backend named in the configuration (Redis, HBase) could not be used at start.
+    #[error("{context}: {source}. {hint}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// What the operator should do.
+        hint: String,
+        /// The adapter's error.
+        #[source]
+        source: messenger_core::Error,
+    },
+    /// Another live node holds this node id in Redis.
+    #[error(
+        "node id {node} is already claimed in Redis by another live messenger-server: \
+         every node needs its own --node-id. If the process that had this id crashed, its \
+         claim expires {ttl:?} after its last heartbeat (--redis-node-ttl): start again \
+         after that, or pick a free id. ({source})"
+    )]
+    NodeIdConflict {
+        /// The contested id.
+        node: NodeId,
+        /// The claim's time to live.
+        ttl: Duration,
+        /// The adapter's error.
+        #[source]
+        source: messenger_core::Error,
+    },
+    /// Another instance took this node's id while it was running (two processes with one
+    /// id, or this one stalled past the node TTL); the server stopped.
+    #[error(
+        "node id {0} was taken over in Redis by another instance; this node stopped. \
+         Give every node its own --node-id"
+    )]
+    LostNodeId(NodeId),
 }
 
 /// Composes the adapters and the configuration into a [`Server`].
 ///
 /// Start from a whole [`Adapters`] with [`adapters`](Self::adapters), or set each
-/// adapter on its own; with the `mem` feature (default) any adapter left unset is the
-/// in-memory one.
+/// adapter on its own. Adapters left unset come from the configuration: Redis for the
+/// session directory, presence and relay when `redis_url` is set (feature `redis`),
+/// HBase for the message and thread stores when `hbase` is set (feature `hbase`), a
+/// Snowflake generator for `node_id` for ids, and otherwise the in-memory ones (feature
+/// `mem`).
 #[derive(Default)]
 #[must_use]
 pub struct ServerBuilder {
@@ -125,7 +163,12 @@ impl ServerBuilder {
         self
     }
 
-    fn into_adapters(self) -> Result<(ServerConfig, Adapters), ServerError> {
+    fn into_adapters(mut self) -> Result<(ServerConfig, Adapters), ServerError> {
+        // Ids carry the node id in the Snowflake node field, so they are unique across
+        // nodes with distinct ids.
+        if self.ids.is_none() {
+            self.ids = Some(Arc::new(Snowflake::new(self.config.node_id)));
+        }
         #[cfg(feature = "mem")]
         let d = messenger_storage_mem::MemBackend::new().adapters(self.config.node_id);
         #[cfg(feature = "mem")]
@@ -152,19 +195,76 @@ impl ServerBuilder {
         Ok((self.config, adapters))
     }
 
-    /// Starts the engine on the adapters. Must run inside a tokio runtime.
-    pub async fn build(self) -> Result<Server, ServerError> {
-        let (config, adapters) = self.into_adapters()?;
-        let mut ec = EngineConfig::with_node(config.node_id);
-        ec.max_text_bytes = config.max_text_bytes;
-        ec.outbound_queue = config.outbound_queue;
-        ec.presence_grace = config.presence_grace;
-        let engine = Engine::start(ec, adapters).await?;
+    /// Connects the backends the configuration names (HBase, then Redis, which claims
+    /// `node_id`) for the adapters not set explicitly, and starts the engine. Must run
+    /// inside a tokio runtime.
+    ///
+    /// Errors: [`ServerError::Backend`] when Redis or HBase cannot be used,
+    /// [`ServerError::NodeIdConflict`] when another live node holds `node_id`.
+    pub async fn build(mut self) -> Result<Server, ServerError> {
+        self.config
+            .validate(self.config.listen)
+            .or_else(|e| match e {
+                // The listen address is checked by `serve` against the real listener.
+                ConfigError::InsecureDevAuth(_) => Ok(()),
+                e => Err(e),
+            })?;
+        let need_stores = self.messages.is_none() || self.threads.is_none();
+        let need_sessions =
+            self.directory.is_none() || self.presence.is_none() || self.relay.is_none();
+        let backends = crate::cluster::connect(&self.config, need_stores, need_sessions).await?;
+        let stores = if self.messages.is_some() && self.threads.is_some() {
+            "given by the embedder".to_string()
+        } else {
+            backends.stores.clone()
+        };
+        let sessions = if need_sessions {
+            backends.sessions.clone()
+        } else {
+            "given by the embedder".to_string()
+        };
+        self.messages = self.messages.or(backends.messages);
+        self.threads = self.threads.or(backends.threads);
+        self.directory = self.directory.or(backends.directory);
+        self.presence = self.presence.or(backends.presence);
+        self.relay = self.relay.or(backends.relay);
+        #[cfg(feature = "redis")]
+        let redis = backends.redis;
+        let started = async {
+            let (config, adapters) = self.into_adapters()?;
+            let mut ec = EngineConfig::with_node(config.node_id);
+            ec.max_text_bytes = config.max_text_bytes;
+            ec.outbound_queue = config.outbound_queue;
+            ec.presence_grace = config.presence_grace;
+            let engine = Engine::start(ec, adapters).await?;
+            Ok::<_, ServerError>((config, engine))
+        }
+        .await;
+        let (config, engine) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                #[cfg(feature = "redis")]
+                if let Some(r) = redis {
+                    // Release the node id at once rather than after the TTL.
+                    let _ = r.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            node = %config.node_id,
+            stores = %stores,
+            sessions = %sessions,
+            "adapters in use (stores: messages and threads; sessions: directory, presence, relay)"
+        );
         Ok(Server {
             engine,
             auth: Authenticator::new(config.auth.clone()),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
+            #[cfg(feature = "redis")]
+            redis,
+            adapters_in_use: format!("stores: {stores}; sessions: {sessions}"),
         })
     }
 }
@@ -175,6 +275,9 @@ pub struct Server {
     auth: Authenticator,
     config: Arc<ServerConfig>,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "redis")]
+    redis: Option<messenger_redis::RedisCluster>,
+    adapters_in_use: String,
 }
 
 impl std::fmt::Debug for Server {
@@ -201,6 +304,21 @@ impl Server {
         &self.config
     }
 
+    /// Which adapters the server runs on, e.g.
+    /// `stores: hbase 127.0.0.1:9090 (tables messenger_*); sessions: redis ...`.
+    pub fn adapters_in_use(&self) -> &str {
+        &self.adapters_in_use
+    }
+
+    /// Whether this node still holds its node id in Redis (always true without Redis).
+    pub fn holds_node_id(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            return r.claim_held();
+        }
+        true
+    }
+
     /// The `/metrics` text right now.
     pub fn metrics_text(&self) -> String {
         self.metrics.render(self.engine.stats())
@@ -210,8 +328,64 @@ impl Server {
     /// session with 1001, waits up to `drain_timeout` for them to finish and returns.
     ///
     /// Refuses dev auth on a non-loopback listener unless `allow_insecure_dev_auth`.
+    ///
+    /// In cluster mode (Redis) it also stops, and returns [`ServerError::LostNodeId`],
+    /// when another instance takes this node's id; on return it removes this node's
+    /// sessions from Redis (their users go offline at once) and releases the id.
     pub async fn serve(
-        self,
+        #[allow(unused_mut)] mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        #[cfg(feature = "redis")]
+        let redis = self.redis.take();
+        #[cfg(feature = "redis")]
+        let result = {
+            let lost = async {
+                match &redis {
+                    Some(r) => r.lost_claim().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let node = self.config.node_id;
+            let lost_flag = std::sync::atomic::AtomicBool::new(false);
+            let stop = async {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = lost => {
+                        tracing::error!(%node, "node id taken over by another instance: shutting down");
+                        lost_flag.store(true, Relaxed);
+                    }
+                }
+            };
+            let r = self.serve_inner(listener, stop).await;
+            match r {
+                Ok(()) if lost_flag.load(Relaxed) => Err(ServerError::LostNodeId(node)),
+                r => r,
+            }
+        };
+        #[cfg(not(feature = "redis"))]
+        let result = self.serve_inner(listener, shutdown).await;
+        #[cfg(feature = "redis")]
+        if let Some(r) = redis {
+            let lost = matches!(result, Err(ServerError::LostNodeId(_)));
+            match r.shutdown().await {
+                // The new holder's claim and sessions are left alone (token mismatch).
+                Ok(()) if lost => tracing::info!(
+                    "stopped the redis tasks; the node id belongs to the other instance"
+                ),
+                Ok(()) => tracing::info!(
+                    "left the cluster: sessions removed from redis, node id released"
+                ),
+                Err(e) => tracing::warn!(error = %e,
+                    "could not leave the cluster cleanly; other nodes reap this node after the node TTL"),
+            }
+        }
+        result
+    }
+
+    async fn serve_inner(
+        &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {

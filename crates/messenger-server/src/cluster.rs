@@ -1,0 +1,187 @@
+//! Cluster mode: the Redis and HBase adapters chosen by [`ServerConfig`].
+//!
+//! [`ServerBuilder::build`](crate::ServerBuilder::build) calls into this module: with
+//! `hbase` set it connects [`messenger_storage_hbase::HBaseStore`] (message and thread
+//! store), then with `redis_url` set it connects [`messenger_redis::RedisCluster`]
+//! (session directory, presence, relay), which claims `node_id` in Redis. HBase comes
+//! first so that a failure there does not leave the node id claimed.
+
+use std::sync::Arc;
+#[cfg(feature = "redis")]
+use std::time::Duration;
+
+use messenger_core::{MessageStore, Presence, Relay, SessionDirectory, ThreadStore};
+
+use crate::config::ServerConfig;
+use crate::server::ServerError;
+
+/// The Redis options a [`ServerConfig`] gives: its key prefix and node TTL; the
+/// heartbeat and reaper run every third of the TTL, one command times out after a
+/// quarter of it (between 100 ms and 2 s).
+#[cfg(feature = "redis")]
+pub fn redis_options(c: &ServerConfig) -> messenger_redis::RedisOptions {
+    let ttl = c.redis_node_ttl;
+    messenger_redis::RedisOptions {
+        key_prefix: c.redis_key_prefix.clone(),
+        node_ttl: ttl,
+        heartbeat_interval: ttl / 3,
+        reap_interval: ttl / 3,
+        op_timeout: (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(2)),
+        ..messenger_redis::RedisOptions::default()
+    }
+}
+
+/// What the builder got from the configuration's backends.
+#[derive(Default)]
+pub(crate) struct Backends {
+    pub messages: Option<Arc<dyn MessageStore>>,
+    pub threads: Option<Arc<dyn ThreadStore>>,
+    pub directory: Option<Arc<dyn SessionDirectory>>,
+    pub presence: Option<Arc<dyn Presence>>,
+    pub relay: Option<Arc<dyn Relay>>,
+    #[cfg(feature = "redis")]
+    pub redis: Option<messenger_redis::RedisCluster>,
+    /// Human-readable names of the store and the directory adapters, for the logs.
+    pub stores: String,
+    pub sessions: String,
+}
+
+/// Connects the backends the configuration names. `need_stores`/`need_sessions`:
+/// whether the builder still lacks the store adapters / the session adapters (an
+/// explicitly given adapter wins, and then nothing is connected for it).
+pub(crate) async fn connect(
+    c: &ServerConfig,
+    need_stores: bool,
+    need_sessions: bool,
+) -> Result<Backends, ServerError> {
+    let mut b = Backends {
+        stores: "memory".into(),
+        sessions: "memory".into(),
+        ..Backends::default()
+    };
+    if let (Some(addr), true) = (&c.hbase, need_stores) {
+        connect_hbase(c, addr, &mut b).await?;
+    }
+    if let (Some(url), true) = (&c.redis_url, need_sessions) {
+        connect_redis(c, url, &mut b).await?;
+    }
+    Ok(b)
+}
+
+#[cfg(feature = "hbase")]
+async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result<(), ServerError> {
+    use messenger_storage_hbase::{HBaseOptions, HBaseStore};
+    let opts = HBaseOptions::new(addr)
+        .with_table_prefix(c.hbase_table_prefix.clone())
+        .with_pool_size(c.hbase_pool_size);
+    let store = HBaseStore::connect(opts)
+        .await
+        .map_err(|source| ServerError::Backend {
+            context: format!("cannot use HBase at {addr}"),
+            hint: format!(
+                "Check that the HBase Thrift2 gateway runs and answers at {addr} \
+                 (`hbase thrift2 start -p PORT`; in development `scripts/hbase.sh start`), \
+                 or fix --hbase / MESSENGER_HBASE."
+            ),
+            source,
+        })?;
+    b.messages = Some(Arc::new(store.clone()));
+    b.threads = Some(Arc::new(store));
+    b.stores = format!("hbase {addr} (tables {}*)", c.hbase_table_prefix);
+    Ok(())
+}
+
+#[cfg(not(feature = "hbase"))]
+async fn connect_hbase(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
+    Err(crate::config::ConfigError::Invalid(
+        "hbase is set but messenger-server was built without the `hbase` feature".into(),
+    )
+    .into())
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<(), ServerError> {
+    use messenger_core::ErrorKind;
+    use messenger_redis::RedisCluster;
+    let cluster = RedisCluster::connect(url, c.node_id, redis_options(c))
+        .await
+        .map_err(|source| match source.kind() {
+            ErrorKind::Conflict => ServerError::NodeIdConflict {
+                node: c.node_id,
+                ttl: c.redis_node_ttl,
+                source,
+            },
+            ErrorKind::BadRequest => ServerError::Backend {
+                context: format!("cannot use Redis at {}", redact(url)),
+                hint: "Fix --redis / MESSENGER_REDIS_URL (redis://host:port/db).".into(),
+                source,
+            },
+            _ => ServerError::Backend {
+                context: format!("cannot use Redis at {}", redact(url)),
+                hint: "Check that redis-server runs and is reachable there, or fix \
+                       --redis / MESSENGER_REDIS_URL."
+                    .into(),
+                source,
+            },
+        })?;
+    b.directory = Some(cluster.directory());
+    b.presence = Some(cluster.presence());
+    b.relay = Some(cluster.relay());
+    b.sessions = format!(
+        "redis {} (prefix {}, node ttl {:?})",
+        redact(url),
+        c.redis_key_prefix,
+        c.redis_node_ttl
+    );
+    b.redis = Some(cluster);
+    Ok(())
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
+    Err(crate::config::ConfigError::Invalid(
+        "redis_url is set but messenger-server was built without the `redis` feature".into(),
+    )
+    .into())
+}
+
+/// The URL without a password (`redis://user:secret@host` -> `redis://user:***@host`).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_options_follow_the_ttl() {
+        let mut c = ServerConfig::default();
+        let o = redis_options(&c);
+        assert_eq!(o.node_ttl, Duration::from_secs(15));
+        assert_eq!(o.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(o.op_timeout, Duration::from_secs(2));
+        c.redis_node_ttl = Duration::from_secs(2);
+        let o = redis_options(&c);
+        assert_eq!(o.op_timeout, Duration::from_millis(500));
+        assert!(o.heartbeat_interval * 2 <= o.node_ttl);
+    }
+}
