@@ -13,28 +13,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# messenger-redis's tests start their own redis-server (a free 127.0.0.1 port, no
-# persistence) and fail, never skip, when the binary is missing: install it here.
-if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_SERVER:-}" ]; then
-  step "installing redis-server (needed by messenger-redis tests)"
+# Services the tests start themselves; they fail, never skip, when one is missing, so
+# install what is missing here (Debian packages). messenger-redis and the cluster tests
+# start redis-server on free ports; messenger-server's multi-process test puts HAProxy in
+# front of the server processes; HBase comes from Maven Central via scripts/hbase.sh,
+# which installs a JDK and Maven the same way if they are missing.
+missing=()
+command -v redis-server >/dev/null 2>&1 || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -n "${HAPROXY:-}" ] || missing+=(haproxy)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server not found and no apt-get: install Redis (6+) and run this again" >&2
-    exit 1
-  fi
-fi
-
-# messenger-server's multi-process test (tests/processes.rs) puts HAProxy in front of
-# the server processes and fails, never skips, when it is missing: install it here.
-if ! command -v haproxy >/dev/null 2>&1 && [ -z "${HAPROXY:-}" ]; then
-  step "installing haproxy (needed by messenger-server's multi-process cluster test)"
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy >/dev/null
-  else
-    echo "haproxy not found and no apt-get: install HAProxy (2.x) and run this again" >&2
+    echo "missing ${missing[*]} and no apt-get: install them and run this again" >&2
     exit 1
   fi
 fi
@@ -49,10 +44,6 @@ step "cargo test: unit, integration, examples and benches (each bench runs once)
 cargo test --workspace --all-features --all-targets
 
 step "independent Python client against the real server binary (tests/interop)"
-if ! command -v python3 >/dev/null 2>&1; then
-  echo "python3 not found: install it (apt-get install python3) and run this again" >&2
-  exit 1
-fi
 cargo build -q -p messenger-server --bin messenger-server
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/debug/messenger-server --listen "127.0.0.1:$port" >target/interop-server.log 2>&1 &
