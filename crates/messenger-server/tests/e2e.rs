@@ -776,8 +776,9 @@ async fn healthz_metrics_and_routing() {
     b.expect("thread").await;
     a.send_msg(&t, "1", "hi").await;
     b.expect("receive_message").await;
-    let m = srv.metrics().await;
-    for needle in [
+    // The writer counts a frame once the flush returns, which can be just after the
+    // peer already read it: poll briefly instead of racing it.
+    let needles = [
         "messenger_connections_open 2",
         "messenger_frames_in_total{type=\"send_message\"} 1",
         "messenger_frames_in_total{type=\"create_thread\"} 1",
@@ -787,8 +788,19 @@ async fn healthz_metrics_and_routing() {
         "messenger_delivery_latency_seconds_count 1",
         "# TYPE messenger_delivery_latency_seconds histogram",
         "messenger_acks_total 0",
-    ] {
-        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let m = srv.metrics().await;
+        let missing: Vec<&str> = needles.iter().copied().filter(|n| !m.contains(n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing {missing:?} in\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
