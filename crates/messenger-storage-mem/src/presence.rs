@@ -155,3 +155,44 @@ pub(crate) fn broadcast_stream<T: Clone + Send + 'static>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lagging_subscriber_skips_and_keeps_going() {
+        let p = MemPresence::with_capacity(2);
+        let mut events = p.changes().await.unwrap();
+        let node = NodeId::default();
+        let s = SessionId::new("s-1").unwrap();
+        for i in 0..5 {
+            let u = UserId::new(format!("u{i}")).unwrap();
+            p.set_online(&u, &s, node).await.unwrap();
+        }
+        // Only the last two fit in the channel; the first three are skipped.
+        assert_eq!(
+            events.next().await.map(|e| e.user_id.to_string()),
+            Some("u3".into())
+        );
+        assert_eq!(
+            events.next().await.map(|e| e.user_id.to_string()),
+            Some("u4".into())
+        );
+        let u = UserId::new("u0").unwrap();
+        p.set_offline(&u, &s, 9).await.unwrap();
+        let ev = events.next().await.unwrap();
+        assert_eq!(
+            (ev.status, ev.last_seen),
+            (PresenceStatus::Offline, Some(9))
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_ends_when_presence_is_dropped() {
+        let p = MemPresence::new();
+        let mut events = p.changes().await.unwrap();
+        drop(p);
+        assert!(events.next().await.is_none());
+    }
+}

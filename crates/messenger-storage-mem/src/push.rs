@@ -118,3 +118,59 @@ impl PushSink for MemPushSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messenger_core::{MessageId, ThreadId, UserId};
+
+    fn note(seq: u64) -> PushNotification {
+        PushNotification {
+            user_id: UserId::new("bob").unwrap(),
+            thread_id: ThreadId::new("t").unwrap(),
+            message_id: MessageId(seq),
+            seq,
+            sender_id: UserId::new("alice").unwrap(),
+            text: format!("m{seq}"),
+            sent_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn ring_keeps_only_the_last_capacity() {
+        let sink = MemPushSink::with_capacity(3);
+        assert!(sink.is_empty());
+        for seq in 1..=10 {
+            sink.push(note(seq)).await.unwrap();
+            assert!(sink.len() <= 3, "never above capacity");
+        }
+        let seqs: Vec<u64> = sink.recent().iter().map(|n| n.seq).collect();
+        assert_eq!(seqs, vec![8, 9, 10], "oldest dropped first");
+        assert_eq!((sink.len(), sink.total(), sink.capacity()), (3, 10, 3));
+        assert_eq!(sink.drain().len(), 3);
+        assert!(sink.is_empty());
+        assert_eq!(sink.total(), 10);
+    }
+
+    #[tokio::test]
+    async fn zero_capacity_means_one() {
+        let sink = MemPushSink::with_capacity(0);
+        sink.push(note(1)).await.unwrap();
+        sink.push(note(2)).await.unwrap();
+        assert_eq!(sink.recent(), vec![note(2)]);
+    }
+
+    #[tokio::test]
+    async fn subscribers_follow_and_survive_lag() {
+        let sink = MemPushSink::with_capacity(2);
+        let mut live = sink.subscribe();
+        for seq in 1..=5 {
+            sink.push(note(seq)).await.unwrap();
+        }
+        // 1..=3 were overwritten in the channel: the subscriber skips them and goes on.
+        assert_eq!(live.next().await.map(|n| n.seq), Some(4));
+        assert_eq!(live.next().await.map(|n| n.seq), Some(5));
+        sink.push(note(6)).await.unwrap();
+        assert_eq!(live.next().await.map(|n| n.seq), Some(6));
+    }
+}

@@ -1,1 +1,0 @@
-//! Conformance suites for adapter implementations (filled in by the testkit work).

@@ -1,0 +1,82 @@
+//! The `messenger-server` binary: every adapter in memory, configuration from a TOML
+//! file, the environment and flags. Run `messenger-server --help`.
+
+use clap::Parser;
+use messenger_server::cli::{Cli, JWT_SECRET_ENV};
+use messenger_server::{Server, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.resolve(std::env::var(JWT_SECRET_ENV).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("messenger-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("messenger-server: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("messenger-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    if config.auth.is_dev() {
+        let notice = format!(
+            "\n  DEV AUTH IS ON: the token is the user id, anyone can be anyone.\n  \
+             Connect:  ws://{addr}/ws?token=alice   (or header `Authorization: Bearer alice`)\n  \
+             For real use set {JWT_SECRET_ENV} or --jwt-secret-file (HS256 JWTs, sub = user id).\n"
+        );
+        eprintln!("{notice}");
+        tracing::warn!(%addr, "dev auth is on: the token is the user id");
+    } else {
+        tracing::info!(%addr, "JWT HS256 auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>");
+    }
+    let server = Server::builder().config(config).build().await?;
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
