@@ -414,12 +414,25 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         },
     );
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
+    let cpu0 = (
+        ctx.pid.and_then(|p| sys::cpu_secs(Some(p))),
+        sys::cpu_secs(None),
+    );
     counters.measuring.store(true, Ordering::Relaxed);
     let m_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
     counters.measuring.store(false, Ordering::Relaxed);
     let window_secs = m_start.elapsed().as_secs_f64();
     let delivered = counters.delivered_measured.load(Ordering::Relaxed);
+    let cpu1 = (
+        ctx.pid.and_then(|p| sys::cpu_secs(Some(p))),
+        sys::cpu_secs(None),
+    );
+    let cpu_pct =
+        |a: Option<f64>, b: Option<f64>| Some(((b? - a?) / window_secs * 1000.0).round() / 10.0);
+    let cpu_us_per_msg = |a: Option<f64>, b: Option<f64>| {
+        (delivered > 0).then(|| Some(((b? - a?) * 1e7 / delivered as f64).round() / 10.0))?
+    };
     prog_cancel.cancel();
     let _ = p.await;
     // Stop sending, let replies drain, close, and collect the histograms.
@@ -469,6 +482,10 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         "delivered_per_sec": (delivered as f64 / window_secs).round(),
         "latency_us": pct,
         "latency_samples": hist.count(),
+        "target_cpu_pct": cpu_pct(cpu0.0, cpu1.0),
+        "target_cpu_us_per_delivered": cpu_us_per_msg(cpu0.0, cpu1.0),
+        "generator_cpu_pct": cpu_pct(cpu0.1, cpu1.1),
+        "generator_cpu_us_per_delivered": cpu_us_per_msg(cpu0.1, cpu1.1),
         "sent_total": counters.sent.load(Ordering::Relaxed),
         "unacked_at_end": unacked,
         "errors": counters.errors.load(Ordering::Relaxed),
@@ -593,8 +610,7 @@ impl Writer {
         self.finish().await;
     }
 
-    /// Sends at `period` from `start`; each message carries its scheduled send time, so
-    /// a stall counts towards latency (no coordinated omission).
+    /// Sends at `period` from `start`.
     async fn fixed_rate(mut self, start: tokio::time::Instant, period: Duration) {
         let mut tick = tokio::time::interval_at(start, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -604,10 +620,23 @@ impl Writer {
                 _ = self.stop.cancelled() => break,
                 t = tick.tick() => t,
             };
-            if !self.slot().await {
-                break;
-            }
-            let m = self.frame(n, proto::instant_nanos(due.into_std()));
+            // A free window slot: stamp the real send instant (the timer fires up to
+            // 1 ms late, which is the generator's, not the server's). A full window
+            // means the server is behind: stamp the scheduled instant, so the stall
+            // counts towards latency (no coordinated omission).
+            let stamp = match self.window.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    proto::now_nanos()
+                }
+                Err(_) => {
+                    if !self.slot().await {
+                        break;
+                    }
+                    proto::instant_nanos(due.into_std())
+                }
+            };
+            let m = self.frame(n, stamp);
             n += 1;
             if let Err(e) = self.sink.send(m).await {
                 self.counters.error(format!("write: {e}"));

@@ -20,6 +20,26 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system) in seconds that `pid` (or this process for `None`) has used,
+/// from `/proc/PID/stat`. Assumes USER_HZ = 100, as on every mainstream Linux.
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    parse_stat_cpu(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    // The command name may hold spaces; fields after the closing paren are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// The soft "Max open files" limit of another process, from `/proc/PID/limits`.
 pub fn nofile_limit_of(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -98,6 +118,13 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert!(rss_bytes(None).expect("own rss") > 0);
         assert!(rss_bytes(Some(std::process::id())).expect("rss by pid") > 0);
+    }
+
+    #[test]
+    fn reads_cpu_time() {
+        let line = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 1 1";
+        assert_eq!(parse_stat_cpu(line), Some(3.0));
+        assert!(cpu_secs(None).is_some());
     }
 
     #[test]
