@@ -65,9 +65,12 @@ impl Target {
 /// The source address of connection `i` when each source address carries at most
 /// `per_ip` of `total` connections: connections go round-robin over
 /// `ceil(total / per_ip)` addresses 127.0.0.1, 127.0.0.2, ... 127.0.0.254, 127.0.1.1, ...
-pub fn source_ip(i: usize, total: usize, per_ip: usize) -> Ipv4Addr {
+///
+/// `base` shifts the block of addresses, so that two runs in one invocation (server,
+/// then floor) do not share source ports.
+pub fn source_ip(i: usize, total: usize, per_ip: usize, base: usize) -> Ipv4Addr {
     let n_ips = total.div_ceil(per_ip.max(1)).max(1);
-    let j = i % n_ips;
+    let j = i % n_ips + base;
     let third = (j / 254) % 256;
     let fourth = j % 254 + 1;
     Ipv4Addr::new(127, 0, third as u8, fourth as u8)
@@ -113,6 +116,9 @@ async fn connect_inner(
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let (Some(ip), true) = (source, target.addr.is_ipv4()) {
+        // A port still in TIME_WAIT from an earlier run may be bound again: without
+        // this, bind() before connect() runs out of ports after a run or two.
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
     }
     let tcp = socket.connect(target.addr).await?;
@@ -159,16 +165,24 @@ mod tests {
     #[test]
     fn spreads_connections_over_source_addresses() {
         // Few connections: all from 127.0.0.1.
-        assert_eq!(source_ip(5, 100, 20_000), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_ip(5, 100, 20_000, 0), Ipv4Addr::new(127, 0, 0, 1));
         // 100k at 20k per address: 5 addresses, round-robin.
         let total = 100_000;
         let mut counts = std::collections::HashMap::new();
         for i in 0..total {
-            *counts.entry(source_ip(i, total, 20_000)).or_insert(0) += 1;
+            *counts.entry(source_ip(i, total, 20_000, 0)).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 5);
         assert!(counts.values().all(|&c| c <= 20_000));
         // 1M at 20k: 50 addresses; beyond 254 the third octet moves.
-        assert_eq!(source_ip(254, 10_000_000, 1), Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(
+            source_ip(254, 10_000_000, 1, 0),
+            Ipv4Addr::new(127, 0, 1, 1)
+        );
+        // A base moves the whole block.
+        assert_eq!(
+            source_ip(0, 10, 20_000, 128 * 254),
+            Ipv4Addr::new(127, 0, 128, 1)
+        );
     }
 }

@@ -42,9 +42,11 @@ pub struct Ctx {
 
 impl Ctx {
     fn source(&self, i: usize, total: usize) -> Option<std::net::Ipv4Addr> {
-        self.target
-            .is_loopback_v4()
-            .then(|| client::source_ip(i, total, self.args.per_source_ip))
+        self.target.is_loopback_v4().then(|| {
+            // The floor's run uses 127.0.128.0 and up, the server's 127.0.0.0 and up.
+            let base = if self.is_floor { 128 * 254 } else { 0 };
+            client::source_ip(i, total, self.args.per_source_ip, base)
+        })
     }
 }
 
