@@ -693,7 +693,9 @@ async fn reply(ws: &mut Ws) -> Result<messenger_core::protocol::ServerFrame, Box
         .map_err(|_| -> BoxError { "reply timed out".into() })?
 }
 
-/// One client's reconnect and catch-up: returns (time to welcome, time to caught up).
+/// One client's reconnect and catch-up: returns (time to welcome, time to caught up),
+/// both from `t0`, and the time from its own connect attempt (after its jitter) to
+/// caught up.
 #[allow(clippy::too_many_arguments)] // private helper; a struct would only rename them
 async fn reconnect_one(
     ctx: &Ctx,
@@ -705,9 +707,10 @@ async fn reconnect_one(
     t0: Instant,
     deadline: Instant,
     c: &Counters,
-) -> Result<(Duration, Duration), BoxError> {
+) -> Result<(Duration, Duration, Duration), BoxError> {
     use messenger_core::protocol::ServerFrame;
     tokio::time::sleep(jitter(i, ctx.args.jitter_ms)).await;
+    let own_start = Instant::now();
     let mut ws = loop {
         match client::connect(
             &ctx.target,
@@ -767,8 +770,9 @@ async fn reconnect_one(
     if !ctx.is_floor && got < expect {
         return Err(format!("caught up {got} messages, expected {expect}").into());
     }
+    let own = own_start.elapsed();
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-    Ok((back, done))
+    Ok((back, done, own))
 }
 
 /// `reconnect`: K clients (each with a peer in a direct thread) are dropped at once;
@@ -896,13 +900,16 @@ async fn reconnect(ctx: &Ctx) -> Result<Figures, BoxError> {
     let mut back_max = Duration::ZERO;
     let mut done_max = Duration::ZERO;
     let mut per_client = Latency::new();
+    let mut own_time = Latency::new();
     let mut ok = 0u64;
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     for h in handles {
-        if let Ok(Some((back, done))) = h.await {
+        if let Ok(Some((back, done, own))) = h.await {
             ok += 1;
             back_max = back_max.max(back);
             done_max = done_max.max(done);
-            per_client.record(u64::try_from(done.as_nanos()).unwrap_or(u64::MAX));
+            per_client.record(nanos(done));
+            own_time.record(nanos(own));
         }
     }
     prog_cancel.cancel();
@@ -923,6 +930,7 @@ async fn reconnect(ctx: &Ctx) -> Result<Figures, BoxError> {
         "all_caught_up_ms": if ok as usize == k { Some(ms(done_max)) } else { None },
         "drop_to_all_caught_up_ms": if ok as usize == k { Some(ms(t0 - t_drop + done_max)) } else { None },
         "caught_up_at_us": per_client.percentiles(),
+        "connect_to_caught_up_us": own_time.percentiles(),
         "errors": counters.errors.load(Ordering::Relaxed),
         "first_error": first_error,
     })))
