@@ -76,7 +76,12 @@ pub async fn spawn_floor() -> Result<(Child, String), BoxError> {
 pub async fn run_scenario(args: Args) -> Result<Value, BoxError> {
     args.validate()?;
     let n = args.connections_or_default() as u64;
-    let need = 2 * n + 1024;
+    // One fd per connection (reconnect holds K dropped clients and K peers), plus slack.
+    let sockets = match args.scenario {
+        cli::Scenario::Reconnect => 2 * n,
+        _ => n,
+    };
+    let need = sockets + 256;
     let limit = sys::raise_nofile(need);
     if limit < need {
         eprintln!(
