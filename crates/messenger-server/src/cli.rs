@@ -322,6 +322,38 @@ mod tests {
     }
 
     #[test]
+    fn resolve_reads_the_file_and_the_secret_file() {
+        let dir = std::env::temp_dir().join(format!("msgsrv-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "from-file\n").expect("secret");
+        let conf = dir.join("server.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen = \"0.0.0.0:9100\"\njwt_secret_file = {:?}\npresence_grace = 1\n",
+                secret.display().to_string()
+            ),
+        )
+        .expect("toml");
+        let c = cli(&["--config", conf.to_str().expect("utf8")])
+            .resolve(None)
+            .expect("valid: a secret makes the public address fine");
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.presence_grace, Duration::from_secs(1));
+        match &c.auth {
+            AuthMode::Jwt { secret, .. } => assert_eq!(secret, b"from-file"),
+            AuthMode::Dev => panic!("expected JWT"),
+        }
+        // The environment's secret wins over the file's.
+        let c = cli(&["--config", conf.to_str().expect("utf8")])
+            .resolve(Some("from-env".into()))
+            .expect("valid");
+        assert!(matches!(&c.auth, AuthMode::Jwt { secret, .. } if secret == b"from-env"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unknown_toml_keys_and_bad_durations_are_errors() {
         assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
         assert!(parse_duration("abc").is_err());
