@@ -84,11 +84,11 @@ impl Metrics {
 
     /// Records the time from a message's acceptance to its hand-off to a socket.
     pub fn observe_delivery(&self, d: Duration) {
+        // One increment per observation: buckets are stored per interval and summed
+        // into Prometheus's cumulative form only when rendered.
         let secs = d.as_secs_f64();
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us
@@ -219,11 +219,12 @@ impl Metrics {
              handing it to a recipient's socket.\n\
              # TYPE messenger_delivery_latency_seconds histogram"
         );
+        let mut cumulative = 0u64;
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Relaxed);
             let _ = writeln!(
                 o,
-                "messenger_delivery_latency_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
+                "messenger_delivery_latency_seconds_bucket{{le=\"{b}\"}} {cumulative}"
             );
         }
         let count = self.latency_count.load(Relaxed);

@@ -784,16 +784,18 @@ impl Engine {
     /// Writes a delivery to every local session of its users (except one).
     fn deliver_local(&self, d: &Delivery) {
         for user in &d.users {
-            let targets: Vec<Arc<SessionShared>> = match self.inner.sessions.shard(user).get(user) {
-                Some(list) => list.clone(),
-                None => continue,
+            // Pushing never blocks (a full queue closes the session), so the shard lock
+            // is held only for the pushes, and no list of sessions is cloned per send.
+            let shard = self.inner.sessions.shard(user);
+            let Some(targets) = shard.get(user) else {
+                continue;
             };
             for t in targets {
                 if d.except.as_ref() == Some(&t.id) {
                     continue;
                 }
                 self.push_to(
-                    &t,
+                    t,
                     Outbound {
                         frame: d.frame.clone(),
                         kind: d.kind,
