@@ -59,14 +59,20 @@ fn mem_append(c: &mut Criterion) {
 }
 
 fn engine_send(c: &mut Criterion) {
+    // As a cluster node would run (directory lookup on every send), and as the
+    // single-node default server runs (its own session table only).
+    engine_send_with(c, "send_message_direct", false);
+    engine_send_with(c, "send_message_direct_single_node", true);
+}
+
+fn engine_send_with(c: &mut Criterion, name: &str, single_node: bool) {
     let rt = runtime();
     let (engine, mut alice, mut bob, thread) = rt.block_on(async {
-        let engine = Engine::start(
-            EngineConfig::default(),
-            MemBackend::new().adapters(NodeId::default()),
-        )
-        .await
-        .expect("engine");
+        let mut config = EngineConfig::default();
+        config.single_node = single_node;
+        let engine = Engine::start(config, MemBackend::new().adapters(NodeId::default()))
+            .await
+            .expect("engine");
         let mut alice = engine
             .connect(UserId::new("alice").expect("id"))
             .await
@@ -89,7 +95,7 @@ fn engine_send(c: &mut Criterion) {
     let mut n = 0u64;
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("send_message_direct", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             // Frames are built outside the timed loop; decoding them is part of the path.
             let frames: Vec<String> = (0..iters)

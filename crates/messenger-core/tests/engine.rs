@@ -911,3 +911,38 @@ async fn two_nodes_share_a_backend_and_relay_one_envelope_per_node() {
     assert_eq!(last, 61);
     let _ = Engine::shutdown;
 }
+
+#[tokio::test]
+async fn single_node_mode_skips_the_directory_but_not_delivery_or_push() {
+    let backend = MemBackend::new();
+    let mut cfg = common::config(1);
+    cfg.single_node = true;
+    let e = common::engine_with(backend.adapters(NodeId::new(1).expect("node")), cfg).await;
+    let mut a = Client::connect(&e, "alice").await;
+    let mut b = Client::connect(&e, "bob").await;
+    let t = group(&mut a, &["bob", "carol"], "solo node").await;
+    drain_thread_frame(&mut b).await;
+    let (mid, _) = send(&mut a, &t, "1", "hi").await;
+    assert_eq!(expect_receive(&mut b).await.0, mid);
+    b.send(json!({"type":"message_ack","thread_id":t,"message_id":mid,"status":"READ"}))
+        .await;
+    assert!(matches!(
+        a.recv().await,
+        ServerFrame::MessageAck {
+            status: AckStatus::Read,
+            ..
+        }
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pushed: Vec<String> = backend
+        .push()
+        .recent()
+        .into_iter()
+        .map(|n| n.user_id.to_string())
+        .collect();
+    assert_eq!(
+        pushed,
+        ["carol"],
+        "only the member with no session is pushed"
+    );
+}

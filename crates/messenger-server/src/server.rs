@@ -212,6 +212,10 @@ impl ServerBuilder {
         let need_stores = self.messages.is_none() || self.threads.is_none();
         let need_sessions =
             self.directory.is_none() || self.presence.is_none() || self.relay.is_none();
+        // Only when this server makes its own in-memory directory and relay is it sure
+        // to be the one node; an embedder's adapters may be shared with other engines.
+        let single_node =
+            self.directory.is_none() && self.relay.is_none() && self.config.redis_url.is_none();
         let backends = crate::cluster::connect(&self.config, need_stores, need_sessions).await?;
         let stores = if self.messages.is_some() && self.threads.is_some() {
             "given by the embedder".to_string()
@@ -236,6 +240,7 @@ impl ServerBuilder {
             ec.max_text_bytes = config.max_text_bytes;
             ec.outbound_queue = config.outbound_queue;
             ec.presence_grace = config.presence_grace;
+            ec.single_node = single_node;
             let engine = Engine::start(ec, adapters).await?;
             Ok::<_, ServerError>((config, engine))
         }

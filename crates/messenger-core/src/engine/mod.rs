@@ -68,6 +68,11 @@ pub struct EngineConfig {
     /// How long a message that arrives past a gap in seq waits for the missing ones
     /// (default 50 ms).
     pub reorder_window: Duration,
+    /// True when this engine is the only node: every session is local, so the send path
+    /// skips the `SessionDirectory` lookup and the relay and finds offline members from
+    /// its own session table (default false). Set it only when the directory and relay
+    /// are not shared with another engine.
+    pub single_node: bool,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +90,7 @@ impl Default for EngineConfig {
             large_group_push_interval: Duration::from_secs(60),
             outbound_queue: 1024,
             reorder_window: Duration::from_millis(50),
+            single_node: false,
         }
     }
 }
@@ -632,6 +638,17 @@ impl Engine {
     ) {
         let inner = &self.inner;
         let members = &thread.members;
+        if inner.config.single_node {
+            let offline: Vec<UserId> = members
+                .iter()
+                .filter(|u| **u != m.sender_id && !inner.sessions.shard(*u).contains_key(*u))
+                .cloned()
+                .collect();
+            if !offline.is_empty() {
+                self.push_offline(thread, m, offline);
+            }
+            return;
+        }
         let sessions = match inner.a.directory.lookup(members).await {
             Ok(v) => v,
             Err(e) => {
@@ -838,6 +855,9 @@ impl Engine {
         };
         self.deliver_local(&d);
         let inner = &self.inner;
+        if inner.config.single_node {
+            return;
+        }
         let me = inner.config.node_id;
         let found = match inner.a.directory.lookup(&users).await {
             Ok(v) => v,
