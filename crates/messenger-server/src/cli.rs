@@ -108,10 +108,10 @@ pub struct Cli {
     /// How long a user stays online after the last session ends [default: 3s].
     #[arg(long, env = "MESSENGER_PRESENCE_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub presence_grace: Option<Duration>,
-    /// WebSocket read buffer per connection in bytes [default: 4096].
+    /// WebSocket read buffer per connection in bytes [default: 1024].
     #[arg(long, env = "MESSENGER_READ_BUFFER_BYTES", value_name = "BYTES")]
     pub read_buffer_bytes: Option<usize>,
-    /// WebSocket write buffer per connection in bytes [default: 4096].
+    /// WebSocket write buffer per connection in bytes [default: 1024].
     #[arg(long, env = "MESSENGER_WRITE_BUFFER_BYTES", value_name = "BYTES")]
     pub write_buffer_bytes: Option<usize>,
 }
