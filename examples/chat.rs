@@ -1,7 +1,7 @@
 //! A terminal chat client: 1:1 and group chats with sent, delivered and read marks and
 //! presence.
 //!
-//! Run: `cargo run -p messenger-client --example chat -- --url ws://127.0.0.1:8080/ws --token alice`
+//! Run: `cargo run -p examples --example chat -- --url ws://127.0.0.1:8080/ws --token alice`
 //! (start a server first, e.g. `cargo run -p messenger-server`; open a second terminal
 //! with `--token bob`).
 //!

@@ -1,8 +1,8 @@
 //! An integrator's own `MessageStore`, proven by messenger-core's conformance suite and
 //! then plugged into a server.
 //!
-//! Run the suite as a program:   `cargo run -p messenger-client --example custom_store`
-//! Or as tests, one per check:   `cargo test -p messenger-client --example custom_store`
+//! Run the suite as a program:   `cargo run -p examples --example custom_store`
+//! Or as tests, one per check:   `cargo test -p examples --example custom_store`
 //!
 //! `VecStore` keeps each thread as a `Vec` behind one mutex: simple on purpose. A real
 //! adapter would talk to its database here and map its errors into

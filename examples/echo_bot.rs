@@ -1,6 +1,6 @@
 //! A bot that answers every message it receives with `echo: <text>`, in the same thread.
 //!
-//! Run: `cargo run -p messenger-client --example echo_bot -- --url ws://127.0.0.1:8080/ws --token echo`
+//! Run: `cargo run -p examples --example echo_bot -- --url ws://127.0.0.1:8080/ws --token echo`
 //!
 //! It connects as the token's user (in dev auth the token is the user id) and reconnects
 //! by itself when the server goes away; messages that arrived meanwhile are caught up and

@@ -1,7 +1,7 @@
 //! An application that embeds the messenger server in its own tokio runtime, with the
 //! in-memory adapters and its own `PushSink`.
 //!
-//! Run: `cargo run -p messenger-client --example embedded -- --listen 127.0.0.1:8080`
+//! Run: `cargo run -p examples --example embedded -- --listen 127.0.0.1:8080`
 //!
 //! The app owns the runtime and runs the server next to its other services (here, a
 //! notification worker fed by the push sink). On start it plays a short demo: alice
@@ -99,7 +99,7 @@ async fn app(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     );
     alice.close().await;
 
-    println!("serving; try `cargo run -p messenger-client --example chat -- --url {url} --token bob`. Ctrl-C stops.");
+    println!("serving; try `cargo run -p examples --example chat -- --url {url} --token bob`. Ctrl-C stops.");
     tokio::signal::ctrl_c().await?;
     let _ = stop_tx.send(());
     serving.await??;

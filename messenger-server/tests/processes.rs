@@ -34,7 +34,7 @@ const NODE_TTL: &str = "2s";
 const OFFLINE_BOUND: Duration = Duration::from_millis(2000 + 667 + 500);
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn free_port() -> u16 {

@@ -3,7 +3,7 @@
 //! the Thrift compiler 0.17.0 (Debian `thrift-compiler`):
 //!
 //! ```text
-//! thrift -out crates/messenger-storage-hbase/src/gen --gen rs crates/messenger-storage-hbase/thrift/hbase.thrift
+//! thrift -out messenger-storage-hbase/src/gen --gen rs messenger-storage-hbase/thrift/hbase.thrift
 //! ```
 //!
 //! Checked in so that builds need no Thrift compiler. Do not edit; regenerate instead.

@@ -4,13 +4,13 @@
 # OUT. Load goes to 127.0.0.0/8 only; every run is bounded in time and stops by itself.
 #
 #   cargo build --release -p messenger-server -p messenger-bench
-#   crates/messenger-bench/scripts/bench.sh [OUT] [RUNS] [SCENARIOS...]
+#   messenger-bench/scripts/bench.sh [OUT] [RUNS] [SCENARIOS...]
 #
 # Scenarios: idle pairs pairs-rate pairs-rate-low group reconnect (default: all).
 # Waits for the 1-minute load average to fall under MAX_LOAD (default 2.5) before
 # each run, up to 30 s, so runs do not land on top of a compile.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/messenger-bench}
 RUNS=${2:-3}
 shift 2 2>/dev/null || shift $#

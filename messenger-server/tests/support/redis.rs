@@ -1,5 +1,5 @@
 //! Test harness: a real `redis-server` on a free 127.0.0.1 port, started by the tests
-//! (the same harness as `crates/messenger-redis/tests/common/mod.rs`).
+//! (the same harness as `messenger-redis/tests/common/mod.rs`).
 //!
 //! [`shared()`] starts one server per test binary (on first use); it is killed when the
 //! test process exits, even on a panic or abort: the server is started by a small

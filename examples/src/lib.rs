@@ -1,0 +1,9 @@
+//! Runnable messenger programs, one file per example (this library is empty: the
+//! package exists to hold them). Run one with `cargo run -p examples --example NAME`:
+//!
+//! | example | what it shows |
+//! |---|---|
+//! | `chat` | a terminal chat on the client SDK |
+//! | `echo_bot` | a bot that answers every message it receives |
+//! | `embedded` | the server embedded in an application, with its own push sink |
+//! | `custom_store` | a custom `MessageStore` checked by the conformance suite |
