@@ -6,6 +6,8 @@
 //! - [`protocol`]: protocol v1 frames and the decoder that maps bad input onto error codes.
 //! - [`traits`]: the adapter traits [`IdGenerator`], [`MessageStore`], [`ThreadStore`],
 //!   [`SessionDirectory`], [`Presence`], [`PushSink`] and [`Relay`].
+//! - [`events`]: the event log the engine publishes to an [`EventSink`] (messages,
+//!   receipts, membership changes) for chat workers.
 //! - [`idgen`]: the Snowflake id generator.
 //! - [`engine`]: every protocol behaviour over the traits; transports only move frames.
 //! - `testkit` (feature): conformance suites that every adapter runs with one macro.
@@ -28,6 +30,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod idgen;
 pub mod ids;
 pub mod model;
@@ -42,11 +45,12 @@ pub mod testkit;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ids::{InvalidId, MessageId, NodeId, SessionId, ThreadId, UserId};
 pub use traits::{
-    IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+    DiscardEvents, EventSink, IdGenerator, MessageStore, Presence, PushSink, Relay,
+    SessionDirectory, ThreadStore,
 };
 
 #[cfg(feature = "mock")]
 pub use traits::{
-    MockIdGenerator, MockMessageStore, MockPresence, MockPushSink, MockRelay, MockSessionDirectory,
-    MockThreadStore,
+    MockEventSink, MockIdGenerator, MockMessageStore, MockPresence, MockPushSink, MockRelay,
+    MockSessionDirectory, MockThreadStore,
 };

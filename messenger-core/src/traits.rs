@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::error::Result;
+use crate::events::Event;
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
 use crate::model::{
     AckStatus, Appended, CreatedThread, Envelope, HistoryPage, HistoryQuery, MembershipChange,
@@ -129,6 +130,34 @@ pub trait PushSink: Send + Sync {
     /// Hands one notification over. Failures are logged by the engine and never block
     /// delivery to others.
     async fn push(&self, notification: PushNotification) -> Result<()>;
+}
+
+/// Where the engine publishes the event log (see [`events`](crate::events)): messages,
+/// receipts and membership changes, each after it is durable, for chat workers (push,
+/// webhooks) and other downstream consumers.
+///
+/// A trait of its own rather than a second [`PushSink`] method: a push is an async,
+/// per-recipient call whose failure the engine logs, while the event log takes every
+/// kind of event, from the request path, and must neither wait nor fail. Keeping them
+/// apart leaves a single-node push provider free of event handling and an event log
+/// free of push.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait EventSink: Send + Sync {
+    /// Takes one event. Called on the engine's request path right after the change is
+    /// durable, in the order this node applied the changes, so it must return at once:
+    /// queue the event and hand it on elsewhere. It never fails: an implementation that
+    /// cannot hand events on keeps them in a bounded buffer and retries, and counts and
+    /// logs (clearly, with what to do) any it has to shed once that buffer is full.
+    fn publish(&self, event: Event);
+}
+
+/// An [`EventSink`] that drops every event: the engine's default when nothing consumes
+/// the event log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardEvents;
+
+impl EventSink for DiscardEvents {
+    fn publish(&self, _event: Event) {}
 }
 
 /// Cross-node delivery: one envelope per remote node per event.

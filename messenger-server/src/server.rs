@@ -10,7 +10,8 @@ use futures::StreamExt;
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
 use messenger_core::idgen::Snowflake;
 use messenger_core::{
-    IdGenerator, MessageStore, NodeId, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+    DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushSink, Relay,
+    SessionDirectory, ThreadStore,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -95,6 +96,7 @@ pub struct ServerBuilder {
     presence: Option<Arc<dyn Presence>>,
     push: Option<Arc<dyn PushSink>>,
     relay: Option<Arc<dyn Relay>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl ServerBuilder {
@@ -118,6 +120,7 @@ impl ServerBuilder {
         self.presence = Some(a.presence);
         self.push = Some(a.push);
         self.relay = Some(a.relay);
+        self.events = Some(a.events);
         self
     }
 
@@ -163,6 +166,12 @@ impl ServerBuilder {
         self
     }
 
+    /// The event log sink (default: events are discarded).
+    pub fn event_sink(mut self, v: Arc<dyn EventSink>) -> Self {
+        self.events = Some(v);
+        self
+    }
+
     fn into_adapters(mut self) -> Result<(ServerConfig, Adapters), ServerError> {
         // Ids carry the node id in the Snowflake node field, so they are unique across
         // nodes with distinct ids.
@@ -191,6 +200,7 @@ impl ServerBuilder {
             presence: pick!(presence, "presence"),
             push: pick!(push, "push sink"),
             relay: pick!(relay, "relay"),
+            events: self.events.unwrap_or_else(|| Arc::new(DiscardEvents)),
         };
         Ok((self.config, adapters))
     }

@@ -150,6 +150,7 @@ impl MemBackend {
             presence: self.presence.clone(),
             push: self.push.clone(),
             relay: Arc::new(self.relay.clone()),
+            events: Arc::new(messenger_core::DiscardEvents),
         }
     }
 

@@ -22,6 +22,7 @@ use session::SessionShared;
 pub use session::{CloseReason, Outbound, Outbox, OutboxItem, Session, SessionHandle};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, EventBody, EventId, MembershipChanged, MessageCreated, ReceiptUpdated};
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
 use crate::model::{
     AckStatus, Envelope, HistoryQuery, NewMessage, NewThread, PresenceInfo, PushNotification,
@@ -33,7 +34,7 @@ use crate::protocol::{
 };
 use crate::time::now_ms;
 use crate::traits::{
-    IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+    EventSink, IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
 };
 
 /// Engine settings. `Default` gives the documented defaults.
@@ -122,6 +123,9 @@ pub struct Adapters {
     pub push: Arc<dyn PushSink>,
     /// Cross-node delivery.
     pub relay: Arc<dyn Relay>,
+    /// The event log for downstream consumers ([`DiscardEvents`](crate::DiscardEvents)
+    /// when there are none).
+    pub events: Arc<dyn EventSink>,
 }
 
 /// Counters the engine keeps; the server exports them as metrics.
@@ -143,6 +147,8 @@ pub struct EngineStats {
     pub relay_failures: AtomicU64,
     /// Sessions closed because their outbound queue overflowed.
     pub slow_consumers: AtomicU64,
+    /// Events handed to the event sink.
+    pub events_published: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -644,9 +650,7 @@ impl Engine {
                 .filter(|u| **u != m.sender_id && !inner.sessions.shard(*u).contains_key(*u))
                 .cloned()
                 .collect();
-            if !offline.is_empty() {
-                self.push_offline(thread, m, offline);
-            }
+            self.accepted(thread, m, Some(offline));
             return;
         }
         let sessions = match inner.a.directory.lookup(members).await {
@@ -654,6 +658,7 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(thread = %thread.thread_id, error = %e,
                     "directory lookup failed: remote members get this message on catch-up");
+                self.accepted(thread, m, None);
                 return;
             }
         };
@@ -692,9 +697,66 @@ impl Engine {
             });
             futures::future::join_all(sends).await;
         }
+        self.accepted(thread, m, Some(offline));
+    }
+
+    /// A stored message's last steps: the event log, and push for the members with no
+    /// session (`None`: unknown, the directory could not be read).
+    fn accepted(&self, thread: &ThreadInfo, m: &StoredMessage, offline: Option<Vec<UserId>>) {
+        let offline_known = offline.is_some();
+        let offline = offline.unwrap_or_default();
+        self.publish(
+            Some(m.message_id.into()),
+            EventBody::MessageCreated(MessageCreated {
+                thread_id: m.thread_id.clone(),
+                thread_kind: thread.kind,
+                message_id: m.message_id,
+                seq: m.seq,
+                sender_id: m.sender_id.clone(),
+                text: m.text.clone(),
+                sent_at: m.sent_at,
+                member_count: thread.members.len(),
+                offline: offline.clone(),
+                offline_known,
+            }),
+        );
         if !offline.is_empty() {
             self.push_offline(thread, m, offline);
         }
+    }
+
+    /// Hands an event to the event sink (never blocks). A message's event reuses the
+    /// message id; other events get a fresh id.
+    fn publish(&self, id: Option<EventId>, body: EventBody) {
+        let inner = &self.inner;
+        let id = id.unwrap_or_else(|| inner.a.ids.next_id().into());
+        inner.a.events.publish(Event {
+            id,
+            created_at: now_ms(),
+            node: inner.config.node_id,
+            body,
+        });
+        inner.stats.events_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish_membership(
+        &self,
+        make: fn(MembershipChanged) -> EventBody,
+        t: &ThreadInfo,
+        by: &UserId,
+        changed: Vec<UserId>,
+    ) {
+        self.publish(
+            None,
+            make(MembershipChanged {
+                thread_id: t.thread_id.clone(),
+                kind: t.kind,
+                title: t.title.clone(),
+                by: by.clone(),
+                members: t.members.clone(),
+                changed,
+            }),
+        );
     }
 
     async fn relay_send(&self, node: NodeId, env: Envelope) {
@@ -919,6 +981,17 @@ impl Engine {
             return Ok(());
         }
         self.inner.stats.acks.fetch_add(1, Ordering::Relaxed);
+        self.publish(
+            None,
+            EventBody::ReceiptUpdated(ReceiptUpdated {
+                thread_id: thread_id.clone(),
+                user_id: s.user.clone(),
+                status,
+                seq: m.seq,
+                message_id,
+                sender_id: m.sender_id.clone(),
+            }),
+        );
         let mut users = Vec::with_capacity(2);
         if m.sender_id != s.user {
             users.push(m.sender_id.clone());
@@ -1012,6 +1085,7 @@ impl Engine {
         }
         self.reply(s, thread_frame(req_id, &t));
         if created.created {
+            self.publish_membership(EventBody::ThreadCreated, &t, &s.user, t.members.clone());
             let others: Vec<UserId> = t.members.clone();
             self.route(others, Some(s.id.clone()), thread_frame(None, &t))
                 .await;
@@ -1042,6 +1116,7 @@ impl Engine {
         let t = change.thread;
         self.reply(s, thread_frame(req_id, &t));
         if !change.changed.is_empty() {
+            self.publish_membership(EventBody::MembersAdded, &t, &s.user, change.changed);
             self.route(
                 t.members.clone(),
                 Some(s.id.clone()),
@@ -1070,6 +1145,9 @@ impl Engine {
             .await?;
         let t = change.thread;
         self.reply(s, thread_frame(req_id, &t));
+        if !change.changed.is_empty() {
+            self.publish_membership(EventBody::MemberLeft, &t, &s.user, change.changed);
+        }
         let mut users = t.members.clone();
         users.push(s.user.clone());
         self.route(users, Some(s.id.clone()), thread_frame(None, &t))
