@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, and every test in the workspace.
-# It installs and starts what the tests need by itself (Redis, HBase), so it runs on a
-# fresh machine. Usage: scripts/test.sh   (CI runs exactly this through .ci/run)
+# It installs and starts what the tests need by itself (Redis, HBase, Kafka), so it runs
+# on a fresh machine. Usage: scripts/test.sh   (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +16,16 @@ fi
 # Services the tests start themselves; they fail, never skip, when one is missing, so
 # install what is missing here (Debian packages). messenger-redis and the cluster tests
 # start redis-server on free ports; messenger-server's multi-process test puts HAProxy in
-# front of the server processes; HBase comes from Maven Central via scripts/hbase.sh,
-# which installs a JDK and Maven the same way if they are missing.
+# front of the server processes; HBase and Kafka come from Maven Central via
+# scripts/hbase.sh and scripts/kafka.sh, which install a JDK and Maven the same way if
+# they are missing. rdkafka builds librdkafka from source: it needs make and a C compiler.
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -n "${HAPROXY:-}" ] || missing+=(haproxy)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   if command -v apt-get >/dev/null 2>&1; then
@@ -33,6 +36,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+step "Kafka jars from Maven Central (scripts/kafka.sh fetch; cached after the first run)"
+scripts/kafka.sh fetch
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,9 +19,7 @@ use messenger_core::{Error, EventSink, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 
 use crate::config::KafkaOptions;
@@ -45,7 +43,10 @@ pub struct EventLogStats {
 enum Pending {
     Event(Event),
     /// An encoded record the producer handed back for another try.
-    Record { key: Vec<u8>, payload: Vec<u8> },
+    Record {
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    },
 }
 
 struct Shared {
@@ -266,8 +267,7 @@ impl KafkaEventLog {
             let record = BaseRecord::to(&self.topic).key(&key).payload(&payload);
             if let Err((e, _)) = self.producer.send(record) {
                 if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                    self.shared
-                        .enqueue(Pending::Record { key, payload }, true);
+                    self.shared.enqueue(Pending::Record { key, payload }, true);
                     return false;
                 }
                 self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);

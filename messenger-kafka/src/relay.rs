@@ -231,9 +231,10 @@ impl Relay for KafkaRelay {
             }
             tracing::debug!(%node, "kafka relay subscription ended");
         });
-        Ok(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|env| (env, rx))
-        })
+        Ok(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|env| (env, rx)) },
+        )
         .boxed())
     }
 }

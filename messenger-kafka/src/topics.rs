@@ -42,7 +42,8 @@ impl TopicSpec {
 
 fn unreachable(opts: &KafkaOptions, e: &KafkaError) -> Error {
     let hint = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::Authentication) | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => {
+        Some(RDKafkaErrorCode::Authentication)
+        | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => {
             "the brokers refused the credentials: check the sasl.* client properties"
         }
         _ => "check the broker list (--kafka) and that the brokers are up and reachable",
@@ -193,7 +194,9 @@ async fn wait_for_leaders(
                 t.name() == name
                     && t.error().is_none()
                     && !t.partitions().is_empty()
-                    && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
             })
         };
         if specs.iter().all(|s| ready(&s.name)) {

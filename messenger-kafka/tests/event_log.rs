@@ -154,7 +154,11 @@ async fn a_broker_outage_delays_events_and_a_full_buffer_sheds_the_oldest() {
             b => panic!("unexpected {b:?}"),
         })
         .collect();
-    assert_eq!(during, (1..=50).collect::<Vec<_>>(), "none lost, none doubled, in order");
+    assert_eq!(
+        during,
+        (1..=50).collect::<Vec<_>>(),
+        "none lost, none doubled, in order"
+    );
     assert_eq!(s.shed.load(Ordering::Relaxed), 0);
     assert_eq!(log.close(Duration::from_secs(10)).await, 0);
 
@@ -171,7 +175,11 @@ async fn a_broker_outage_delays_events_and_a_full_buffer_sheds_the_oldest() {
     }
     let shed = log.stats().shed.load(Ordering::Relaxed);
     assert!(shed > 0, "a full buffer sheds");
-    assert!(log.queued() <= 10, "the buffer stays bounded: {}", log.queued());
+    assert!(
+        log.queued() <= 10,
+        "the buffer stays bounded: {}",
+        log.queued()
+    );
     let b2 = b.clone();
     tokio::task::spawn_blocking(move || b2.start_broker())
         .await
@@ -202,7 +210,10 @@ async fn bad_configuration_fails_at_start_with_what_to_do() {
     opts.connect_timeout = Duration::from_secs(2);
     let e = KafkaEventLog::connect(&opts).await.expect_err("no broker");
     assert_eq!(e.kind(), ErrorKind::Unavailable);
-    assert!(e.message().contains("cannot reach the Kafka brokers"), "{e}");
+    assert!(
+        e.message().contains("cannot reach the Kafka brokers"),
+        "{e}"
+    );
 
     // A missing topic with creation turned off.
     let brokers = shared_brokers().await;
@@ -210,9 +221,14 @@ async fn bad_configuration_fails_at_start_with_what_to_do() {
     let opts = KafkaOptions::new(&brokers)
         .with_events_topic(&missing)
         .with_create_topics(false);
-    let e = KafkaEventLog::connect(&opts).await.expect_err("missing topic");
+    let e = KafkaEventLog::connect(&opts)
+        .await
+        .expect_err("missing topic");
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    assert!(e.message().contains(&missing) && e.message().contains("create"), "{e}");
+    assert!(
+        e.message().contains(&missing) && e.message().contains("create"),
+        "{e}"
+    );
 
     // A missing topic that the principal may not create: user `app` on the SASL
     // listener may describe topics but holds no CREATE permission.
@@ -241,7 +257,9 @@ async fn bad_configuration_fails_at_start_with_what_to_do() {
         .with_property("sasl.mechanism", "PLAIN")
         .with_property("sasl.username", "app")
         .with_property("sasl.password", "app-secret");
-    let e = KafkaEventLog::connect(&opts).await.expect_err("not allowed");
+    let e = KafkaEventLog::connect(&opts)
+        .await
+        .expect_err("not allowed");
     assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
     assert!(
         e.message().contains("may not create") && e.message().contains(&missing),

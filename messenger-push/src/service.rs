@@ -217,7 +217,9 @@ impl PushService {
                         }
                     }
                     Outcome::CredentialRejected(why) => {
-                        self.stats.credential_rejected.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .credential_rejected
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(platform = %t.platform, %why,
                             "a push provider refused our credentials: fix its configuration; \
                              notifications through it fail until then");

@@ -43,7 +43,14 @@ async fn handle(
         .get(webhook::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let ok = webhook::verify(SECRET, sig, &body, webhook::unix_now(), Duration::from_secs(300)).is_ok();
+    let ok = webhook::verify(
+        SECRET,
+        sig,
+        &body,
+        webhook::unix_now(),
+        Duration::from_secs(300),
+    )
+    .is_ok();
     r.got.lock().expect("lock").push((
         mode.clone(),
         String::from_utf8_lossy(&body).into_owned(),
@@ -64,7 +71,9 @@ async fn receiver() -> (String, Arc<Receiver>) {
     let app = Router::new()
         .route("/{mode}", post(handle))
         .with_state(r.clone());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(l, app).await });
     (format!("http://{addr}"), r)
@@ -111,7 +120,11 @@ async fn outcomes_follow_the_receiver_and_signatures_verify() {
     let client = WebhookClient::new(SECRET.to_vec(), Duration::from_secs(5)).expect("client");
     let svc = PushService::new(dir.clone())
         .with_provider(Arc::new(WebhookProvider::new(client)))
-        .with_retry(RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(50)));
+        .with_retry(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ));
     let n = notification();
     let report = svc.deliver(&n).await.expect("deliver");
     let outcome = |id: &str| {
@@ -123,7 +136,11 @@ async fn outcomes_follow_the_receiver_and_signatures_verify() {
             .unwrap_or_else(|| panic!("no outcome for {id}"))
     };
     assert_eq!(outcome("ok"), Outcome::Delivered);
-    assert_eq!(outcome("flaky"), Outcome::Delivered, "a 500 is retried until the 200");
+    assert_eq!(
+        outcome("flaky"),
+        Outcome::Delivered,
+        "a 500 is retried until the 200"
+    );
     assert_eq!(outcome("gone"), Outcome::TargetGone);
     assert!(matches!(outcome("auth"), Outcome::CredentialRejected(_)));
     assert!(matches!(outcome("bad"), Outcome::Rejected(_)));
@@ -131,7 +148,11 @@ async fn outcomes_follow_the_receiver_and_signatures_verify() {
     assert_eq!(report.failures().count(), 2);
 
     let got = r.got.lock().expect("lock").clone();
-    assert_eq!(got.len(), 6, "flaky got two requests, the others one: {got:?}");
+    assert_eq!(
+        got.len(),
+        6,
+        "flaky got two requests, the others one: {got:?}"
+    );
     assert!(got.iter().all(|(_, _, ok)| *ok), "every signature verifies");
     let body: serde_json::Value = serde_json::from_str(&got[0].1).expect("json");
     assert_eq!(body["type"], "push.notification");
@@ -148,7 +169,10 @@ fn signatures_refuse_tampering_replays_and_garbage() {
     let body = br#"{"id":"1"}"#;
     let h = webhook::sign(SECRET, 1_700_000_000, body);
     let tol = Duration::from_secs(300);
-    assert_eq!(webhook::verify(SECRET, &h, body, 1_700_000_100, tol), Ok(()));
+    assert_eq!(
+        webhook::verify(SECRET, &h, body, 1_700_000_100, tol),
+        Ok(())
+    );
     assert_eq!(
         webhook::verify(SECRET, &h, br#"{"id":"2"}"#, 1_700_000_100, tol),
         Err(webhook::VerifyError::Mismatch)
@@ -167,7 +191,10 @@ fn signatures_refuse_tampering_replays_and_garbage() {
     );
     // Rotation: any matching v1 passes.
     let rotated = format!("{h},v1={}", "00".repeat(32));
-    assert_eq!(webhook::verify(SECRET, &rotated, body, 1_700_000_000, tol), Ok(()));
+    assert_eq!(
+        webhook::verify(SECRET, &rotated, body, 1_700_000_000, tol),
+        Ok(())
+    );
     // The worked example in docs/webhooks.md.
     assert_eq!(
         webhook::sign(b"whsec_example", 1_700_000_000, br#"{"id":"7"}"#),

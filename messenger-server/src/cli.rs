@@ -75,6 +75,19 @@ pub struct Cli {
     /// Most concurrent Thrift connections to the HBase gateway [default: 16].
     #[arg(long, env = "MESSENGER_HBASE_POOL_SIZE", value_name = "N")]
     pub hbase_pool_size: Option<usize>,
+    /// Kafka bootstrap brokers HOST:PORT[,...]: produce the event log (messages,
+    /// receipts, membership) for messenger-worker and, with --redis, relay between nodes
+    /// over Kafka [default: off].
+    #[arg(long, env = "MESSENGER_KAFKA", value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// An extra librdkafka property KEY=VALUE for the Kafka clients (repeatable), e.g.
+    /// security.protocol=SASL_SSL. TOML: a `[kafka_properties]` table.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_property: Vec<(String, String)>,
+    /// Cross-node relay with --redis: `kafka` (the default when --kafka is given) or
+    /// `redis` (pub/sub).
+    #[arg(long, env = "MESSENGER_RELAY", value_name = "kafka|redis")]
+    pub relay: Option<String>,
     /// Most concurrent connections [default: 10000].
     #[arg(long, env = "MESSENGER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -143,6 +156,12 @@ pub struct FileConfig {
     pub hbase_table_prefix: Option<String>,
     /// See `--hbase-pool-size`.
     pub hbase_pool_size: Option<usize>,
+    /// See `--kafka`.
+    pub kafka: Option<String>,
+    /// See `--kafka-property`.
+    pub kafka_properties: Option<std::collections::BTreeMap<String, String>>,
+    /// See `--relay`.
+    pub relay: Option<String>,
     /// See `--max-connections`.
     pub max_connections: Option<usize>,
     /// See `--max-frame-bytes`.
@@ -187,6 +206,16 @@ impl FileDuration {
             FileDuration::Secs(s) => Ok(Duration::from_secs(*s)),
             FileDuration::Text(t) => parse_duration(t).map_err(ConfigError::Invalid),
         }
+    }
+}
+
+/// Parses `KEY=VALUE` (a librdkafka property).
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE (a librdkafka setting), got {s:?}"
+        )),
     }
 }
 
@@ -332,6 +361,28 @@ impl Cli {
             .hbase_pool_size
             .or(file.hbase_pool_size)
             .unwrap_or(d.hbase_pool_size);
+        c.kafka = self.kafka.clone().or(file.kafka).filter(|b| !b.is_empty());
+        c.kafka_properties = file
+            .kafka_properties
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        c.kafka_properties
+            .extend(self.kafka_property.iter().cloned());
+        c.kafka_relay = match self.relay.clone().or(file.relay).as_deref() {
+            None | Some("kafka") if c.kafka.is_some() => true,
+            None | Some("redis") => false,
+            Some("kafka") => {
+                return Err(ConfigError::Invalid(
+                    "--relay kafka needs --kafka BROKERS".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "--relay is {other:?}: use `kafka` or `redis`"
+                )))
+            }
+        };
         c.validate(c.listen)?;
         Ok(c)
     }

@@ -39,11 +39,16 @@ pub(crate) struct Backends {
     pub directory: Option<Arc<dyn SessionDirectory>>,
     pub presence: Option<Arc<dyn Presence>>,
     pub relay: Option<Arc<dyn Relay>>,
+    /// The Kafka event log (`kafka` set).
+    #[cfg(feature = "kafka")]
+    pub event_log: Option<Arc<messenger_kafka::KafkaEventLog>>,
     #[cfg(feature = "redis")]
     pub redis: Option<messenger_redis::RedisCluster>,
     /// Human-readable names of the store and the directory adapters, for the logs.
     pub stores: String,
     pub sessions: String,
+    /// The relay's name when it is not the session backend's.
+    pub sessions_relay: String,
 }
 
 /// Connects the backends the configuration names. `need_stores`/`need_sessions`:
@@ -62,10 +67,53 @@ pub(crate) async fn connect(
     if let (Some(addr), true) = (&c.hbase, need_stores) {
         connect_hbase(c, addr, &mut b).await?;
     }
+    if let Some(brokers) = &c.kafka {
+        connect_kafka(c, brokers, need_sessions, &mut b).await?;
+    }
     if let (Some(url), true) = (&c.redis_url, need_sessions) {
         connect_redis(c, url, &mut b).await?;
     }
     Ok(b)
+}
+
+#[cfg(feature = "kafka")]
+async fn connect_kafka(
+    c: &ServerConfig,
+    brokers: &str,
+    need_sessions: bool,
+    b: &mut Backends,
+) -> Result<(), ServerError> {
+    use messenger_kafka::{KafkaEventLog, KafkaOptions, KafkaRelay};
+    let mut opts = KafkaOptions::new(brokers);
+    for (k, v) in &c.kafka_properties {
+        opts = opts.with_property(k, v);
+    }
+    let fail = |source| ServerError::Backend {
+        context: format!("cannot use Kafka at {brokers}"),
+        hint: "Fix --kafka / MESSENGER_KAFKA or the broker (in development \
+               `scripts/kafka.sh start`); see docs/operations.md."
+            .into(),
+        source,
+    };
+    b.event_log = Some(KafkaEventLog::connect(&opts).await.map_err(fail)?);
+    if c.redis_url.is_some() && c.kafka_relay && need_sessions {
+        b.relay = Some(Arc::new(KafkaRelay::connect(&opts).await.map_err(fail)?));
+        b.sessions_relay = format!("kafka {brokers} (topic {})", opts.relay_topic);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn connect_kafka(
+    _: &ServerConfig,
+    _: &str,
+    _: bool,
+    _: &mut Backends,
+) -> Result<(), ServerError> {
+    Err(crate::config::ConfigError::Invalid(
+        "kafka is set but messenger-server was built without the `kafka` feature".into(),
+    )
+    .into())
 }
 
 #[cfg(feature = "hbase")]
@@ -126,13 +174,18 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
         })?;
     b.directory = Some(cluster.directory());
     b.presence = Some(cluster.presence());
-    b.relay = Some(cluster.relay());
+    if b.relay.is_none() {
+        b.relay = Some(cluster.relay());
+    }
     b.sessions = format!(
         "redis {} (prefix {}, node ttl {:?})",
         redact(url),
         c.redis_key_prefix,
         c.redis_node_ttl
     );
+    if !b.sessions_relay.is_empty() {
+        b.sessions = format!("{}; relay: {}", b.sessions, b.sessions_relay);
+    }
     b.redis = Some(cluster);
     Ok(())
 }

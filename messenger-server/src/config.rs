@@ -123,6 +123,15 @@ pub struct ServerConfig {
     pub hbase_table_prefix: String,
     /// Most concurrent Thrift connections to the gateway. Default 16.
     pub hbase_pool_size: usize,
+    /// Kafka bootstrap brokers (feature `kafka`): the engine's event log is produced to
+    /// Kafka for `messenger-worker`, and in cluster mode the relay runs over Kafka
+    /// unless `kafka_relay` is false. Default none.
+    pub kafka: Option<String>,
+    /// Extra librdkafka properties (security, SASL, TLS). Default none.
+    pub kafka_properties: Vec<(String, String)>,
+    /// With `kafka` and `redis_url`: relay between nodes over Kafka (true, the default)
+    /// or over Redis pub/sub (false).
+    pub kafka_relay: bool,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +160,9 @@ impl Default for ServerConfig {
             hbase: None,
             hbase_table_prefix: "messenger_".into(),
             hbase_pool_size: 16,
+            kafka: None,
+            kafka_properties: Vec::new(),
+            kafka_relay: true,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; 14],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// The Kafka event log, when the server produces one (`--kafka`).
+    #[cfg(feature = "kafka")]
+    pub(crate) event_log: std::sync::OnceLock<std::sync::Arc<messenger_kafka::KafkaEventLog>>,
 }
 
 impl Metrics {
@@ -235,6 +238,51 @@ impl Metrics {
              messenger_delivery_latency_seconds_count {count}",
             self.latency_sum_us.load(Relaxed) as f64 / 1e6
         );
+        let _ = writeln!(
+            o,
+            "# HELP messenger_events_published Events the engine published to its event sink.\n\
+             # TYPE messenger_events_published counter\nmessenger_events_published {}",
+            engine.events_published.load(Relaxed)
+        );
+        #[cfg(feature = "kafka")]
+        if let Some(log) = self.event_log.get() {
+            let s = log.stats();
+            for (name, help, v) in [
+                (
+                    "delivered",
+                    "Events the Kafka brokers acknowledged.",
+                    &s.delivered,
+                ),
+                (
+                    "shed",
+                    "Events shed because the event log buffer was full (lost).",
+                    &s.shed,
+                ),
+                (
+                    "retried",
+                    "Events queued again after a retriable produce failure.",
+                    &s.retried,
+                ),
+                (
+                    "failed",
+                    "Events the brokers refused for good (lost).",
+                    &s.failed,
+                ),
+            ] {
+                counter(
+                    &mut o,
+                    &format!("messenger_event_log_{name}"),
+                    help,
+                    v.load(Relaxed),
+                );
+            }
+            let _ = writeln!(
+                o,
+                "# HELP messenger_event_log_buffered Events waiting for the Kafka brokers.\n\
+                 # TYPE messenger_event_log_buffered gauge\nmessenger_event_log_buffered {}",
+                log.queued() + log.in_flight()
+            );
+        }
         o
     }
 }

@@ -242,6 +242,12 @@ impl ServerBuilder {
         self.directory = self.directory.or(backends.directory);
         self.presence = self.presence.or(backends.presence);
         self.relay = self.relay.or(backends.relay);
+        #[cfg(feature = "kafka")]
+        let event_log = backends.event_log;
+        #[cfg(feature = "kafka")]
+        if let (None, Some(log)) = (&self.events, &event_log) {
+            self.events = Some(log.clone() as Arc<dyn EventSink>);
+        }
         #[cfg(feature = "redis")]
         let redis = backends.redis;
         let started = async {
@@ -272,11 +278,17 @@ impl ServerBuilder {
             sessions = %sessions,
             "adapters in use (stores: messages and threads; sessions: directory, presence, relay)"
         );
+        let metrics = Arc::new(Metrics::default());
+        #[cfg(feature = "kafka")]
+        if let Some(log) = &event_log {
+            let _ = metrics.event_log.set(log.clone());
+            tracing::info!(brokers = ?config.kafka, "event log: produced to Kafka");
+        }
         Ok(Server {
             engine,
             auth: Authenticator::new(config.auth.clone()),
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             #[cfg(feature = "redis")]
             redis,
             adapters_in_use: format!("stores: {stores}; sessions: {sessions}"),
@@ -381,6 +393,14 @@ impl Server {
         };
         #[cfg(not(feature = "redis"))]
         let result = self.serve_inner(listener, shutdown).await;
+        #[cfg(feature = "kafka")]
+        if let Some(log) = self.metrics.event_log.get() {
+            // Sessions are closed: no more events. Give the brokers a moment for the rest.
+            let left = log.close(Duration::from_secs(5)).await;
+            if left == 0 {
+                tracing::info!("event log flushed to Kafka");
+            }
+        }
         #[cfg(feature = "redis")]
         if let Some(r) = redis {
             let lost = matches!(result, Err(ServerError::LostNodeId(_)));
