@@ -196,10 +196,16 @@ fn signatures_refuse_tampering_replays_and_garbage() {
         Ok(())
     );
     // The worked example in docs/webhooks.md.
+    let body = br#"{"id":"7","created_at":1700000000000,"node":1,"type":"receipt.updated","data":{"thread_id":"dm:alice:bob","user_id":"bob","status":"READ","seq":12,"message_id":"7134418471200768","sender_id":"alice"}}"#;
+    let header = "t=1700000000,v1=94ffb2a02b01bf058edec05ad0034af351da8b98017ef88483f69e3f10586cb2";
+    assert_eq!(webhook::sign(b"whsec_example", 1_700_000_000, body), header);
     assert_eq!(
-        webhook::sign(b"whsec_example", 1_700_000_000, br#"{"id":"7"}"#),
-        "t=1700000000,v1=d4b9824b141b307af75621fcf95c85f513b35cfd9b668dab4a5e7162ec4330e4"
+        webhook::verify(b"whsec_example", header, body, 1_700_000_060, tol),
+        Ok(())
     );
+    // ... and it is exactly how the worker serializes that event.
+    let event: messenger_core::events::Event = serde_json::from_slice(body).expect("event");
+    assert_eq!(serde_json::to_vec(&event).expect("json"), body.to_vec());
 }
 
 #[test]
