@@ -1,6 +1,7 @@
 //! End-to-end tests against the real server, in process on 127.0.0.1.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use messenger_client::{
@@ -8,78 +9,13 @@ use messenger_client::{
     StopReason, ThreadId, UserId,
 };
 use messenger_core::model::NewMessage;
-use messenger_core::{MessageId, MessageStore, NodeId};
-use messenger_server::{AuthMode, Server, ServerConfig};
+use messenger_core::{MessageId, MessageStore};
+use messenger_server::AuthMode;
 use messenger_storage_mem::MemBackend;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::{server_config, start};
 
 /// Every test is bounded.
 const LIMIT: Duration = Duration::from_secs(20);
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
-    }
-}
-
-fn server_config() -> ServerConfig {
-    let mut c = ServerConfig::default();
-    c.drain_timeout = Duration::from_millis(500);
-    c.presence_grace = Duration::from_millis(200);
-    c
-}
-
-async fn bind(addr: SocketAddr) -> TcpListener {
-    // The port may linger briefly after a shutdown.
-    let mut last = None;
-    for _ in 0..50 {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cannot bind {addr}: {last:?}");
-}
-
-async fn start(backend: &MemBackend, addr: SocketAddr, config: ServerConfig) -> Running {
-    let listener = bind(addr).await;
-    let addr = listener.local_addr().expect("addr");
-    let server = Server::builder()
-        .adapters(backend.adapters(NodeId::default()))
-        .config(config)
-        .build()
-        .await
-        .expect("server");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
 
 fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
