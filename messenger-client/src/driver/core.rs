@@ -174,6 +174,9 @@ pub(crate) struct Core {
     positions: HashMap<ThreadId, ThreadPosition>,
     /// The newest `DELIVERED` written per thread on this run.
     acked: HashMap<ThreadId, u64>,
+    /// The acks written on the current connection: owed again if it turns out dead
+    /// (acks have no reply; a connection the server already dropped swallows them).
+    acks_on_connection: HashMap<ThreadId, AckDue>,
     /// Changes not yet handed to the store.
     changes: StoreChanges,
     /// Frames to write, in order.
@@ -214,6 +217,7 @@ impl Core {
             catch_up_at: None,
             positions,
             acked: HashMap::new(),
+            acks_on_connection: HashMap::new(),
             changes: StoreChanges::default(),
             out: Vec::new(),
             events: Vec::new(),
@@ -288,6 +292,13 @@ impl Core {
     /// The connection is gone: replies that were owed fail; sends stay in the outbox.
     pub fn connection_lost(&mut self) {
         self.online = false;
+        for (thread, due) in std::mem::take(&mut self.acks_on_connection) {
+            self.set_position(&thread, |p| {
+                if p.ack_due.is_none_or(|d| d.seq < due.seq) {
+                    p.ack_due = Some(due);
+                }
+            });
+        }
         for (_, p) in self.pending.drain() {
             p.fail(ClientError::Disconnected);
         }
@@ -439,6 +450,7 @@ impl Core {
                 .push(frame.encode(Some(&ReqId::Str(AUTO_ACK.into()))));
             let acked = self.acked.entry(thread_id.clone()).or_insert(0);
             *acked = (*acked).max(due.seq);
+            self.acks_on_connection.insert(thread_id.clone(), due);
             self.set_position(&thread_id, |p| p.ack_due = None);
         }
         if self.catch_up_at.is_some_and(|t| t <= now) {

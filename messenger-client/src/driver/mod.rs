@@ -7,6 +7,7 @@
 pub(crate) mod connect;
 pub(crate) mod core;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -79,9 +80,10 @@ pub(crate) struct Driver {
     provider: Arc<dyn TokenProvider>,
     store: Arc<dyn ClientStore>,
     tls: Tls,
-    /// A state change not yet in the event stream (it was full): folded into the
-    /// latest, delivered before the next event.
-    pending_state: Option<ConnectionState>,
+    /// Events waiting for room in the stream, in order. While it is not empty the
+    /// socket is not read (backpressure), so it holds at most one frame's events plus
+    /// connection states, and consecutive states are folded into the latest.
+    outq: VecDeque<Event>,
 }
 
 impl Driver {
@@ -102,51 +104,63 @@ impl Driver {
             provider,
             store,
             tls,
-            pending_state: None,
+            outq: VecDeque::new(),
         }
     }
 
-    /// Publishes a state: at once on the watch; in the event stream without ever
-    /// blocking (a full stream keeps only the latest state, delivered before the next
-    /// event).
+    /// Publishes a state: at once on the watch; in the event stream in order, never
+    /// blocking (states waiting for room are folded into the latest).
     fn set_state(&mut self, s: ConnectionState) {
         self.shared.state.send_replace(s.clone());
-        self.pending_state = Some(s);
-        self.try_flush_state();
+        self.push_event(Event::Connection(s));
+        self.flush_events();
     }
 
-    fn try_flush_state(&mut self) {
-        if let Some(s) = self.pending_state.take() {
-            if let Err(mpsc::error::TrySendError::Full(Event::Connection(s))) =
-                self.events.try_send(Event::Connection(s))
-            {
-                self.pending_state = Some(s);
+    fn push_event(&mut self, ev: Event) {
+        if let Event::Connection(s) = &ev {
+            self.shared.state.send_replace(s.clone());
+            if let Some(Event::Connection(last)) = self.outq.back_mut() {
+                *last = s.clone();
+                return;
             }
         }
+        self.outq.push_back(ev);
     }
 
-    /// Hands one event to the app, waiting while the stream is full (backpressure). A
-    /// dropped stream only means the app does not listen.
-    async fn emit(&mut self, ev: Event) {
-        if let Some(s) = self.pending_state.take() {
-            let _ = self.events.send(Event::Connection(s)).await;
-        }
-        let _ = self.events.send(ev).await;
-    }
-
-    /// Emits what the core queued; true if it had to wait for the app.
-    async fn emit_queued(&mut self) -> bool {
-        let mut waited = false;
+    /// Moves what the core queued to the stream, as far as it has room.
+    fn flush_events(&mut self) {
         for ev in std::mem::take(&mut self.core.events) {
-            if let Event::Connection(s) = &ev {
-                self.shared.state.send_replace(s.clone());
-            }
-            if self.events.capacity() == 0 {
-                waited = true;
-            }
-            self.emit(ev).await;
+            self.push_event(ev);
         }
-        waited
+        while let Some(ev) = self.outq.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.outq.push_front(ev);
+                    return;
+                }
+                // The app dropped the stream: it does not listen.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.outq.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One event into a reserved slot.
+    fn send_reserved(
+        &mut self,
+        permit: Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>>,
+    ) {
+        match permit {
+            Ok(p) => {
+                if let Some(ev) = self.outq.pop_front() {
+                    p.send(ev);
+                }
+            }
+            Err(_) => self.outq.clear(),
+        }
     }
 
     /// Takes in what the app consumed and writes pending changes to the store.
@@ -200,6 +214,7 @@ impl Driver {
         tokio::pin!(fut);
         let mut tick = tokio::time::interval(TICK);
         loop {
+            self.flush_events();
             let events = self.events.clone();
             tokio::select! {
                 out = &mut fut => return Ok(out),
@@ -208,11 +223,7 @@ impl Driver {
                         return Err(i);
                     }
                 }
-                permit = events.reserve(), if self.pending_state.is_some() => {
-                    if let (Ok(p), Some(s)) = (permit, self.pending_state.take()) {
-                        p.send(Event::Connection(s));
-                    }
-                }
+                permit = events.reserve_owned(), if !self.outq.is_empty() => self.send_reserved(permit),
                 _ = tick.tick() => self.persist().await,
             }
         }
@@ -334,9 +345,20 @@ impl Driver {
         if let Some(r) = close_reply {
             let _ = r.send(());
         }
-        // The last word in the stream; waits for the app to make room (or drop it).
-        self.emit(Event::Connection(ConnectionState::Stopped { reason }))
-            .await;
+        // The last word in the stream, after everything before it; waits for the app
+        // to make room (or drop the stream).
+        self.push_event(Event::Connection(ConnectionState::Stopped { reason }));
+        for ev in self
+            .core
+            .events
+            .drain(..)
+            .chain(self.outq.drain(..))
+            .collect::<Vec<_>>()
+        {
+            if self.events.send(ev).await.is_err() {
+                break;
+            }
+        }
     }
 
     async fn session(&mut self, opened: Opened) -> End {
@@ -373,18 +395,21 @@ impl Driver {
                     return End::Lost(format!("write failed: {e}"));
                 }
             }
-            if self.emit_queued().await {
-                // The app held us up; the socket was not read meanwhile.
-                last_rx = Instant::now();
-            }
+            self.flush_events();
             if self.core.session_synced {
                 self.shared
                     .ready
                     .send_if_modified(|r| !std::mem::replace(r, true));
             }
+            // Backpressure: while the app has not taken what is queued, the socket is
+            // not read (acks, commands and heartbeats go on).
+            let backlog = !self.outq.is_empty();
+            if backlog {
+                last_rx = Instant::now();
+            }
             let events = self.events.clone();
             tokio::select! {
-                msg = stream.next() => {
+                msg = stream.next(), if !backlog => {
                     last_rx = Instant::now();
                     match msg {
                         Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_str()) {
@@ -428,11 +453,7 @@ impl Driver {
                         return End::Interrupt(i);
                     }
                 }
-                permit = events.reserve(), if self.pending_state.is_some() => {
-                    if let (Ok(p), Some(s)) = (permit, self.pending_state.take()) {
-                        p.send(Event::Connection(s));
-                    }
-                }
+                permit = events.reserve_owned(), if backlog => self.send_reserved(permit),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if now.saturating_duration_since(last_rx) > heartbeat * 2 {
