@@ -274,7 +274,9 @@ async fn reconnection_backoff_is_bounded_and_gives_up() {
     tokio::time::timeout(LIMIT, async {
         // A port with nothing listening.
         let addr = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             l.local_addr().expect("addr")
         };
         let backoff = BackoffConfig {
