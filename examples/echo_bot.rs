@@ -60,10 +60,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let (url, token, store, attempts) = args();
+    let store = match store {
+        Some(path) => Some(SqliteStore::open(path).await?),
+        None => None,
+    };
+    run(&url, &token, store, attempts, None).await
+}
+
+/// The bot: connects and answers until the client stops. `ready` hears when the first
+/// catch-up is done.
+async fn run(
+    url: &str,
+    token: &str,
+    store: Option<SqliteStore>,
+    attempts: Option<u32>,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), Box<dyn std::error::Error>> {
     println!("echo_bot: connecting to {url}");
     let mut builder = Client::builder().url(url).token(token);
-    if let Some(path) = store {
-        builder = builder.store(SqliteStore::open(path).await?);
+    if let Some(store) = store {
+        builder = builder.store(store);
     }
     if let Some(n) = attempts {
         builder = builder.max_connect_attempts(n);
@@ -72,6 +88,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (client, mut events) = builder.connect().await?;
     let me = client.user_id().ok_or("no user id after welcome")?;
     println!("echo_bot: online as {me}");
+    if let Some(r) = ready {
+        let _ = r.send(());
+    }
     while let Some(event) = events.recv().await {
         match event {
             Event::Message(m) if m.sender_id != me && !m.text.starts_with("echo: ") => {
@@ -96,4 +115,98 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messenger_client::{Event, UserId};
+    use messenger_server::{Server, ServerConfig};
+    use std::time::Duration;
+
+    /// The next `n` echoes alice receives.
+    async fn echoes(events: &mut messenger_client::Events, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(Event::Message(m))) if m.text.starts_with("echo: ") => got.push(m.text),
+                Ok(Some(_)) => {}
+                other => panic!("after {got:?}: {other:?}"),
+            }
+        }
+        got
+    }
+
+    /// The bot on an SQLite store against the real server; stopped (all its memory
+    /// dropped) and started again on the same file, it answers what arrived meanwhile,
+    /// each message exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_and_survives_a_restart_on_its_store() {
+        let server = Server::builder()
+            .adapters(messenger_storage_mem::adapters())
+            .config(ServerConfig::default())
+            .build()
+            .await
+            .expect("server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp")
+            .join(format!("echo-bot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("echo.db");
+
+        let (alice, mut events) = Client::connect(url.clone(), "alice").await.expect("alice");
+        let dm = alice
+            .create_direct(&UserId::new("echo").expect("id"))
+            .await
+            .expect("dm")
+            .thread_id;
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let bot = {
+            let store = SqliteStore::open(&path).await.expect("store");
+            let url = url.clone();
+            tokio::spawn(async move {
+                run(&url, "echo", Some(store), Some(3), Some(ready))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        };
+        // A new store starts at each thread's end: send once the bot has looked.
+        is_ready.await.expect("bot ready");
+        alice.send(&dm, "one").await.expect("send");
+        assert_eq!(echoes(&mut events, 1).await, ["echo: one"]);
+        bot.abort();
+        let _ = bot.await;
+        // While the bot is down.
+        alice.send(&dm, "two").await.expect("send");
+        alice.send(&dm, "three").await.expect("send");
+        let bot = {
+            let store = SqliteStore::open(&path).await.expect("store reopens");
+            let url = url.clone();
+            tokio::spawn(async move {
+                run(&url, "echo", Some(store), Some(3), None)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        };
+        assert_eq!(echoes(&mut events, 2).await, ["echo: two", "echo: three"]);
+        // "one" is not answered twice.
+        if let Ok(Some(Event::Message(m))) =
+            tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        {
+            panic!("unexpected {}", m.text);
+        }
+        bot.abort();
+        let _ = stop.send(());
+        let _ = serving.await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
