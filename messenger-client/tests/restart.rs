@@ -195,7 +195,7 @@ async fn parent() {
     let bob = UserId::new("bob").expect("id");
     let dm = alice.create_direct(&bob).await.expect("dm").thread_id;
     let group = alice
-        .create_group(&[bob.clone()], "team")
+        .create_group(std::slice::from_ref(&bob), "team")
         .await
         .expect("group")
         .thread_id;
