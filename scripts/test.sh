@@ -16,13 +16,17 @@ fi
 # Services the tests start themselves; they fail, never skip, when one is missing, so
 # install what is missing here (Debian packages). messenger-redis and the cluster tests
 # start redis-server on free ports; messenger-server's multi-process test puts HAProxy in
-# front of the server processes; HBase comes from Maven Central via scripts/hbase.sh,
+# front of the server processes and messenger-client's TLS test uses it as the TLS
+# terminator; HBase comes from Maven Central via scripts/hbase.sh,
 # which installs a JDK and Maven the same way if they are missing.
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -n "${HAPROXY:-}" ] || missing+=(haproxy)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# messenger-client's `native-tls` feature (built by --all-features) links OpenSSL.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   if command -v apt-get >/dev/null 2>&1; then

@@ -694,3 +694,70 @@ async fn a_send_the_server_already_stored_reconciles_to_the_original_id() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_like_an_app_in_the_background() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let (alice, mut alice_ev) = client(&server.url(), "alice").await;
+        let (bob, mut bob_ev) = client(&server.url(), "bob").await;
+        let thread = alice
+            .create_direct(&uid("bob"))
+            .await
+            .expect("thread")
+            .thread_id;
+        alice.send(&thread, "before").await.expect("send");
+        assert_eq!(texts(&messages(&mut bob_ev, &thread, 1).await), ["before"]);
+
+        bob.suspend().await.expect("suspend");
+        wait_state(&mut bob_ev, |s| matches!(s, ConnectionState::Suspended)).await;
+        assert_eq!(bob.list_threads().await, Err(ClientError::Disconnected));
+        // While bob is in the background: alice writes, bob's share sheet queues one.
+        for i in 1..=3 {
+            alice
+                .send(&thread, format!("while away {i}"))
+                .await
+                .expect("send");
+        }
+        let temp = bob
+            .enqueue(&thread, "from the share sheet")
+            .await
+            .expect("queued");
+        assert_eq!(bob.outbox().await.expect("outbox")[0].temp_id, temp);
+        assert_eq!(bob.state(), ConnectionState::Suspended, "nothing attempted");
+
+        bob.resume().await.expect("resume");
+        let got = messages(&mut bob_ev, &thread, 4).await;
+        assert_eq!(
+            texts(&got),
+            [
+                "while away 1",
+                "while away 2",
+                "while away 3",
+                "from the share sheet"
+            ]
+        );
+        assert_eq!(seqs(&got), vec![2, 3, 4, 5]);
+        assert!(bob.outbox().await.expect("outbox").is_empty());
+        let mine = messages(&mut alice_ev, &thread, 5).await;
+        assert_eq!(mine[4].text, "from the share sheet");
+
+        // A network switch: the connection is replaced, nothing lost or doubled.
+        bob.reconnect_now().await.expect("switch");
+        alice.send(&thread, "after the switch").await.expect("send");
+        assert_eq!(
+            texts(&messages(&mut bob_ev, &thread, 1).await),
+            ["after the switch"]
+        );
+        no_more_messages(&mut bob_ev, &thread, Duration::from_millis(200)).await;
+        server.stop().await;
+    })
+    .await
+    .expect("test took too long");
+}
