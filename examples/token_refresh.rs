@@ -114,6 +114,10 @@ pub async fn run(
         .await?;
     println!("token_refresh: connected as {:?}", client.user_id());
     let notes = client.create_group(&[], "notes to self").await?.thread_id;
+    let mut session = match client.state() {
+        ConnectionState::Connected { session_id, .. } => Some(session_id),
+        _ => None,
+    };
     let mut seqs = Vec::new();
     for round in 1..=rounds {
         let sent = client.send(&notes, format!("round {round}")).await?;
@@ -130,7 +134,13 @@ pub async fn run(
         // Wait for the new connection (its token came from the provider).
         loop {
             match events.recv().await {
-                Some(Event::Connection(ConnectionState::Connected { .. })) => break,
+                Some(Event::Connection(ConnectionState::Connected { session_id, .. }))
+                    if Some(&session_id) != session.as_ref() =>
+                {
+                    println!("token_refresh: reconnected as session {session_id}");
+                    session = Some(session_id);
+                    break;
+                }
                 Some(Event::Connection(ConnectionState::Stopped { reason })) => {
                     return Err(match reason {
                         messenger_client::StopReason::Failed(e) => e,

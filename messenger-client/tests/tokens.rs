@@ -131,10 +131,20 @@ async fn an_expired_token_is_refreshed_once_and_a_refused_fresh_one_stops_the_cl
         assert_eq!(alice.user_id(), Some(UserId::new("alice").expect("id")));
 
         // Every reconnect asks again; the cached (fresh) token is good.
+        let first = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(Event::Connection(ConnectionState::Connected { session_id, .. }))) => {
+                    break session_id
+                }
+                Ok(Some(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        };
         alice.reconnect_now().await.expect("reconnect");
-        wait_state(&mut events, |s| {
-            matches!(s, ConnectionState::Connected { .. })
-        })
+        wait_state(
+            &mut events,
+            |s| matches!(s, ConnectionState::Connected { session_id, .. } if *session_id != first),
+        )
         .await;
         alice.ping().await.expect("online");
         assert_eq!(
