@@ -133,12 +133,44 @@ export interface HistoryPage {
  * - `closed`: final. `error` says why when it was not {@link MessengerClient.close}.
  */
 export type ConnectionState =
-  | { kind: "idle" }
-  | { kind: "connecting"; attempt: number }
-  | { kind: "connected"; userId: string; sessionId: string }
-  | { kind: "disconnected"; reason: string }
-  | { kind: "reconnecting"; attempt: number; delayMs: number }
-  | { kind: "closed"; error?: import("./errors.js").MessengerError };
+  | {
+      /** Not started. */
+      kind: "idle";
+    }
+  | {
+      /** Opening a connection. */
+      kind: "connecting";
+      /** Failed attempts in a row before this one. */
+      attempt: number;
+    }
+  | {
+      /** Connected; catch-up runs. */
+      kind: "connected";
+      /** The user the server authenticated. */
+      userId: string;
+      /** This session's id. */
+      sessionId: string;
+    }
+  | {
+      /** A connection that was up is gone; the client will reconnect. */
+      kind: "disconnected";
+      /** Why, for humans. */
+      reason: string;
+    }
+  | {
+      /** Waiting before the next attempt. */
+      kind: "reconnecting";
+      /** Failed attempts in a row. */
+      attempt: number;
+      /** How long the client waits (full jitter), ms. */
+      delayMs: number;
+    }
+  | {
+      /** Stopped for good. */
+      kind: "closed";
+      /** Why, unless {@link MessengerClient.close} was called. */
+      error?: import("./errors.js").MessengerError;
+    };
 
 /** What the client emits, by event name. Subscribe with {@link MessengerClient.on}. */
 export interface ClientEvents {
