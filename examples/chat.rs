@@ -1,9 +1,15 @@
 //! A terminal chat client: 1:1 and group chats with sent, delivered and read marks and
 //! presence.
 //!
-//! Run: `cargo run -p examples --example chat -- --url ws://127.0.0.1:8080/ws --token alice`
+//! Run: `cargo run -p examples --example chat -- --url ws://127.0.0.1:8080/ws --token alice --store alice.db`
 //! (start a server first, e.g. `cargo run -p messenger-server`; open a second terminal
-//! with `--token bob`).
+//! with `--token bob --store bob.db`).
+//!
+//! `--store PATH` keeps the outbox, each thread's position and receipts in SQLite: quit
+//! (or kill) the chat with messages still unsent, start it again, even with the server
+//! down, and they go out once it is back, each exactly once; threads resume where you
+//! left them. Without `--store` everything is in memory. `--ca PEM` trusts a private
+//! CA for `wss://` URLs.
 //!
 //! Commands (one per line; anything else is sent to the current thread):
 //! - `/dm bob`: open the direct thread with bob (and watch his presence)
@@ -18,28 +24,42 @@
 //! `read by X` when X has read it. Messages shown in the current thread are marked read.
 
 use messenger_client::{
-    AckStatus, Client, ClientConfig, ConnectionState, Cursor, Event, Message, PresenceStatus,
-    ThreadId, UserId,
+    AckStatus, Certificate, Client, ConnectionState, Cursor, Event, Message, PresenceStatus,
+    SqliteStore, StopReason, ThreadId, UserId,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn usage() -> ! {
-    eprintln!("usage: chat [--url ws://127.0.0.1:8080/ws] --token TOKEN");
+    eprintln!("usage: chat [--url ws://127.0.0.1:8080/ws] --token TOKEN [--store PATH] [--ca PEM]");
     std::process::exit(2)
 }
 
-fn args() -> (String, String) {
+struct Args {
+    url: String,
+    token: String,
+    store: Option<String>,
+    ca: Option<String>,
+}
+
+fn args() -> Args {
     let mut url = "ws://127.0.0.1:8080/ws".to_string();
-    let mut token = None;
+    let (mut token, mut store, mut ca) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--url" => url = it.next().unwrap_or_else(|| usage()),
             "--token" => token = it.next(),
+            "--store" => store = it.next(),
+            "--ca" => ca = it.next(),
             _ => usage(),
         }
     }
-    (url, token.unwrap_or_else(|| usage()))
+    Args {
+        url,
+        token: token.unwrap_or_else(|| usage()),
+        store,
+        ca,
+    }
 }
 
 fn users(list: &str) -> Result<Vec<UserId>, messenger_client::ClientError> {
@@ -70,11 +90,29 @@ fn show(m: &Message, me: &UserId) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (url, token) = args();
-    let client = Client::connect_with(ClientConfig::new(url, token)).await?;
-    let me = client.user_id().ok_or("no user id")?;
-    println!("connected as {me}. /dm USER to start; /threads to list.");
-    let mut events = client.events().ok_or("events taken")?;
+    let args = args();
+    let mut builder = Client::builder().url(&args.url).token(&args.token);
+    if let Some(path) = &args.store {
+        builder = builder.store(SqliteStore::open(path).await?);
+    }
+    if let Some(ca) = &args.ca {
+        for cert in Certificate::from_pem(&std::fs::read(ca)?)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    // Returns at once: the client connects in the background (sends wait in the outbox).
+    let (client, mut events) = builder.build().await?;
+    let pending = client.outbox().await?;
+    if !pending.is_empty() {
+        println!(
+            "{} message(s) from last time wait to be sent",
+            pending.len()
+        );
+    }
+    println!(
+        "connecting to {}. /dm USER to start; /threads to list.",
+        args.url
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut ui = Ui::default();
     loop {
@@ -90,6 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
+                let me = client.user_id().ok_or("no user id")?;
                 on_event(&client, &mut ui, &me, event);
             }
         }
@@ -112,6 +151,7 @@ fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
             }
         }
         Event::Sent(s) => println!("  ✓ #{} sent", s.seq),
+        Event::SendFailed(f) => println!("  ✗ not sent in {}: {}", f.thread_id, f.error),
         Event::Receipt(r) if &r.user_id != me => {
             let mark = match r.status {
                 AckStatus::Delivered => "✓✓ delivered to",
@@ -132,16 +172,17 @@ fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
             let members: Vec<&str> = t.members.iter().map(|u| u.as_str()).collect();
             println!("  thread {} {title} [{}]", t.thread_id, members.join(", "));
         }
-        Event::Connection(ConnectionState::Connected { .. }) => println!("  (online)"),
-        Event::Connection(ConnectionState::Disconnected { reason }) => {
-            println!("  (offline: {reason}; reconnecting, messages you send are queued)")
+        Event::Connection(ConnectionState::Connected { user_id, .. }) => {
+            println!("  (online as {user_id})")
         }
-        Event::Connection(ConnectionState::Closed { error }) => {
-            println!(
-                "  (closed{})",
-                error.map(|e| format!(": {e}")).unwrap_or_default()
-            )
-        }
+        Event::Connection(ConnectionState::WaitingToRetry { delay, error, .. }) => println!(
+            "  (offline: {error}; retrying in {} ms, messages you send are queued)",
+            delay.as_millis()
+        ),
+        Event::Connection(ConnectionState::Stopped { reason }) => match reason {
+            StopReason::Failed(e) => println!("  (stopped: {e})"),
+            _ => println!("  (closed)"),
+        },
         _ => {}
     }
 }
@@ -219,13 +260,8 @@ async fn command(
                 .current
                 .clone()
                 .ok_or("no current thread: /dm USER or /group first")?;
-            let (client, text) = (client.clone(), line.to_string());
-            // The send resolves once stored; the ✓ comes with the Sent event.
-            tokio::spawn(async move {
-                if let Err(e) = client.send(&t, text).await {
-                    println!("! not sent: {e}");
-                }
-            });
+            // Stored in the outbox before this returns; the ✓ comes with the Sent event.
+            client.enqueue(&t, line).await?;
         }
     }
     Ok(())

@@ -187,7 +187,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let serving = tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
-    let alice = messenger_client::Client::connect(url, "alice").await?;
+    let (alice, _events) = messenger_client::Client::connect(url, "alice").await?;
     let thread = alice.create_direct(&UserId::new("bob")?).await?;
     let sent = alice
         .send(&thread.thread_id, "stored in a VecStore")

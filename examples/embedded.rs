@@ -90,7 +90,7 @@ async fn app(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     println!("embedded server on {url} (dev auth: the token is the user id)");
 
     // Demo: alice writes to bob, who has no session: the push sink gets it.
-    let alice = Client::connect(url.clone(), "alice").await?;
+    let (alice, _events) = Client::connect(url.clone(), "alice").await?;
     let dm = alice.create_direct(&UserId::new("bob")?).await?;
     let sent = alice.send(&dm.thread_id, "are you there, bob?").await?;
     println!(

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test in the workspace.
-# It installs and starts what the tests need by itself (Redis, HBase, Kafka), so it runs
-# on a fresh machine. Usage: scripts/test.sh   (CI runs exactly this through .ci/run)
+# The one test command: formatting, lints, every test in the workspace, and the
+# TypeScript SDK and browser chat (messenger-js/, Node and headless Chromium).
+# It installs and starts what the tests need by itself (Redis, HBase, Kafka, Node packages
+# from messenger-js/package-lock.json, Debian's chromium), so it runs on a
+# fresh machine. Usage: scripts/test.sh   (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,21 +18,31 @@ fi
 # Services the tests start themselves; they fail, never skip, when one is missing, so
 # install what is missing here (Debian packages). messenger-redis and the cluster tests
 # start redis-server on free ports; messenger-server's multi-process test puts HAProxy in
-# front of the server processes; HBase and Kafka come from Maven Central via
-# scripts/hbase.sh and scripts/kafka.sh, which install a JDK and Maven the same way if
-# they are missing. rdkafka builds librdkafka from source: it needs make and a C compiler.
+# front of the server processes and messenger-client's TLS test uses it as the TLS
+# terminator; HBase and Kafka come from Maven Central via scripts/hbase.sh and
+# scripts/kafka.sh, which install a JDK and Maven the same way if they are missing.
+# rdkafka builds librdkafka from source: it needs make and a C compiler.
+# messenger-js needs Node 20+ with npm (its packages come from the committed lock file)
+# and Debian's chromium for the browser test (nothing downloads a browser of its own).
 missing=()
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM_PATH:-}" ] || missing+=(chromium fonts-liberation)
 command -v redis-server >/dev/null 2>&1 || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -n "${HAPROXY:-}" ] || missing+=(haproxy)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# messenger-client's `native-tls` feature (built by --all-features) links OpenSSL.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "missing ${missing[*]} and no apt-get: install them and run this again" >&2
     exit 1
@@ -68,6 +80,28 @@ fi
 kill $server_pid 2>/dev/null || true
 wait $server_pid 2>/dev/null || true
 trap - EXIT
+
+step "messenger-js: npm ci, type checks, build, API reference, embedded chat up to date"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "messenger-js needs Node 20 or newer (found $(node --version)): install it and run this again" >&2
+  exit 1
+fi
+web_started=$(date +%s)
+(
+  cd messenger-js
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run -s build
+  npm run -s check:web
+  npm run -s docs >/dev/null
+)
+
+step "messenger-js: SDK tests against the real server binary"
+(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server npm run -s test)
+
+step "messenger-js: the browser chat in headless Chromium (screenshots in target/web-chat/)"
+(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server npm run -s test:browser)
+echo "messenger-js steps took $(( $(date +%s) - web_started ))s"
 
 step "cargo test: doc tests"
 cargo test --workspace --all-features --doc

@@ -1,7 +1,7 @@
 //! The [`Client`] handle.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_core::model::{AckStatus, ThreadKind};
@@ -9,10 +9,15 @@ use messenger_core::protocol::{ClientFrame, CreateThread, ThreadSummary};
 use messenger_core::{MessageId, ThreadId, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::ClientConfig;
-use crate::driver::{self, Command, Driver, Reply, Shared, Want};
+use crate::auth::TokenProvider;
+use crate::builder::ClientBuilder;
+use crate::config::Settings;
+use crate::driver::core::{Command, Core, Reply, Want};
+use crate::driver::{Driver, Shared};
 use crate::error::ClientError;
-use crate::event::{ConnectionState, Events, Message, Sent, Thread};
+use crate::event::{ConnectionState, Events, Message, Sent, StopReason, Thread};
+use crate::store::{ClientStore, OutboxEntry, StoredState};
+use crate::tls::Tls;
 
 /// Where a history page starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +41,12 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// A handle to a connected client. Cheap to clone; every clone talks to the same
-/// background task, which owns the socket and reconnects by itself.
+/// A handle to the client. Cheap to clone; every clone talks to the same background
+/// task, which owns the socket, reconnects by itself and keeps the store.
 ///
-/// Dropping every handle closes the connection; [`Client::close`] does it explicitly.
+/// Made by [`Client::builder`] (or [`Client::connect`]), which returns it together
+/// with its [`Events`]. Dropping every handle closes the connection;
+/// [`Client::close`] does it explicitly.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -47,9 +54,7 @@ pub struct Client {
 
 struct Inner {
     cmds: mpsc::Sender<Command>,
-    events: Mutex<Option<Events>>,
     shared: Arc<Shared>,
-    state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
     temp_prefix: String,
     temp_counter: AtomicU64,
@@ -65,81 +70,94 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) with `token`, with the default
-    /// [`ClientConfig`]. Resolves once the server has welcomed the client and the first
-    /// `list_threads` has fixed where each thread's events start (see [`InitialSync`](crate::InitialSync)).
-    ///
-    /// Connection failures are retried with backoff (forever by default); a refused
-    /// token ([`ClientError::Auth`]) and a bad URL fail at once.
+    /// A [`ClientBuilder`]: URL, token or token provider, store, TLS, timeouts.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) with a fixed `token` and the
+    /// defaults (in-memory store, unbounded retries): the shortest way in. Resolves once
+    /// the server has welcomed the client and the first catch-up fixed where each
+    /// thread's events start. Shorthand for
+    /// `Client::builder().url(url).token(token).connect()`.
     pub async fn connect(
         url: impl Into<String>,
         token: impl Into<String>,
-    ) -> Result<Client, ClientError> {
-        Client::connect_with(ClientConfig::new(url, token)).await
+    ) -> Result<(Client, Events), ClientError> {
+        Client::builder().url(url).token(token).connect().await
     }
 
-    /// Connects with a full [`ClientConfig`]. Must be called inside a tokio runtime.
-    pub async fn connect_with(config: ClientConfig) -> Result<Client, ClientError> {
-        driver::request(&config)?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
-        let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
-        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting { attempt: 0 });
-        let shared = Arc::new(Shared {
-            state: state_tx,
-            user_id: OnceLock::new(),
-            events_taken: AtomicBool::new(false),
-        });
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let request_timeout = config.request_timeout;
-        let driver = Driver::new(config, cmd_rx, ev_tx, shared.clone(), ready_tx);
+    /// Starts the task (the builder checked everything).
+    pub(crate) fn start(
+        settings: Settings,
+        provider: Arc<dyn TokenProvider>,
+        store: Arc<dyn ClientStore>,
+        stored: StoredState,
+        tls: Tls,
+    ) -> (Client, Events) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(settings.command_capacity.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(settings.event_capacity.max(1));
+        let shared = Arc::new(Shared::new());
+        if let Some(u) = &stored.user_id {
+            let _ = shared.user_id.set(u.clone());
+        }
+        let request_timeout = settings.request_timeout;
+        let core = Core::new(Arc::new(settings), stored);
+        let driver = Driver::new(core, cmd_rx, ev_tx, shared.clone(), provider, store, tls);
         tokio::spawn(driver.run());
         let client = Client {
             inner: Arc::new(Inner {
                 cmds: cmd_tx,
-                events: Mutex::new(Some(Events { rx: ev_rx })),
-                shared,
-                state: state_rx,
+                shared: shared.clone(),
                 request_timeout,
                 temp_prefix: format!("c{:012x}", fastrand::u64(..) >> 16),
                 temp_counter: AtomicU64::new(0),
             }),
         };
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(client),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+        let events = Events {
+            rx: ev_rx,
+            shared,
+            in_hand: None,
+        };
+        (client, events)
+    }
+
+    /// Waits until this client's first connection is up and its catch-up list was
+    /// answered. Fails with the reason if the client stops first.
+    pub async fn wait_connected(&self) -> Result<(), ClientError> {
+        let mut ready = self.inner.shared.ready.subscribe();
+        let mut state = self.inner.shared.state.subscribe();
+        loop {
+            if *ready.borrow_and_update() {
+                return Ok(());
+            }
+            if let ConnectionState::Stopped { reason } = &*state.borrow_and_update() {
+                return Err(match reason {
+                    StopReason::Failed(e) => e.clone(),
+                    _ => ClientError::Closed,
+                });
+            }
+            tokio::select! {
+                r = ready.changed() => if r.is_err() { return Err(ClientError::Closed) },
+                r = state.changed() => if r.is_err() { return Err(ClientError::Closed) },
+            }
         }
     }
 
-    /// The event stream. Returns `Some` the first time and `None` after, since every
-    /// event goes to exactly one consumer. Take it right after connecting and drain it:
-    /// once taken, a full stream makes the client wait for the app (backpressure).
-    /// Until it is taken, events are buffered up to
-    /// [`ClientConfig::event_capacity`] and newer ones are dropped.
-    pub fn events(&self) -> Option<Events> {
-        let taken = self
-            .inner
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if taken.is_some() {
-            self.inner
-                .shared
-                .events_taken
-                .store(true, Ordering::Release);
-        }
-        taken
-    }
-
-    /// The authenticated user (from the server's `welcome`).
+    /// The authenticated user (from the store or the server's `welcome`).
     pub fn user_id(&self) -> Option<UserId> {
         self.inner.shared.user_id.get().cloned()
     }
 
     /// The connection's state right now.
     pub fn state(&self) -> ConnectionState {
-        self.inner.state.borrow().clone()
+        self.inner.shared.state.borrow().clone()
+    }
+
+    /// A watch on the state: every change, latest first, apart from the event stream
+    /// (for a UI banner that lives elsewhere in the app).
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.shared.state.subscribe()
     }
 
     /// A fresh temp id, unique for this client.
@@ -190,14 +208,17 @@ impl Client {
     /// Sends `text` to `thread` under a fresh temp id. Resolves when the server answered
     /// `message_sent`, with the authoritative id and seq.
     ///
-    /// The message waits in the outbox while the client is disconnected and is resent,
-    /// under the same temp id, on every reconnect until the server confirms it; the
-    /// server's idempotent send makes that safe. There is no timeout: wrap the call in
-    /// one if needed (the message stays in the outbox and is still delivered; its
-    /// [`Event::Sent`](crate::Event::Sent) reports the outcome). Fails with
-    /// [`ClientError::Server`] when the server refuses it (`forbidden`, `too_large`,
-    /// ...; `rate_limited` and `unavailable` are retried), and with the client's final
-    /// error when it stops.
+    /// The message goes to the outbox, in the store, before it is written to the
+    /// server; it waits there while the client is disconnected and is resent, under
+    /// the same temp id, on every reconnect (and after a restart, with a persistent
+    /// store) until the server confirms it; the server's idempotent send makes that
+    /// safe. There is no timeout: wrap the call in one if needed (the message stays in
+    /// the outbox and is still delivered; its [`Event::Sent`](crate::Event::Sent)
+    /// reports the outcome). Fails with [`ClientError::Server`] when the server refuses
+    /// it (`forbidden`, `too_large`, ...; `rate_limited` and `unavailable` are
+    /// retried), [`ClientError::Store`] when the store cannot keep it (it was not sent),
+    /// and with the client's final error when it stops (a persistent store still holds
+    /// it for the next run).
     pub async fn send(
         &self,
         thread: &ThreadId,
@@ -220,10 +241,82 @@ impl Client {
             thread_id: thread.clone(),
             temp_id: temp_id.into(),
             text: text.into(),
-            reply: tx,
+            reply: Some(tx),
+            stored: None,
         })
         .await?;
         rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Queues `text` for `thread` and returns its temp id as soon as the store holds
+    /// it, without waiting for the server: the fire-and-forget send of an offline-first
+    /// app. The outcome arrives as [`Event::Sent`](crate::Event::Sent) or
+    /// [`Event::SendFailed`](crate::Event::SendFailed) with that temp id.
+    pub async fn enqueue(
+        &self,
+        thread: &ThreadId,
+        text: impl Into<String>,
+    ) -> Result<String, ClientError> {
+        let temp_id = self.new_temp_id();
+        self.enqueue_with_temp_id(thread, temp_id.clone(), text)
+            .await?;
+        Ok(temp_id)
+    }
+
+    /// [`Client::enqueue`] under the app's own temp id.
+    pub async fn enqueue_with_temp_id(
+        &self,
+        thread: &ThreadId,
+        temp_id: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Send {
+            thread_id: thread.clone(),
+            temp_id: temp_id.into(),
+            text: text.into(),
+            reply: None,
+            stored: Some(tx),
+        })
+        .await?;
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// The sends waiting for the server, oldest first (e.g. to show "sending…" after a
+    /// restart).
+    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Outbox { reply: tx }).await?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Writes to the store everything the client must remember now: positions of what
+    /// the app has handled, owed acks, receipts (sends are always stored before they
+    /// are written). Call it when the app goes to the background.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Flush { reply: tx }).await?;
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Disconnects on purpose (the app went to the background): owed acks and
+    /// positions are written, the socket closed, and nothing is attempted until
+    /// [`Client::resume`]. Sends keep going to the outbox. State
+    /// [`ConnectionState::Suspended`].
+    pub async fn suspend(&self) -> Result<(), ClientError> {
+        self.command(Command::Suspend).await
+    }
+
+    /// Ends a suspension or a backoff wait: connects now.
+    pub async fn resume(&self) -> Result<(), ClientError> {
+        self.command(Command::Reconnect { force: false }).await
+    }
+
+    /// Replaces the connection now, whatever the state (the network changed: the old
+    /// socket may be dead without knowing it). Also ends a suspension or a backoff
+    /// wait, and resets the attempt count.
+    pub async fn reconnect_now(&self) -> Result<(), ClientError> {
+        self.command(Command::Reconnect { force: true }).await
     }
 
     /// Marks every message of `thread` up to `message_id` read.
@@ -236,7 +329,8 @@ impl Client {
     }
 
     /// Acks every message of `thread` up to `message_id` with `status`. (`DELIVERED` is
-    /// sent automatically unless [`ClientConfig::auto_ack_delivered`] is off.)
+    /// sent automatically for what the app received, unless
+    /// [`ClientBuilder::auto_ack_delivered`] is off.)
     pub async fn ack(
         &self,
         thread: &ThreadId,
@@ -397,9 +491,10 @@ impl Client {
         self.wait(rx).await
     }
 
-    /// Closes the connection for good. Sends still in the outbox fail with
-    /// [`ClientError::Closed`]; the event stream ends after
-    /// [`ConnectionState::Closed`].
+    /// Closes the connection for good. Owed acks and positions are written first.
+    /// Sends still in the outbox fail for their callers with [`ClientError::Closed`]
+    /// (a persistent store keeps them for the next run); the event stream ends after
+    /// [`ConnectionState::Stopped`].
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.command(Command::Close { reply: tx }).await.is_ok() {

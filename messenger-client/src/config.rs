@@ -61,63 +61,41 @@ impl BackoffConfig {
     }
 }
 
-/// Where the client starts in threads it has no position for on its first connection.
+/// Where the client starts in threads it has no position for, on the first
+/// connection of a new store (after that, new threads start at seq 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitialSync {
-    /// Start at each thread's `last_seq` as of the first connection (when `connect`
-    /// resolves): only newer messages become events; the app reads older ones with the
-    /// history helpers. The default.
+    /// Start at each thread's `last_seq` as of the first catch-up: only newer messages
+    /// become events; the app reads older ones with the history helpers. The default.
     #[default]
     Latest,
     /// Deliver every thread's whole history as events, from seq 1.
     Full,
 }
 
-/// Everything the client needs to connect and behave.
+/// Everything the client needs to connect and behave (filled by the
+/// [`ClientBuilder`](crate::ClientBuilder)).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// The server's WebSocket endpoint, e.g. `ws://127.0.0.1:8080/ws`.
+pub(crate) struct Settings {
+    /// The server's WebSocket endpoint.
     pub url: String,
-    /// The token, sent as `Authorization: Bearer <token>` (in dev auth: the user id).
-    pub token: String,
-    /// Reconnection backoff.
     pub backoff: BackoffConfig,
-    /// Ack `DELIVERED` the messages from others handed to the app (coalesced: at most
-    /// one ack per thread every 250 ms, for the newest).
-    /// Default true.
     pub auto_ack_delivered: bool,
-    /// How long a request (other than `send`) waits for its reply. Default 10 s.
     pub request_timeout: Duration,
-    /// Time allowed for TCP connect, WebSocket upgrade and `welcome`. Default 10 s.
     pub connect_timeout: Duration,
-    /// The client pings this often; a connection silent for twice as long is treated
-    /// as dead and replaced. Default 15 s.
     pub heartbeat: Duration,
-    /// Capacity of the event channel. When the app does not drain events, the client
-    /// stops reading the socket (backpressure) rather than buffer without bound.
-    /// Default 1024.
     pub event_capacity: usize,
-    /// Capacity of the command channel from the handles to the background task.
-    /// Default 256.
     pub command_capacity: usize,
-    /// Page size for catch-up and gap fills (the server caps it at 200). Default 200.
     pub fill_page: u64,
-    /// Where to start in threads the client holds no position for, on its first
-    /// connection. Default [`InitialSync::Latest`].
     pub initial_sync: InitialSync,
-    /// Per-thread positions the app already holds (e.g. from its own database): the
-    /// client catches these threads up from the given seq on its first connection, so
-    /// nothing is missed or repeated across app restarts.
     pub resume: HashMap<ThreadId, u64>,
 }
 
-impl ClientConfig {
-    /// A configuration with the defaults for `url` and `token`.
-    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
-        ClientConfig {
-            url: url.into(),
-            token: token.into(),
+impl Settings {
+    /// The defaults for `url`.
+    pub fn new(url: String) -> Self {
+        Settings {
+            url,
             backoff: BackoffConfig::default(),
             auto_ack_delivered: true,
             request_timeout: Duration::from_secs(10),
@@ -129,36 +107,6 @@ impl ClientConfig {
             initial_sync: InitialSync::Latest,
             resume: HashMap::new(),
         }
-    }
-
-    /// Sets the backoff.
-    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Turns automatic `DELIVERED` acks on or off.
-    pub fn auto_ack_delivered(mut self, on: bool) -> Self {
-        self.auto_ack_delivered = on;
-        self
-    }
-
-    /// Sets the request timeout.
-    pub fn request_timeout(mut self, t: Duration) -> Self {
-        self.request_timeout = t;
-        self
-    }
-
-    /// Sets where the first connection starts in unknown threads.
-    pub fn initial_sync(mut self, s: InitialSync) -> Self {
-        self.initial_sync = s;
-        self
-    }
-
-    /// Declares that the app already holds `thread` up to `last_seq`.
-    pub fn resume(mut self, thread: ThreadId, last_seq: u64) -> Self {
-        self.resume.insert(thread, last_seq);
-        self
     }
 }
 

@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+use messenger_core::UserId;
+
+use crate::auth::TokenError;
+use crate::store::StoreError;
+
 /// A protocol v1 error code, as carried by the server's `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -97,15 +102,40 @@ pub enum ClientError {
     /// task ended.
     #[error("client closed")]
     Closed,
-    /// The URL cannot be used (not `ws://`, unparsable, or `wss://` without TLS support).
+    /// The URL cannot be used (not `ws://` or `wss://`, unparsable, or `wss://` built
+    /// without a TLS feature).
     #[error("invalid url: {0}")]
     InvalidUrl(String),
     /// The token cannot be sent in an HTTP header.
     #[error("the token is not a valid HTTP header value")]
     InvalidToken,
-    /// The server refused the token before the upgrade (HTTP 401 or 403). Never retried.
+    /// The server refused the token before the upgrade (HTTP 401 or 403), and then the
+    /// fresh one the [`TokenProvider`](crate::TokenProvider) gave on
+    /// [`TokenRequest::Refresh`](crate::TokenRequest::Refresh). Final.
     #[error("authentication refused (HTTP {0})")]
     Auth(u16),
+    /// The [`TokenProvider`](crate::TokenProvider) failed. A transient failure counts
+    /// as a failed attempt (retried with backoff); a permanent one stops the client.
+    #[error("{0}")]
+    Token(TokenError),
+    /// TLS: a bad root certificate or TLS setting (at build), or a failed handshake
+    /// (retried like any failed connection: it may be a captive portal).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The [`ClientStore`](crate::ClientStore) failed: a send that could not be stored
+    /// is refused with this (nothing was written to the server); at build, the store
+    /// could not be read.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The server authenticated another user than the one the store belongs to (or
+    /// than this client's earlier connections). Final: one client, one user.
+    #[error("the store belongs to {expected}, but the token is {got}'s")]
+    WrongUser {
+        /// The store's (or the earlier connections') user.
+        expected: UserId,
+        /// The user the server welcomed.
+        got: UserId,
+    },
     /// The server refused the upgrade with another HTTP status.
     #[error("upgrade refused (HTTP {0})")]
     Http(u16),
@@ -142,16 +172,19 @@ impl ClientError {
         }
     }
 
-    /// Whether reconnecting may cure this error (everything but auth, a bad URL and
-    /// closing).
-    pub(crate) fn is_retryable_connect(&self) -> bool {
-        !matches!(
-            self,
+    /// Whether reconnecting may cure this error (not auth, a bad URL or token, a
+    /// permanent token provider failure, the wrong user, a failing store, closing).
+    pub fn is_retryable_connect(&self) -> bool {
+        match self {
+            ClientError::Token(t) => t.is_transient(),
             ClientError::Auth(_)
-                | ClientError::InvalidUrl(_)
-                | ClientError::InvalidToken
-                | ClientError::Closed
-        )
+            | ClientError::InvalidUrl(_)
+            | ClientError::InvalidToken
+            | ClientError::Closed
+            | ClientError::WrongUser { .. }
+            | ClientError::Store(_) => false,
+            _ => true,
+        }
     }
 }
 
@@ -181,5 +214,8 @@ mod tests {
         assert_eq!(e.code(), Some(&ErrorCode::Forbidden));
         assert!(!ClientError::Auth(401).is_retryable_connect());
         assert!(ClientError::Connect("refused".into()).is_retryable_connect());
+        assert!(ClientError::Tls("handshake".into()).is_retryable_connect());
+        assert!(ClientError::Token(TokenError::transient("offline")).is_retryable_connect());
+        assert!(!ClientError::Token(TokenError::permanent("signed out")).is_retryable_connect());
     }
 }

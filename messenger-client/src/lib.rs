@@ -1,15 +1,19 @@
 //! # messenger-client
 //!
-//! The async Rust SDK for messenger's protocol v1. It makes the delivery guarantee
-//! effortless: every message reaches the app exactly once, in seq order per thread,
-//! across disconnects and server restarts.
+//! The async Rust SDK for messenger's protocol v1, for apps that ship: `wss://`,
+//! tokens that expire, nothing lost silently, and a store that survives restarts.
+//! Every message reaches the app exactly once, in seq order per thread, across
+//! disconnects, server restarts and (with a persistent store) app restarts.
 //!
 //! ```no_run
 //! use messenger_client::{Client, Event, UserId};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = Client::connect("ws://127.0.0.1:8080/ws", "alice").await?;
-//! let mut events = client.events().expect("taken once");
+//! let (client, mut events) = Client::builder()
+//!     .url("ws://127.0.0.1:8080/ws")
+//!     .token("alice") // dev auth; see `token_provider` for real tokens
+//!     .connect()
+//!     .await?;
 //! let thread = client.create_direct(&UserId::new("bob")?).await?;
 //! let sent = client.send(&thread.thread_id, "hi bob").await?;
 //! println!("sent as {} (seq {})", sent.message_id, sent.seq);
@@ -22,30 +26,41 @@
 //! ```
 //!
 //! ## How it works
-//! - One background task owns the WebSocket. [`Client`] is a cheap handle that talks to
-//!   it over a bounded channel; requests carry a `req_id` and wait for the reply with
-//!   that id (or a typed [`ClientError`]). Events leave through the bounded [`Events`]
-//!   stream.
-//! - **Outbox.** [`Client::send`] puts the message in a local outbox keyed by (thread,
-//!   temp id). Every (re)connect resends the whole outbox, oldest first and before any
-//!   new request, with the same temp ids; the server's idempotent send returns the
-//!   original id and seq for a message it already stored, so nothing is doubled.
-//! - **Catch-up.** After every `welcome` the client asks `list_threads` and fetches
-//!   `fetch_history` after the last seq it handed to the app, page by page, for every
-//!   thread that is behind.
-//! - **Gap filling.** A live message more than one past the last seq is held and the
-//!   missing range is fetched from history; held messages are released in order.
-//!   Messages are also de-duplicated by `message_id`.
+//! - **One task, a handle and a stream.** A background task owns the WebSocket.
+//!   [`ClientBuilder::build`] returns the [`Client`] handle and the [`Events`] stream
+//!   together, so the stream exists before the first frame. Requests carry a `req_id`
+//!   and wait for the reply with that id (or a typed [`ClientError`]).
+//! - **No silent loss.** [`Event::Message`] is never dropped: a full stream stops the
+//!   client reading the socket (backpressure; the server's slow-consumer close and the
+//!   catch-up after it then apply). `DELIVERED` is acked only for messages the app
+//!   received from the stream, and a thread's position moves only once the app came
+//!   back for the next event.
+//! - **Outbox.** A send goes to the [`ClientStore`] first, then to the server under its
+//!   temp id; every (re)connect resends the whole outbox, oldest first, with the same
+//!   temp ids; the server's idempotent send makes that safe. With
+//!   [`SqliteStore`] (feature `sqlite`) the outbox, positions and receipts survive the
+//!   app being killed.
+//! - **Catch-up and gap filling.** After every `welcome`: `list_threads`, then
+//!   `fetch_history` after the last seq held, page by page; a live message past a gap
+//!   is held while the gap is fetched. Messages are de-duplicated by `message_id`.
+//! - **Credentials.** A [`TokenProvider`] is asked for a token before every connection
+//!   attempt and, when the server refuses one (401), once more for a fresh one before
+//!   the client stops with [`ClientError::Auth`].
+//! - **TLS.** `wss://` through rustls (feature `rustls`, default: Mozilla's roots or
+//!   your own with [`ClientBuilder::add_root_certificate`]) or the platform's TLS
+//!   (feature `native-tls`).
 //! - **Reconnection.** Exponential backoff with full jitter ([`BackoffConfig`]),
-//!   bounded by `max` and optionally by `max_retries`. A refused token
-//!   ([`ClientError::Auth`]) is never retried.
-//! - **Acks.** Messages from others are acked `DELIVERED` as they are handed to the app
-//!   (coalesced per thread, configurable); [`Client::mark_read`] acks `READ`.
+//!   bounded when asked ([`ClientBuilder::max_connect_attempts`]); the app sees
+//!   [`ConnectionState`]s: connecting, connected, waiting to retry (with the delay),
+//!   suspended, stopped (with the reason).
 //!
-//! Layout: [`client`] (the handle), [`event`] (what the app receives), [`config`],
-//! [`error`]; the protocol state machine (`driver`), the per-thread ordering
-//! (`sequencer`) and the `outbox` are private and unit-tested without sockets.
+//! Layout: [`builder`], [`client`] (the handle), [`event`] (what the app receives),
+//! [`auth`], [`tls`], [`store`], [`config`], [`error`]; the protocol state machine and
+//! connection loop (`driver`), the per-thread ordering (`sequencer`) and the `outbox`
+//! are private and unit-tested without sockets.
 
+pub mod auth;
+pub mod builder;
 pub mod client;
 pub mod config;
 mod driver;
@@ -53,11 +68,26 @@ pub mod error;
 pub mod event;
 mod outbox;
 mod sequencer;
+pub mod store;
+pub mod tls;
 
+pub use auth::{StaticToken, TokenError, TokenProvider, TokenRequest};
+pub use builder::ClientBuilder;
 pub use client::{Client, Cursor, HistoryPage, HistoryPager};
-pub use config::{BackoffConfig, ClientConfig, InitialSync};
+pub use config::{BackoffConfig, InitialSync};
 pub use error::{ClientError, ErrorCode};
-pub use event::{ConnectionState, Event, Events, Message, Presence, Receipt, Sent, Thread, Typing};
+pub use event::{
+    ConnectionState, Event, Events, Message, Presence, Receipt, SendFailed, Sent, StopReason,
+    Thread, Typing,
+};
 pub use messenger_core::model::{AckStatus, PresenceStatus, ThreadKind};
 pub use messenger_core::protocol::{Receipt as ReceiptSummary, ThreadSummary};
 pub use messenger_core::{MessageId, SessionId, ThreadId, UserId};
+#[cfg(feature = "native-tls")]
+pub use native_tls;
+#[cfg(feature = "rustls")]
+pub use rustls;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{ClientStore, MemoryStore, OutboxEntry, StoreError};
+pub use tls::{Certificate, TlsBackend};

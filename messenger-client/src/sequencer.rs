@@ -80,6 +80,14 @@ impl Sequencer {
             });
     }
 
+    /// Moves a thread's position forward to `last` (known or not).
+    pub fn advance_to(&mut self, thread: &ThreadId, last: u64) {
+        let t = self.threads.entry(thread.clone()).or_default();
+        if last > t.last {
+            t.last = last;
+        }
+    }
+
     /// The server says `thread` ends at `server_last`: returns the seq to fetch after if
     /// the client is behind and no fill is in flight. Unknown threads start at 0.
     pub fn catch_up(&mut self, thread: &ThreadId, server_last: u64) -> Option<u64> {

@@ -1,85 +1,21 @@
 //! End-to-end tests against the real server, in process on 127.0.0.1.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use messenger_client::{
-    BackoffConfig, Client, ClientConfig, ClientError, ConnectionState, ErrorCode, Event, Events,
-    Message, ThreadId, UserId,
+    BackoffConfig, Client, ClientError, ConnectionState, ErrorCode, Event, Events, Message,
+    StopReason, ThreadId, UserId,
 };
 use messenger_core::model::NewMessage;
-use messenger_core::{MessageId, MessageStore, NodeId};
-use messenger_server::{AuthMode, Server, ServerConfig};
+use messenger_core::{MessageId, MessageStore};
+use messenger_server::AuthMode;
 use messenger_storage_mem::MemBackend;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::{server_config, start};
 
 /// Every test is bounded.
 const LIMIT: Duration = Duration::from_secs(20);
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
-    }
-}
-
-fn server_config() -> ServerConfig {
-    let mut c = ServerConfig::default();
-    c.drain_timeout = Duration::from_millis(500);
-    c.presence_grace = Duration::from_millis(200);
-    c
-}
-
-async fn bind(addr: SocketAddr) -> TcpListener {
-    // The port may linger briefly after a shutdown.
-    let mut last = None;
-    for _ in 0..50 {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cannot bind {addr}: {last:?}");
-}
-
-async fn start(backend: &MemBackend, addr: SocketAddr, config: ServerConfig) -> Running {
-    let listener = bind(addr).await;
-    let addr = listener.local_addr().expect("addr");
-    let server = Server::builder()
-        .adapters(backend.adapters(NodeId::default()))
-        .config(config)
-        .build()
-        .await
-        .expect("server");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
 
 fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
@@ -91,10 +27,13 @@ fn fast_backoff() -> BackoffConfig {
 }
 
 async fn client(url: &str, user: &str) -> (Client, Events) {
-    let cfg = ClientConfig::new(url, user).backoff(fast_backoff());
-    let c = Client::connect_with(cfg).await.expect("connect");
-    let ev = c.events().expect("events");
-    (c, ev)
+    Client::builder()
+        .url(url)
+        .token(user)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .expect("connect")
 }
 
 fn uid(s: &str) -> UserId {
@@ -174,7 +113,7 @@ async fn restart_mid_conversation_loses_nothing_and_doubles_nothing() {
 
         server.stop().await;
         wait_state(&mut bob_ev, |s| {
-            matches!(s, ConnectionState::Disconnected { .. })
+            matches!(s, ConnectionState::WaitingToRetry { .. })
         })
         .await;
         // While the server is down, alice keeps typing: the sends wait in the outbox.
@@ -250,7 +189,7 @@ async fn outbox_flushes_after_reconnect_in_order_and_idempotently() {
 
         server.stop().await;
         wait_state(&mut alice_ev, |s| {
-            matches!(s, ConnectionState::Disconnected { .. })
+            matches!(s, ConnectionState::WaitingToRetry { .. })
         })
         .await;
         assert!(matches!(
@@ -335,7 +274,9 @@ async fn reconnection_backoff_is_bounded_and_gives_up() {
     tokio::time::timeout(LIMIT, async {
         // A port with nothing listening.
         let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             l.local_addr().expect("addr")
         };
         let backoff = BackoffConfig {
@@ -345,9 +286,12 @@ async fn reconnection_backoff_is_bounded_and_gives_up() {
             max_retries: Some(4),
         };
         let ceilings: Duration = (1..=4).map(|n| backoff.ceiling(n)).sum();
-        let cfg = ClientConfig::new(format!("ws://{addr}/ws"), "alice").backoff(backoff);
         let t0 = std::time::Instant::now();
-        let err = Client::connect_with(cfg)
+        let err = Client::builder()
+            .url(format!("ws://{addr}/ws"))
+            .token("alice")
+            .backoff(backoff)
+            .connect()
             .await
             .expect_err("nothing listens");
         let took = t0.elapsed();
@@ -452,10 +396,12 @@ async fn errors_reach_the_caller_typed() {
             alice.send(&mine, "after close").await,
             Err(ClientError::Closed)
         );
-        assert!(matches!(
+        assert_eq!(
             alice.state(),
-            ConnectionState::Closed { error: None }
-        ));
+            ConnectionState::Stopped {
+                reason: StopReason::Closed
+            }
+        );
         server.stop().await;
     })
     .await
@@ -607,14 +553,22 @@ async fn reconnecting_delays_respect_the_jitter_ceiling() {
             multiplier: 2.0,
             max_retries: None,
         };
-        let cfg = ClientConfig::new(server.url(), "alice").backoff(backoff.clone());
-        let alice = Client::connect_with(cfg).await.expect("connect");
-        let mut events = alice.events().expect("events");
+        let (alice, mut events) = Client::builder()
+            .url(server.url())
+            .token("alice")
+            .backoff(backoff.clone())
+            .connect()
+            .await
+            .expect("connect");
         server.stop().await;
         let mut seen = Vec::new();
         while seen.len() < 6 {
             match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-                Ok(Some(Event::Connection(ConnectionState::Reconnecting { attempt, delay }))) => {
+                Ok(Some(Event::Connection(ConnectionState::WaitingToRetry {
+                    attempt,
+                    delay,
+                    ..
+                }))) => {
                     assert!(
                         delay <= backoff.ceiling(attempt),
                         "attempt {attempt}: {delay:?} > {:?}",
@@ -658,7 +612,7 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_a_typed_error() {
             .thread_id;
         server.stop().await;
         wait_state(&mut events, |s| {
-            matches!(s, ConnectionState::Disconnected { .. })
+            matches!(s, ConnectionState::WaitingToRetry { .. })
         })
         .await;
         let pending = {
@@ -672,8 +626,8 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_a_typed_error() {
         wait_state(&mut events, |s| {
             matches!(
                 s,
-                ConnectionState::Closed {
-                    error: Some(ClientError::Auth(401))
+                ConnectionState::Stopped {
+                    reason: StopReason::Failed(ClientError::Auth(401))
                 }
             )
         })
@@ -742,7 +696,7 @@ async fn a_send_the_server_already_stored_reconciles_to_the_original_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_that_never_takes_events_is_not_stalled() {
+async fn suspend_and_resume_like_an_app_in_the_background() {
     tokio::time::timeout(LIMIT, async {
         let backend = MemBackend::new();
         let server = start(
@@ -751,18 +705,57 @@ async fn an_app_that_never_takes_events_is_not_stalled() {
             server_config(),
         )
         .await;
-        let mut cfg = ClientConfig::new(server.url(), "alice");
-        cfg.event_capacity = 2;
-        let alice = Client::connect_with(cfg).await.expect("connect");
+        let (alice, mut alice_ev) = client(&server.url(), "alice").await;
+        let (bob, mut bob_ev) = client(&server.url(), "bob").await;
         let thread = alice
             .create_direct(&uid("bob"))
             .await
             .expect("thread")
             .thread_id;
-        for i in 0..10 {
-            alice.send(&thread, format!("m{i}")).await.expect("send");
+        alice.send(&thread, "before").await.expect("send");
+        assert_eq!(texts(&messages(&mut bob_ev, &thread, 1).await), ["before"]);
+
+        bob.suspend().await.expect("suspend");
+        wait_state(&mut bob_ev, |s| matches!(s, ConnectionState::Suspended)).await;
+        assert_eq!(bob.list_threads().await, Err(ClientError::Disconnected));
+        // While bob is in the background: alice writes, bob's share sheet queues one.
+        for i in 1..=3 {
+            alice
+                .send(&thread, format!("while away {i}"))
+                .await
+                .expect("send");
         }
-        assert_eq!(alice.list_threads().await.expect("list")[0].last_seq, 10);
+        let temp = bob
+            .enqueue(&thread, "from the share sheet")
+            .await
+            .expect("queued");
+        assert_eq!(bob.outbox().await.expect("outbox")[0].temp_id, temp);
+        assert_eq!(bob.state(), ConnectionState::Suspended, "nothing attempted");
+
+        bob.resume().await.expect("resume");
+        let got = messages(&mut bob_ev, &thread, 4).await;
+        assert_eq!(
+            texts(&got),
+            [
+                "while away 1",
+                "while away 2",
+                "while away 3",
+                "from the share sheet"
+            ]
+        );
+        assert_eq!(seqs(&got), vec![2, 3, 4, 5]);
+        assert!(bob.outbox().await.expect("outbox").is_empty());
+        let mine = messages(&mut alice_ev, &thread, 5).await;
+        assert_eq!(mine[4].text, "from the share sheet");
+
+        // A network switch: the connection is replaced, nothing lost or doubled.
+        bob.reconnect_now().await.expect("switch");
+        alice.send(&thread, "after the switch").await.expect("send");
+        assert_eq!(
+            texts(&messages(&mut bob_ev, &thread, 1).await),
+            ["after the switch"]
+        );
+        no_more_messages(&mut bob_ev, &thread, Duration::from_millis(200)).await;
         server.stop().await;
     })
     .await

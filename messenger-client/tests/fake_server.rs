@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use messenger_client::{BackoffConfig, Client, ClientConfig, ClientError, Event};
+use messenger_client::{BackoffConfig, Client, ClientError, Event};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -37,8 +37,12 @@ async fn a_server_that_welcomes_and_drops_counts_as_failing() {
         }
         accepted
     });
-    let cfg = ClientConfig::new(format!("ws://{addr}/ws"), "alice").backoff(backoff(2));
-    let err = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(cfg))
+    let connect = Client::builder()
+        .url(format!("ws://{addr}/ws"))
+        .token("alice")
+        .backoff(backoff(2))
+        .connect();
+    let err = tokio::time::timeout(Duration::from_secs(10), connect)
         .await
         .expect("bounded")
         .expect_err("never healthy");
@@ -75,13 +79,16 @@ async fn unknown_frames_are_ignored_and_a_non_welcome_first_frame_is_a_protocol_
             }
         }
     });
-    let cfg = ClientConfig::new(format!("ws://{addr}/ws"), "alice").backoff(backoff(0));
-    let client = tokio::time::timeout(Duration::from_secs(5), Client::connect_with(cfg))
+    let connect = Client::builder()
+        .url(format!("ws://{addr}/ws"))
+        .token("alice")
+        .backoff(backoff(0))
+        .connect();
+    let (client, mut events) = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .expect("bounded")
         .expect("connects despite the unknown frame");
     client.ping().await.expect("still talking");
-    let mut events = client.events().expect("events");
     client.close().await;
     while let Some(ev) = events.recv().await {
         assert!(matches!(ev, Event::Connection(_)), "{ev:?}");
@@ -97,8 +104,13 @@ async fn unknown_frames_are_ignored_and_a_non_welcome_first_frame_is_a_protocol_
             }
         }
     });
-    let cfg = ClientConfig::new(format!("ws://{addr}/ws"), "alice").backoff(backoff(0));
-    let err = Client::connect_with(cfg).await.expect_err("not a server");
+    let err = Client::builder()
+        .url(format!("ws://{addr}/ws"))
+        .token("alice")
+        .backoff(backoff(0))
+        .connect()
+        .await
+        .expect_err("not a server");
     match err {
         ClientError::RetriesExhausted { last, .. } => {
             assert!(matches!(*last, ClientError::Protocol(_)), "{last:?}")

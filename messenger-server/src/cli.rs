@@ -19,7 +19,7 @@ pub const JWT_SECRET_ENV: &str = "MESSENGER_JWT_SECRET";
 #[command(
     name = "messenger-server",
     version,
-    about = "The messenger real-time chat server (WebSocket at /ws, /healthz, /metrics).",
+    about = "The messenger real-time chat server (WebSocket at /ws, /healthz, /metrics, the browser chat at /).",
     after_help = "Precedence: built-in defaults < TOML file (--config) < environment < flags.\n\
         Authentication: with MESSENGER_JWT_SECRET (the secret itself) or --jwt-secret-file set, \
         tokens are HS256 JWTs (sub = user id, exp required). Without a secret the server runs \

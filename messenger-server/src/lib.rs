@@ -8,7 +8,8 @@
 //! - [`Server::serve`] runs on a bound `TcpListener` until a shutdown future completes,
 //!   inside the caller's tokio runtime, next to its other services.
 //! - One listener serves `GET /ws` (protocol v1, token in `Authorization: Bearer` or
-//!   `?token=`, 401 before the upgrade), `GET /healthz` and `GET /metrics` (Prometheus).
+//!   `?token=`, 401 before the upgrade), `GET /healthz`, `GET /metrics` (Prometheus)
+//!   and the browser chat at `GET /` ([`web`]).
 //!
 //! - Cluster mode by configuration: `redis_url` puts the session directory, presence and
 //!   relay on Redis (feature `redis`, claims `node_id`, refused if another live node
@@ -18,7 +19,8 @@
 //! Layout: [`config`] (settings), [`auth`] (dev auth and JWT HS256), [`http`] (the
 //! request head and upgrade checks), `conn` (reader and writer task per session),
 //! [`metrics`], [`cli`] (the binary's file/env/flag configuration), [`cluster`] (the
-//! Redis and HBase adapters chosen by the configuration).
+//! Redis and HBase adapters chosen by the configuration), [`web`] (the embedded browser
+//! chat).
 //!
 //! ```no_run
 //! use messenger_server::{Server, ServerConfig};
@@ -50,6 +52,7 @@ mod conn;
 pub mod http;
 pub mod metrics;
 mod server;
+pub mod web;
 
 pub use config::{AuthMode, ConfigError, ServerConfig};
 pub use conn::{

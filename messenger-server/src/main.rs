@@ -62,12 +62,13 @@ async fn run(config: ServerConfig) -> Result<(), ServerError> {
         let notice = format!(
             "\n  DEV AUTH IS ON: the token is the user id, anyone can be anyone.\n  \
              Connect:  ws://{addr}/ws?token=alice   (or header `Authorization: Bearer alice`)\n  \
+             Chat:     open http://{addr}/ in two browser windows and sign in as two names\n  \
              For real use set {JWT_SECRET_ENV} or --jwt-secret-file (HS256 JWTs, sub = user id).\n"
         );
         eprintln!("{notice}");
         tracing::warn!(%addr, "dev auth is on: the token is the user id");
     } else {
-        tracing::info!(%addr, "JWT HS256 auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>");
+        tracing::info!(%addr, "JWT HS256 auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>; browser chat at http://{addr}/");
     }
     let server = Server::builder().config(config).build().await?;
     server.serve(listener, shutdown_signal()).await?;

@@ -546,7 +546,15 @@ async fn handle_connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr
         (_, "/healthz" | "/metrics") => {
             http::respond(&mut tcp, 405, "text/plain", "allow: GET\r\n", b"use GET\n").await
         }
-        _ => http::respond(&mut tcp, 404, "text/plain", "", b"not found\n").await,
+        (method, path) => match crate::web::asset(path) {
+            Some(a) if method == "GET" => {
+                http::respond(&mut tcp, 200, a.content_type, crate::web::HEADERS, a.body).await
+            }
+            Some(_) => {
+                http::respond(&mut tcp, 405, "text/plain", "allow: GET\r\n", b"use GET\n").await
+            }
+            None => http::respond(&mut tcp, 404, "text/plain", "", b"not found\n").await,
+        },
     };
     if let Err(e) = r {
         tracing::debug!(%peer, error = %e, "http response failed");

@@ -1,42 +1,33 @@
-//! The background task that owns the socket.
-//!
-//! [`Core`] is the protocol logic with no I/O: it takes connection events, server
-//! frames, app commands and timer ticks, and queues frames to write and events to emit.
-//! [`run`] wraps it with the WebSocket, the reconnect loop and the channels.
+//! The protocol state machine, without I/O: it takes connection events, server frames,
+//! app commands, what the app consumed and timer ticks, and queues frames to write,
+//! events to emit and changes for the store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use messenger_core::model::AckStatus;
 use messenger_core::protocol::{ClientFrame, ReqId, ServerFrame, ThreadSummary};
-use messenger_core::{MessageId, SessionId, ThreadId, UserId};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use messenger_core::time::now_ms;
+use messenger_core::{SessionId, ThreadId, UserId};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::config::{ClientConfig, InitialSync};
+use crate::config::{InitialSync, Settings};
 use crate::error::ClientError;
-use crate::event::{ConnectionState, Event, Message, Presence, Receipt, Sent, Thread, Typing};
-use crate::outbox::{Outbox, SendReply};
+use crate::event::{
+    ConnectionState, Consumed, Event, Message, Presence, Receipt, SendFailed, Sent, Thread, Typing,
+};
+use crate::outbox::{Outbox, Pushed, SendReply, StoredReply};
 use crate::sequencer::{Sequencer, Step};
+use crate::store::{
+    AckDue, OutboxEntry, ReceiptMark, StoreChanges, StoreError, StoredState, ThreadPosition,
+};
 use crate::HistoryPage;
 
 /// How long a send refused as transient (`rate_limited`, `unavailable`) waits.
-const SEND_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const SEND_RETRY: Duration = Duration::from_secs(1);
 /// How long a catch-up refused as transient waits.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
-/// Housekeeping period: outbox retries, heartbeats, abandoned requests.
-const TICK: Duration = Duration::from_millis(250);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A reply channel for a request.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -44,12 +35,15 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 /// What a handle asks of the task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Queue a message in the outbox (and write it if connected).
+    /// Queue a message in the outbox (stored first, then written if connected).
     Send {
         thread_id: ThreadId,
         temp_id: String,
         text: String,
-        reply: SendReply,
+        /// Resolved by `message_sent` (or a refusal).
+        reply: Option<SendReply>,
+        /// Resolved once the store holds it.
+        stored: Option<StoredReply>,
     },
     /// A request with a direct reply.
     Request { frame: ClientFrame, reply: Want },
@@ -60,6 +54,17 @@ pub(crate) enum Command {
     },
     /// Round trip.
     Ping { reply: Reply<Duration> },
+    /// Write everything the app consumed and queued to the store.
+    Flush { reply: Reply<()> },
+    /// The outbox as it is.
+    Outbox {
+        reply: oneshot::Sender<Vec<OutboxEntry>>,
+    },
+    /// Disconnect until resumed.
+    Suspend,
+    /// Connect now: end a suspension or a backoff wait; `force` also replaces a live
+    /// connection (network switch).
+    Reconnect { force: bool },
     /// Stop for good.
     Close { reply: oneshot::Sender<()> },
 }
@@ -97,15 +102,12 @@ enum Pending {
 
 /// The `req_id` of automatic `DELIVERED` acks: they have no reply on success, so they
 /// are not tracked; a refusal is only logged.
-const AUTO_ACK: &str = "auto-ack";
+pub(crate) const AUTO_ACK: &str = "auto-ack";
 
 impl Pending {
     fn fail(self, err: ClientError) {
         match self {
-            Pending::Want(Want::Thread(r)) => drop(r.send(Err(err))),
-            Pending::Want(Want::Threads(r)) => drop(r.send(Err(err))),
-            Pending::Want(Want::History(r)) => drop(r.send(Err(err))),
-            Pending::Want(Want::Presence(r)) => drop(r.send(Err(err))),
+            Pending::Want(w) => w.fail(err),
             Pending::FirePing { reply, .. } => drop(reply.send(Err(err))),
             Pending::Ping(_, r) => drop(r.send(Err(err))),
             Pending::Send { .. }
@@ -129,29 +131,54 @@ impl Pending {
     }
 }
 
-/// Whether a command stops the client.
+impl Want {
+    pub fn fail(self, err: ClientError) {
+        match self {
+            Want::Thread(r) => drop(r.send(Err(err))),
+            Want::Threads(r) => drop(r.send(Err(err))),
+            Want::History(r) => drop(r.send(Err(err))),
+            Want::Presence(r) => drop(r.send(Err(err))),
+        }
+    }
+}
+
+/// What a command asks of the connection loop.
 pub(crate) enum Flow {
     Continue,
     Close(oneshot::Sender<()>),
+    Suspend,
+    Reconnect {
+        force: bool,
+    },
+    /// Reply once the store has everything.
+    Flush(Reply<()>),
 }
 
 /// The protocol state machine, without I/O.
 pub(crate) struct Core {
-    cfg: ClientConfig,
+    pub cfg: std::sync::Arc<Settings>,
     outbox: Outbox,
     seq: Sequencer,
     pending: HashMap<u64, Pending>,
     next_req: u64,
-    user_id: Option<UserId>,
-    /// The first catch-up (which applies [`InitialSync`]) is done.
+    /// The client's user: from the store, then from the first `welcome`.
+    pub user_id: Option<UserId>,
+    /// The first catch-up of the store (which applies [`InitialSync`]) is done.
     pub synced: bool,
     /// This connection's catch-up list was answered: the connection was healthy.
     pub session_synced: bool,
+    /// Whether a connection is up.
+    online: bool,
     catch_up_at: Option<Instant>,
-    /// Per thread, the newest message from others not yet acked `DELIVERED`: acks go
-    /// out on the next tick, one per thread, so a busy thread does not spend the
-    /// session's rate limit on acks. Kept across reconnects.
-    acks_due: HashMap<ThreadId, (u64, MessageId)>,
+    /// What the store holds (or will, after the pending save) per thread.
+    positions: HashMap<ThreadId, ThreadPosition>,
+    /// The newest `DELIVERED` written per thread on this run.
+    acked: HashMap<ThreadId, u64>,
+    /// The acks written on the current connection: owed again if it turns out dead
+    /// (acks have no reply; a connection the server already dropped swallows them).
+    acks_on_connection: HashMap<ThreadId, AckDue>,
+    /// Changes not yet handed to the store.
+    changes: StoreChanges,
     /// Frames to write, in order.
     pub out: Vec<String>,
     /// Events to emit, in order.
@@ -159,18 +186,39 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub fn new(cfg: ClientConfig) -> Core {
+    pub fn new(cfg: std::sync::Arc<Settings>, stored: StoredState) -> Core {
+        let mut seq = Sequencer::default();
+        let mut positions = HashMap::new();
+        for (t, p) in stored.threads {
+            seq.start_at(&t, p.held_seq);
+            positions.insert(t, p);
+        }
+        for (t, &last) in &cfg.resume {
+            let p: &mut ThreadPosition = positions.entry(t.clone()).or_default();
+            if last > p.held_seq {
+                p.held_seq = last;
+            }
+            seq.advance_to(t, p.held_seq);
+        }
+        let mut outbox = Outbox::default();
+        for e in stored.outbox {
+            outbox.restore(e);
+        }
         Core {
             cfg,
-            outbox: Outbox::default(),
-            seq: Sequencer::default(),
+            outbox,
+            seq,
             pending: HashMap::new(),
             next_req: 1,
-            user_id: None,
-            synced: false,
+            user_id: stored.user_id,
+            synced: stored.synced,
             session_synced: false,
+            online: false,
             catch_up_at: None,
-            acks_due: HashMap::new(),
+            positions,
+            acked: HashMap::new(),
+            acks_on_connection: HashMap::new(),
+            changes: StoreChanges::default(),
             out: Vec::new(),
             events: Vec::new(),
         }
@@ -189,9 +237,28 @@ impl Core {
         self.outbox.len()
     }
 
-    /// A connection is up: emit the state, resend the outbox, start catch-up.
-    pub fn connected(&mut self, user_id: UserId, session_id: SessionId, now: Instant) {
-        self.user_id = Some(user_id.clone());
+    /// A connection is up: check the user, emit the state, resend the outbox, start
+    /// catch-up. `Err` when the server welcomed another user than the store's.
+    pub fn connected(
+        &mut self,
+        user_id: UserId,
+        session_id: SessionId,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        match &self.user_id {
+            Some(expected) if expected != &user_id => {
+                return Err(ClientError::WrongUser {
+                    expected: expected.clone(),
+                    got: user_id,
+                })
+            }
+            Some(_) => {}
+            None => {
+                self.user_id = Some(user_id.clone());
+                self.changes.user_id = Some(user_id.clone());
+            }
+        }
+        self.online = true;
         self.session_synced = false;
         self.events
             .push(Event::Connection(ConnectionState::Connected {
@@ -200,6 +267,7 @@ impl Core {
             }));
         self.flush_outbox(now);
         self.catch_up();
+        Ok(())
     }
 
     fn catch_up(&mut self) {
@@ -208,6 +276,9 @@ impl Core {
     }
 
     fn flush_outbox(&mut self, now: Instant) {
+        if !self.online {
+            return;
+        }
         for (thread_id, temp_id, text) in self.outbox.due(now) {
             let frame = ClientFrame::SendMessage {
                 thread_id: thread_id.clone(),
@@ -220,6 +291,14 @@ impl Core {
 
     /// The connection is gone: replies that were owed fail; sends stay in the outbox.
     pub fn connection_lost(&mut self) {
+        self.online = false;
+        for (thread, due) in std::mem::take(&mut self.acks_on_connection) {
+            self.set_position(&thread, |p| {
+                if p.ack_due.is_none_or(|d| d.seq < due.seq) {
+                    p.ack_due = Some(due);
+                }
+            });
+        }
         for (_, p) in self.pending.drain() {
             p.fail(ClientError::Disconnected);
         }
@@ -228,8 +307,9 @@ impl Core {
         self.out.clear();
     }
 
-    /// The client stops for good.
+    /// The client stops for good: every caller fails; the store keeps the outbox.
     pub fn stop(&mut self, err: &ClientError) {
+        self.online = false;
         for (_, p) in self.pending.drain() {
             p.fail(err.clone());
         }
@@ -237,65 +317,141 @@ impl Core {
         self.out.clear();
     }
 
-    /// A command while no connection is up.
-    pub fn offline_command(&mut self, cmd: Command) -> Flow {
-        match cmd {
-            Command::Send {
-                thread_id,
-                temp_id,
-                text,
-                reply,
-            } => {
-                self.outbox.push(thread_id, temp_id, text, reply);
-            }
-            Command::Request { reply, .. } => Pending::Want(reply).fail(ClientError::Disconnected),
-            Command::Fire { reply, .. } => drop(reply.send(Err(ClientError::Disconnected))),
-            Command::Ping { reply } => drop(reply.send(Err(ClientError::Disconnected))),
-            Command::Close { reply } => return Flow::Close(reply),
+    /// Changes for the store, if any (then [`Core::saved`] or [`Core::save_failed`]).
+    pub fn take_changes(&mut self) -> Option<StoreChanges> {
+        if self.changes.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.changes))
         }
-        Flow::Continue
     }
 
-    /// A command while connected.
-    pub fn online_command(&mut self, cmd: Command, now: Instant) -> Flow {
+    /// The store took the last changes: queued sends may go out.
+    pub fn saved(&mut self, now: Instant) {
+        self.outbox.all_stored();
+        self.flush_outbox(now);
+    }
+
+    /// The store refused `changes`: sends in them fail (they were never written to
+    /// the server); the rest is kept to be written again with the next save.
+    pub fn save_failed(&mut self, mut changes: StoreChanges, err: StoreError) {
+        tracing::warn!(error = %err, "client store refused a save");
+        let error = ClientError::Store(err);
+        self.outbox.drop_unstored(&error);
+        changes.outbox_added.clear();
+        let newer = std::mem::take(&mut self.changes);
+        let mut merged = changes;
+        merged.user_id = newer.user_id.or(merged.user_id);
+        merged.synced |= newer.synced;
+        merged.outbox_added = newer.outbox_added;
+        merged.outbox_removed.extend(newer.outbox_removed);
+        merged.threads.extend(newer.threads);
+        merged.receipts.extend(newer.receipts);
+        self.changes = merged;
+    }
+
+    /// Whether sends wait for the store.
+    pub fn sends_unsaved(&self) -> bool {
+        !self.changes.outbox_added.is_empty()
+    }
+
+    fn set_position(&mut self, thread: &ThreadId, f: impl FnOnce(&mut ThreadPosition)) {
+        let p = self.positions.entry(thread.clone()).or_default();
+        let before = *p;
+        f(p);
+        if *p != before {
+            self.changes.threads.insert(thread.clone(), *p);
+        }
+    }
+
+    /// What the app took from the stream: positions to hold and acks to owe.
+    pub fn consumed(&mut self, c: Consumed) {
+        for (thread, seq) in c.held {
+            self.set_position(&thread, |p| p.held_seq = p.held_seq.max(seq));
+        }
+        if !self.cfg.auto_ack_delivered {
+            return;
+        }
+        for (thread, due) in c.received {
+            let acked = self.acked.get(&thread).copied().unwrap_or(0);
+            if due.seq <= acked {
+                continue;
+            }
+            self.set_position(&thread, |p| {
+                if p.ack_due.is_none_or(|d| d.seq < due.seq) {
+                    p.ack_due = Some(due);
+                }
+            });
+        }
+    }
+
+    /// A command, online or not.
+    pub fn command(&mut self, cmd: Command, now: Instant) -> Flow {
         match cmd {
             Command::Send {
                 thread_id,
                 temp_id,
                 text,
                 reply,
+                stored,
             } => {
-                if self.outbox.push(thread_id, temp_id, text, reply) {
-                    self.flush_outbox(now);
+                let entry = OutboxEntry {
+                    thread_id,
+                    temp_id,
+                    text,
+                    queued_at: now_ms(),
+                };
+                if self.outbox.push(entry.clone(), reply, stored) == Pushed::New {
+                    self.changes.outbox_added.push(entry);
                 }
             }
+            Command::Request { reply, .. } if !self.online => reply.fail(ClientError::Disconnected),
             Command::Request { frame, reply } => {
                 self.request(&frame, Pending::Want(reply));
+            }
+            Command::Fire { reply, .. } if !self.online => {
+                drop(reply.send(Err(ClientError::Disconnected)))
             }
             Command::Fire { frame, reply } => {
                 let ping = self.next_req + 1;
                 let head = self.request(&frame, Pending::FireHead { ping });
                 self.request(&ClientFrame::Ping {}, Pending::FirePing { head, reply });
             }
+            Command::Ping { reply } if !self.online => {
+                drop(reply.send(Err(ClientError::Disconnected)))
+            }
             Command::Ping { reply } => {
                 self.request(&ClientFrame::Ping {}, Pending::Ping(now, reply));
             }
+            Command::Outbox { reply } => drop(reply.send(self.outbox.entries())),
+            Command::Flush { reply } => return Flow::Flush(reply),
+            Command::Suspend => return Flow::Suspend,
+            Command::Reconnect { force } => return Flow::Reconnect { force },
             Command::Close { reply } => return Flow::Close(reply),
         }
         Flow::Continue
     }
 
-    /// Housekeeping while connected.
+    /// Housekeeping while connected: retries, owed acks, catch-up retry, sweeping.
     pub fn tick(&mut self, now: Instant) {
         self.flush_outbox(now);
-        for (thread_id, (_, message_id)) in std::mem::take(&mut self.acks_due) {
+        let owed: Vec<(ThreadId, AckDue)> = self
+            .positions
+            .iter()
+            .filter_map(|(t, p)| p.ack_due.map(|d| (t.clone(), d)))
+            .collect();
+        for (thread_id, due) in owed {
             let frame = ClientFrame::MessageAck {
-                thread_id,
-                message_id,
+                thread_id: thread_id.clone(),
+                message_id: due.message_id,
                 status: AckStatus::Delivered,
             };
             self.out
                 .push(frame.encode(Some(&ReqId::Str(AUTO_ACK.into()))));
+            let acked = self.acked.entry(thread_id.clone()).or_insert(0);
+            *acked = (*acked).max(due.seq);
+            self.acks_on_connection.insert(thread_id.clone(), due);
+            self.set_position(&thread_id, |p| p.ack_due = None);
         }
         if self.catch_up_at.is_some_and(|t| t <= now) {
             self.catch_up();
@@ -325,15 +481,6 @@ impl Core {
     /// Hands a sequencer step to the app and asks for the fill it needs.
     fn apply(&mut self, thread_id: &ThreadId, step: Step) {
         for m in step.deliver {
-            if self.cfg.auto_ack_delivered && Some(&m.sender_id) != self.user_id.as_ref() {
-                let due = self
-                    .acks_due
-                    .entry(thread_id.clone())
-                    .or_insert((0, m.message_id));
-                if m.seq > due.0 {
-                    *due = (m.seq, m.message_id);
-                }
-            }
             self.events.push(Event::Message(m));
         }
         if let Some(after) = step.fill_after {
@@ -356,16 +503,15 @@ impl Core {
         );
     }
 
-    /// Before the first catch-up, a thread the client has no position for starts per
-    /// [`InitialSync`]; a position from [`ClientConfig::resume`] always wins.
+    /// Before the store's first catch-up, a thread the client has no position for
+    /// starts per [`InitialSync`]; the position is stored so a restart keeps it.
     fn position_unknown(&mut self, thread_id: &ThreadId, server_last: u64) {
         if self.seq.position(thread_id).is_some() {
             return;
         }
-        if let Some(&last) = self.cfg.resume.get(thread_id) {
-            self.seq.start_at(thread_id, last);
-        } else if !self.synced && self.cfg.initial_sync == InitialSync::Latest {
+        if !self.synced && self.cfg.initial_sync == InitialSync::Latest {
             self.seq.start_at(thread_id, server_last);
+            self.set_position(thread_id, |p| p.held_seq = p.held_seq.max(server_last));
         }
     }
 
@@ -374,6 +520,15 @@ impl Core {
         self.position_unknown(&thread_id, m.seq.saturating_sub(1));
         let step = self.seq.offer(m);
         self.apply(&thread_id, step);
+    }
+
+    fn receipt(&mut self, thread_id: &ThreadId, user_id: &UserId, delivered: u64, read: u64) {
+        self.changes.receipts.push(ReceiptMark {
+            thread_id: thread_id.clone(),
+            user_id: user_id.clone(),
+            delivered_seq: delivered.max(read),
+            read_seq: read,
+        });
     }
 
     /// A frame from the server.
@@ -395,6 +550,9 @@ impl Core {
                     tracing::debug!(%thread_id, %temp_id, "message_sent for no pending send");
                     return;
                 };
+                self.changes
+                    .outbox_removed
+                    .push((thread_id.clone(), temp_id.clone()));
                 let sent = Sent {
                     thread_id: thread_id.clone(),
                     temp_id,
@@ -439,14 +597,21 @@ impl Core {
                 status,
                 user_id,
                 at,
-            } => self.events.push(Event::Receipt(Receipt {
-                thread_id,
-                message_id,
-                seq,
-                status,
-                user_id,
-                at,
-            })),
+            } => {
+                let (delivered, read) = match status {
+                    AckStatus::Delivered => (seq, 0),
+                    AckStatus::Read => (seq, seq),
+                };
+                self.receipt(&thread_id, &user_id, delivered, read);
+                self.events.push(Event::Receipt(Receipt {
+                    thread_id,
+                    message_id,
+                    seq,
+                    status,
+                    user_id,
+                    at,
+                }))
+            }
             ServerFrame::Thread {
                 req_id,
                 thread_id,
@@ -539,8 +704,16 @@ impl Core {
             if let Some(after) = self.seq.catch_up(&t.thread_id, t.last_seq) {
                 self.fetch_fill(&t.thread_id, after);
             }
+            for (user, r) in &t.receipts {
+                if r.delivered_seq > 0 || r.read_seq > 0 {
+                    self.receipt(&t.thread_id, user, r.delivered_seq, r.read_seq);
+                }
+            }
         }
-        self.synced = true;
+        if !self.synced {
+            self.synced = true;
+            self.changes.synced = true;
+        }
         self.session_synced = true;
     }
 
@@ -563,9 +736,16 @@ impl Core {
                         item.retry_at = Some(now + SEND_RETRY);
                     }
                 } else if let Some(item) = self.outbox.take(&thread_id, &temp_id) {
-                    for w in item.waiters {
-                        let _ = w.send(Err(err.clone()));
-                    }
+                    tracing::warn!(error = %err, %thread_id, %temp_id, "send refused for good");
+                    self.changes
+                        .outbox_removed
+                        .push((thread_id.clone(), temp_id.clone()));
+                    item.fail(&err);
+                    self.events.push(Event::SendFailed(SendFailed {
+                        thread_id,
+                        temp_id,
+                        error: err,
+                    }));
                 }
             }
             Pending::FireHead { ping } => {
@@ -593,331 +773,11 @@ impl Core {
     }
 }
 
-/// The result of one connection.
-enum End {
-    Lost(String),
-    Close(Option<oneshot::Sender<()>>),
-}
-
-/// Shared with the handles.
-pub(crate) struct Shared {
-    pub state: watch::Sender<ConnectionState>,
-    pub user_id: OnceLock<UserId>,
-    /// The app took the event stream ([`Client::events`](crate::Client::events)).
-    pub events_taken: AtomicBool,
-}
-
-/// The task.
-pub(crate) struct Driver {
-    core: Core,
-    cmds: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
-    shared: Arc<Shared>,
-    ready: Option<oneshot::Sender<Result<(), ClientError>>>,
-}
-
-impl Driver {
-    pub fn new(
-        cfg: ClientConfig,
-        cmds: mpsc::Receiver<Command>,
-        events: mpsc::Sender<Event>,
-        shared: Arc<Shared>,
-        ready: oneshot::Sender<Result<(), ClientError>>,
-    ) -> Driver {
-        Driver {
-            core: Core::new(cfg),
-            cmds,
-            events,
-            shared,
-            ready: Some(ready),
-        }
-    }
-
-    async fn emit_state(&mut self, s: ConnectionState) {
-        self.shared.state.send_replace(s.clone());
-        self.emit(Event::Connection(s)).await;
-    }
-
-    /// Hands one event to the app. Once the app holds the stream, a full channel
-    /// blocks (backpressure); before, events beyond the channel's capacity are
-    /// dropped so an app that never listens cannot stall the client. A dropped
-    /// stream only means the app does not listen.
-    async fn emit(&mut self, ev: Event) {
-        if self.shared.events_taken.load(Ordering::Acquire) {
-            let _ = self.events.send(ev).await;
-        } else if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(ev) {
-            tracing::debug!(?ev, "event stream not taken and full: dropping an event");
-        }
-    }
-
-    async fn emit_queued(&mut self) {
-        for ev in std::mem::take(&mut self.core.events) {
-            if let Event::Connection(s) = &ev {
-                self.shared.state.send_replace(s.clone());
-            }
-            self.emit(ev).await;
-        }
-    }
-
-    /// Handles commands until `fut` completes; `Err` if the app closed the client.
-    async fn offline<F: std::future::Future>(
-        &mut self,
-        fut: F,
-    ) -> Result<F::Output, Option<oneshot::Sender<()>>> {
-        tokio::pin!(fut);
-        loop {
-            tokio::select! {
-                out = &mut fut => return Ok(out),
-                cmd = self.cmds.recv() => match cmd {
-                    None => return Err(None),
-                    Some(c) => {
-                        if let Flow::Close(r) = self.core.offline_command(c) {
-                            return Err(Some(r));
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    pub async fn run(mut self) {
-        let backoff = self.core.cfg.backoff.clone();
-        let mut failures: u32 = 0;
-        let outcome: Result<Option<oneshot::Sender<()>>, ClientError> = loop {
-            self.emit_state(ConnectionState::Connecting { attempt: failures })
-                .await;
-            let cfg = self.core.cfg.clone();
-            let opened = match self.offline(open(&cfg)).await {
-                Ok(r) => r,
-                Err(close) => break Ok(close),
-            };
-            match opened {
-                Ok((ws, user_id, session_id)) => {
-                    let _ = self.shared.user_id.set(user_id.clone());
-                    match self.session(ws, user_id, session_id).await {
-                        End::Close(r) => break Ok(r),
-                        End::Lost(reason) => {
-                            tracing::info!(%reason, "connection lost; reconnecting");
-                            // Only a connection that got as far as catch-up resets the
-                            // backoff: a server that welcomes and drops at once must
-                            // not be hammered.
-                            if self.core.session_synced {
-                                failures = 0;
-                            } else {
-                                failures += 1;
-                                if backoff.max_retries.is_some_and(|m| failures > m) {
-                                    break Err(ClientError::RetriesExhausted {
-                                        attempts: failures,
-                                        last: Box::new(ClientError::Connect(reason)),
-                                    });
-                                }
-                            }
-                            self.core.connection_lost();
-                            self.emit_state(ConnectionState::Disconnected { reason })
-                                .await;
-                        }
-                    }
-                }
-                Err(e) if !e.is_retryable_connect() => break Err(e),
-                Err(e) => {
-                    failures += 1;
-                    tracing::debug!(error = %e, failures, "connect failed");
-                    if backoff.max_retries.is_some_and(|m| failures > m) {
-                        break Err(ClientError::RetriesExhausted {
-                            attempts: failures,
-                            last: Box::new(e),
-                        });
-                    }
-                }
-            }
-            let delay = backoff.delay(failures);
-            self.emit_state(ConnectionState::Reconnecting {
-                attempt: failures,
-                delay,
-            })
-            .await;
-            if let Err(close) = self.offline(tokio::time::sleep(delay)).await {
-                break Ok(close);
-            }
-        };
-        let (err, close_reply) = match outcome {
-            Ok(r) => (None, r),
-            Err(e) => (Some(e), None),
-        };
-        match &err {
-            Some(e) => tracing::warn!(error = %e, "client stopped"),
-            None => tracing::debug!("client closed"),
-        }
-        let fail = err.clone().unwrap_or(ClientError::Closed);
-        if let Some(r) = self.ready.take() {
-            let _ = r.send(Err(fail.clone()));
-        }
-        // Refuse what is still queued.
-        self.cmds.close();
-        while let Ok(c) = self.cmds.try_recv() {
-            let _ = self.core.offline_command(c);
-        }
-        self.core.stop(&fail);
-        self.emit_state(ConnectionState::Closed { error: err })
-            .await;
-        if let Some(r) = close_reply {
-            let _ = r.send(());
-        }
-    }
-
-    async fn session(&mut self, ws: Ws, user_id: UserId, session_id: SessionId) -> End {
-        let (mut sink, mut stream) = ws.split();
-        tracing::info!(user = %user_id, session = %session_id, queued = self.core.outbox_len(), "connected");
-        self.core.connected(user_id, session_id, Instant::now());
-        let heartbeat = self.core.cfg.heartbeat;
-        let mut last_rx = Instant::now();
-        let mut last_ping = Instant::now();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            if !self.core.out.is_empty() {
-                for text in std::mem::take(&mut self.core.out) {
-                    if let Err(e) = sink.feed(WsMessage::text(text)).await {
-                        return End::Lost(format!("write failed: {e}"));
-                    }
-                }
-                if let Err(e) = sink.flush().await {
-                    return End::Lost(format!("write failed: {e}"));
-                }
-            }
-            self.emit_queued().await;
-            tokio::select! {
-                msg = stream.next() => {
-                    last_rx = Instant::now();
-                    match msg {
-                        Some(Ok(WsMessage::Text(text))) => match ServerFrame::decode(text.as_str()) {
-                            Ok(frame) => {
-                                self.core.on_frame(frame, Instant::now());
-                                // `connect` resolves once the first catch-up has fixed
-                                // where each thread starts.
-                                if self.core.synced {
-                                    if let Some(r) = self.ready.take() {
-                                        let _ = r.send(Ok(()));
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::debug!(error = %e, "ignoring an undecodable frame"),
-                        },
-                        Some(Ok(WsMessage::Close(frame))) => {
-                            let reason = frame.map(|f| format!("closed by server: {} {}", u16::from(f.code), f.reason))
-                                .unwrap_or_else(|| "closed by server".into());
-                            return End::Lost(reason);
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
-                        None => return End::Lost("connection closed".into()),
-                    }
-                }
-                cmd = self.cmds.recv() => {
-                    let close = match cmd {
-                        None => Some(None),
-                        Some(c) => match self.core.online_command(c, Instant::now()) {
-                            Flow::Continue => None,
-                            Flow::Close(r) => Some(Some(r)),
-                        },
-                    };
-                    if let Some(reply) = close {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-                        return End::Close(reply);
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if now.saturating_duration_since(last_rx) > heartbeat * 2 {
-                        return End::Lost("heartbeat timeout".into());
-                    }
-                    if now.saturating_duration_since(last_ping) >= heartbeat {
-                        last_ping = now;
-                        if let Err(e) = sink.send(WsMessage::Ping(Default::default())).await {
-                            return End::Lost(format!("write failed: {e}"));
-                        }
-                    }
-                    self.core.tick(now);
-                }
-            }
-        }
-    }
-}
-
-/// Opens a connection and waits for `welcome`.
-async fn open(cfg: &ClientConfig) -> Result<(Ws, UserId, SessionId), ClientError> {
-    let mut req = request(cfg)?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", cfg.token))
-        .map_err(|_| ClientError::InvalidToken)?;
-    req.headers_mut().insert(AUTHORIZATION, bearer);
-    let connect = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
-            .await
-            .map_err(map_ws_error)?;
-        loop {
-            match ws.next().await {
-                Some(Ok(WsMessage::Text(text))) => {
-                    return match ServerFrame::decode(text.as_str()) {
-                        Ok(ServerFrame::Welcome {
-                            user_id,
-                            session_id,
-                            ..
-                        }) => Ok((ws, user_id, session_id)),
-                        Ok(other) => Err(ClientError::Protocol(format!(
-                            "expected welcome, got {}",
-                            other.type_name()
-                        ))),
-                        Err(e) => Err(ClientError::Protocol(format!("bad welcome: {e}"))),
-                    };
-                }
-                Some(Ok(WsMessage::Close(_))) | None => {
-                    return Err(ClientError::Connect("closed before welcome".into()))
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(ClientError::Connect(e.to_string())),
-            }
-        }
-    };
-    tokio::time::timeout(cfg.connect_timeout, connect)
-        .await
-        .map_err(|_| ClientError::Connect("connect timed out".into()))?
-}
-
-/// Checks the URL and builds the upgrade request.
-pub(crate) fn request(
-    cfg: &ClientConfig,
-) -> Result<tungstenite::handshake::client::Request, ClientError> {
-    if !(cfg.url.starts_with("ws://") || cfg.url.starts_with("wss://")) {
-        return Err(ClientError::InvalidUrl(format!(
-            "{}: the scheme must be ws:// or wss://",
-            cfg.url
-        )));
-    }
-    cfg.url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", cfg.url)))
-}
-
-fn map_ws_error(e: tungstenite::Error) -> ClientError {
-    match e {
-        tungstenite::Error::Http(resp) => {
-            let status = resp.status().as_u16();
-            if status == 401 || status == 403 {
-                ClientError::Auth(status)
-            } else {
-                ClientError::Http(status)
-            }
-        }
-        tungstenite::Error::Url(e) => ClientError::InvalidUrl(e.to_string()),
-        other => ClientError::Connect(other.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use messenger_core::protocol::{decode_client, HistoryMessage};
+    use messenger_core::MessageId;
 
     fn t(s: &str) -> ThreadId {
         ThreadId::new(s).expect("thread")
@@ -927,8 +787,35 @@ mod tests {
         UserId::new(s).expect("user")
     }
 
-    fn core(cfg: ClientConfig) -> Core {
-        Core::new(cfg)
+    fn settings() -> Settings {
+        Settings::new("ws://x/ws".into())
+    }
+
+    fn core(cfg: Settings) -> Core {
+        Core::new(std::sync::Arc::new(cfg), StoredState::default())
+    }
+
+    /// The app received these messages from the stream (and came back for more).
+    fn consume(c: &mut Core, thread: &str, from_others: &[(u64, u64)], held: u64) {
+        let mut consumed = Consumed::default();
+        if let Some(&(seq, id)) = from_others.last() {
+            consumed.received.insert(
+                t(thread),
+                AckDue {
+                    seq,
+                    message_id: MessageId(id),
+                },
+            );
+        }
+        consumed.held.insert(t(thread), held);
+        c.consumed(consumed);
+    }
+
+    /// Stores whatever is pending, as the driver does.
+    fn save(c: &mut Core) -> Option<StoreChanges> {
+        let changes = c.take_changes();
+        c.saved(Instant::now());
+        changes
     }
 
     /// The frames written since the last call, decoded, with their req ids.
@@ -947,7 +834,8 @@ mod tests {
     }
 
     fn connect(c: &mut Core) {
-        c.connected(u("alice"), SessionId::from_id(1), Instant::now());
+        c.connected(u("alice"), SessionId::from_id(1), Instant::now())
+            .expect("same user");
     }
 
     fn receive(thread: &str, seq: u64, from: &str) -> ServerFrame {
@@ -973,7 +861,7 @@ mod tests {
 
     #[tokio::test]
     async fn outbox_is_flushed_on_connect_before_catch_up_and_new_sends() {
-        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        let mut c = core(settings());
         let mut waits = Vec::new();
         for i in 0..3 {
             let (tx, rx) = oneshot::channel();
@@ -982,11 +870,14 @@ mod tests {
                 thread_id: t("t"),
                 temp_id: format!("tmp-{i}"),
                 text: format!("queued {i}"),
-                reply: tx,
+                reply: Some(tx),
+                stored: None,
             };
-            assert!(matches!(c.offline_command(cmd), Flow::Continue));
+            assert!(matches!(c.command(cmd, Instant::now()), Flow::Continue));
         }
         assert!(c.out.is_empty(), "nothing written while offline");
+        let changes = save(&mut c).expect("the sends are stored");
+        assert_eq!(changes.outbox_added.len(), 3);
         connect(&mut c);
         let frames = written(&mut c);
         let kinds: Vec<&str> = frames.iter().map(|(_, f)| f.type_name()).collect();
@@ -1033,9 +924,9 @@ mod tests {
 
     #[tokio::test]
     async fn catch_up_fetches_after_the_last_seq_and_pages() {
-        let cfg = ClientConfig::new("ws://x/ws", "alice")
-            .resume(t("old"), 2)
-            .auto_ack_delivered(false);
+        let mut cfg = settings();
+        cfg.resume.insert(t("old"), 2);
+        cfg.auto_ack_delivered = false;
         let mut c = core(cfg);
         connect(&mut c);
         let (list_req, _) = written(&mut c)[0].clone();
@@ -1114,15 +1005,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn delivered_is_acked_once_per_tick_for_others_only() {
-        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+    async fn delivered_is_acked_only_for_what_the_app_received() {
+        let mut c = core(settings());
         connect(&mut c);
         let _ = written(&mut c);
         c.synced = true;
         c.seq.start_at(&t("t"), 0);
         c.on_frame(receive("t", 1, "alice"), Instant::now());
-        c.tick(Instant::now());
-        assert!(written(&mut c).is_empty(), "own messages are not acked");
         c.on_frame(receive("t", 3, "bob"), Instant::now());
         let frames = written(&mut c);
         assert!(
@@ -1136,9 +1025,17 @@ mod tests {
                     }
                 )]
             ),
-            "a gap asks for a fill, no ack yet: {frames:?}"
+            "a gap asks for a fill, no ack: {frames:?}"
         );
         c.on_frame(receive("t", 2, "bob"), Instant::now());
+        assert_eq!(delivered(&mut c), vec![1, 2, 3]);
+        c.tick(Instant::now());
+        assert!(
+            written(&mut c).is_empty(),
+            "queued for the app is not received by the app: no ack"
+        );
+        // The app took 1 (its own) and 2 from the stream.
+        consume(&mut c, "t", &[(2, 102)], 1);
         assert!(written(&mut c).is_empty(), "acks wait for the tick");
         c.tick(Instant::now());
         let frames = written(&mut c);
@@ -1148,20 +1045,113 @@ mod tests {
                 [(
                     _,
                     ClientFrame::MessageAck {
-                        message_id: MessageId(103),
+                        message_id: MessageId(102),
                         status: AckStatus::Delivered,
                         ..
                     }
                 )]
             ),
-            "one ack covers 2 and 3: {frames:?}"
+            "one ack up to what the app received: {frames:?}"
         );
-        assert_eq!(delivered(&mut c), vec![1, 2, 3]);
+        let changes = save(&mut c).expect("positions");
+        assert_eq!(
+            changes.threads.get(&t("t")),
+            Some(&ThreadPosition {
+                held_seq: 1,
+                ack_due: None
+            }),
+            "held what the app came back from; the ack is no longer owed"
+        );
+        // Received again (older) is not acked twice; the next one is.
+        consume(&mut c, "t", &[(2, 102)], 2);
+        c.tick(Instant::now());
+        assert!(written(&mut c).is_empty());
+        consume(&mut c, "t", &[(3, 103)], 3);
+        c.tick(Instant::now());
+        assert_eq!(written(&mut c).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_positions_owed_acks_and_the_outbox() {
+        let mut stored = StoredState {
+            user_id: Some(u("alice")),
+            synced: true,
+            ..Default::default()
+        };
+        stored.threads.insert(
+            t("t"),
+            ThreadPosition {
+                held_seq: 4,
+                ack_due: Some(AckDue {
+                    seq: 4,
+                    message_id: MessageId(104),
+                }),
+            },
+        );
+        stored.outbox.push(OutboxEntry {
+            thread_id: t("t"),
+            temp_id: "kept".into(),
+            text: "from before".into(),
+            queued_at: 1,
+        });
+        let mut c = Core::new(std::sync::Arc::new(settings()), stored);
+        // Another user's token: refused.
+        let wrong = c.connected(u("mallory"), SessionId::from_id(1), Instant::now());
+        assert!(
+            matches!(wrong, Err(ClientError::WrongUser { .. })),
+            "{wrong:?}"
+        );
+        connect(&mut c);
+        let frames = written(&mut c);
+        assert!(
+            matches!(&frames[0].1, ClientFrame::SendMessage { temp_id, .. } if temp_id == "kept"),
+            "{frames:?}"
+        );
+        c.tick(Instant::now());
+        let frames = written(&mut c);
+        assert!(
+            frames.iter().any(|(_, f)| matches!(
+                f,
+                ClientFrame::MessageAck {
+                    message_id: MessageId(104),
+                    ..
+                }
+            )),
+            "the owed ack goes out: {frames:?}"
+        );
+        // Catch-up continues after the held seq, not from the server's start.
+        let list = ServerFrame::Threads {
+            req_id: Some(ReqId::UInt(2)),
+            threads: vec![ThreadSummary {
+                thread_id: t("t"),
+                kind: messenger_core::model::ThreadKind::Group,
+                title: None,
+                members: vec![u("alice"), u("bob")],
+                last_seq: 9,
+                receipts: Default::default(),
+                unread: 0,
+            }],
+        };
+        c.on_frame(list, Instant::now());
+        let frames = written(&mut c);
+        assert!(
+            matches!(
+                &frames[..],
+                [(
+                    _,
+                    ClientFrame::FetchHistory {
+                        after_seq: Some(4),
+                        ..
+                    }
+                )]
+            ),
+            "{frames:?}"
+        );
     }
 
     #[tokio::test]
     async fn errors_are_routed_to_their_callers() {
-        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        let mut c = core(settings());
         connect(&mut c);
         let _ = written(&mut c);
         let now = Instant::now();
@@ -1171,7 +1161,7 @@ mod tests {
             thread_id: t("t"),
             typing: true,
         };
-        c.online_command(Command::Fire { frame, reply: tx }, now);
+        c.command(Command::Fire { frame, reply: tx }, now);
         let frames = written(&mut c);
         assert_eq!(frames[1].1.type_name(), "ping");
         c.on_frame(
@@ -1190,15 +1180,18 @@ mod tests {
         );
         // A rate-limited send stays queued and is retried; a forbidden one fails.
         let (tx, mut rx) = oneshot::channel();
-        c.online_command(
+        c.command(
             Command::Send {
                 thread_id: t("t"),
                 temp_id: "a".into(),
                 text: "x".into(),
-                reply: tx,
+                reply: Some(tx),
+                stored: None,
             },
             now,
         );
+        assert!(c.out.is_empty(), "not before the store has it");
+        save(&mut c);
         let (req, _) = written(&mut c)[0].clone();
         c.on_frame(
             ServerFrame::error(Some(ReqId::UInt(req)), "rate_limited", "slow"),
@@ -1219,7 +1212,7 @@ mod tests {
         );
         // Requests in flight fail with Disconnected when the connection drops.
         let (tx, rx) = oneshot::channel();
-        c.online_command(
+        c.command(
             Command::Request {
                 frame: ClientFrame::ListThreads {},
                 reply: Want::Threads(tx),
@@ -1232,7 +1225,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_tracked_forever() {
-        let mut c = core(ClientConfig::new("ws://x/ws", "alice"));
+        let mut c = core(settings());
         connect(&mut c);
         let _ = written(&mut c);
         let now = Instant::now();
@@ -1242,7 +1235,7 @@ mod tests {
             thread_id: t("t"),
             typing: true,
         };
-        c.online_command(Command::Fire { frame, reply: tx }, now);
+        c.command(Command::Fire { frame, reply: tx }, now);
         let frames = written(&mut c);
         c.on_frame(
             ServerFrame::Pong {
@@ -1255,6 +1248,7 @@ mod tests {
         c.seq.start_at(&t("t"), 0);
         for seq in 1..=50 {
             c.on_frame(receive("t", seq, "bob"), now);
+            consume(&mut c, "t", &[(seq, 100 + seq)], seq);
         }
         c.tick(now);
         assert_eq!(written(&mut c).len(), 1, "fifty messages, one ack");
@@ -1264,7 +1258,7 @@ mod tests {
             thread_id: t("t"),
             typing: false,
         };
-        c.online_command(Command::Fire { frame, reply: tx }, now);
+        c.command(Command::Fire { frame, reply: tx }, now);
         drop(rx);
         c.tick(now);
         assert!(

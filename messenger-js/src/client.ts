@@ -1,0 +1,1111 @@
+/**
+ * The client: one WebSocket, the outbox, catch-up, gap filling and de-duplication.
+ *
+ * @module
+ */
+
+import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from "./backoff.js";
+import { MessengerError } from "./errors.js";
+import { Outbox, type PendingSend } from "./outbox.js";
+import { decode, encode, type ClientFrame, type ReqId, type ServerFrame } from "./protocol.js";
+import { Sequencer, type Step } from "./sequencer.js";
+import type {
+  AckStatus,
+  ClientEvents,
+  ConnectionState,
+  HistoryPage,
+  Message,
+  Sent,
+  Thread,
+  ThreadSummary,
+} from "./types.js";
+
+/**
+ * The part of the WebSocket API the client uses: the browser's `WebSocket`, Node 22's
+ * global one and the `ws` package's all fit.
+ */
+export interface WebSocketLike {
+  /** 0 connecting, 1 open, 2 closing, 3 closed. */
+  readonly readyState: number;
+  /** Writes a text frame. */
+  send(data: string): void;
+  /** Starts the closing handshake. */
+  close(code?: number, reason?: string): void;
+  /** The connection is open. */
+  onopen: ((ev: unknown) => void) | null;
+  /** A frame arrived. */
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  /** The connection closed. */
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  /** Something failed; a close follows. */
+  onerror: ((ev: unknown) => void) | null;
+}
+
+/** A constructor of {@link WebSocketLike}, such as `WebSocket` or `ws`'s default export. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** What a {@link TokenProvider} is told. */
+export interface TokenRequest {
+  /**
+   * The server refused the last token with HTTP 401: return a fresh one. If the fresh
+   * one is refused too, the client stops with an `auth` error.
+   */
+  refused: boolean;
+}
+
+/**
+ * Gives the token for the next connection attempt. It is called before every attempt,
+ * so cache the token and mint a new one when it is close to expiry or when
+ * `refused` is true.
+ */
+export type TokenProvider = (req: TokenRequest) => string | Promise<string>;
+
+/** Where the client's threads start on its first connection. */
+export type InitialSync = "latest" | "full";
+
+/** Logging hooks; the default logs warnings to the console and drops debug lines. */
+export interface Logger {
+  /** Details for debugging. */
+  debug(msg: string, ...rest: unknown[]): void;
+  /** Something went wrong that the client handles by itself. */
+  warn(msg: string, ...rest: unknown[]): void;
+}
+
+/** How to build a {@link MessengerClient}. Only `url` and `token` are required. */
+export interface ClientOptions {
+  /** The server's WebSocket endpoint, `ws://host:port/ws` or `wss://...`. */
+  url: string;
+  /**
+   * The token: a string (dev auth: the user id; otherwise a JWT), or a provider that
+   * is asked before every connection attempt (token refresh).
+   */
+  token: string | TokenProvider;
+  /**
+   * The WebSocket implementation. Default: the platform's `globalThis.WebSocket`
+   * (browsers, Node 22+). On Node 20 pass `ws`'s: `import WebSocket from "ws"`.
+   */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnection backoff; see {@link BackoffOptions}. */
+  backoff?: Partial<BackoffOptions>;
+  /** How long a request waits for its reply, ms. Default 10 000. */
+  requestTimeoutMs?: number;
+  /** How long one connection attempt may take up to `welcome`, ms. Default 10 000. */
+  connectTimeoutMs?: number;
+  /**
+   * The client pings the server after this long without a frame, and replaces a
+   * connection silent for twice this, ms. Default 15 000.
+   */
+  heartbeatMs?: number;
+  /** Ack `DELIVERED` for messages from others handed to the app. Default true. */
+  autoAckDelivered?: boolean;
+  /**
+   * On the first connection, `latest` (default) starts each thread at its current
+   * last seq (only new messages become events; read older ones with the history
+   * calls); `full` delivers every thread from seq 1.
+   */
+  initialSync?: InitialSync;
+  /**
+   * Positions the app already holds (thread id to the last seq it has), e.g. from
+   * its storage: those threads continue exactly after them.
+   */
+  resume?: Record<string, number>;
+  /** Page size of catch-up and gap fills (the server caps it at 200). Default 200. */
+  fillPageSize?: number;
+  /**
+   * WebSocket APIs do not expose the HTTP status of a refused upgrade. When a
+   * connection fails before opening, the client asks the same URL with a plain
+   * `fetch` to tell a refused token (401) from a server that is down. Default: the
+   * global `fetch`; `false` turns the probe off (then a refused token is retried with
+   * backoff like any failure).
+   */
+  authProbe?: false | typeof fetch;
+  /** Logging. */
+  logger?: Logger;
+}
+
+/** A page-by-page reader of a thread's history, newest first; see {@link MessengerClient.historyPager}. */
+export interface HistoryPager {
+  /** The next older page, ascending by seq; empty once the start of the thread is reached. */
+  older(): Promise<Message[]>;
+  /** Whether older messages may remain. */
+  readonly hasMore: boolean;
+}
+
+type Listener<T> = (ev: T) => void;
+
+type Want = "thread" | "threads" | "history" | "presence";
+
+type Pending =
+  | { kind: "send"; threadId: string; tempId: string }
+  | { kind: "want"; want: Want; resolve(v: unknown): void; reject(e: MessengerError): void; timer: Timer }
+  | { kind: "fireHead"; ping: number }
+  | { kind: "firePing"; head: number; resolve(): void; reject(e: MessengerError): void; timer: Timer }
+  | { kind: "ping"; t0: number; resolve(ms: number): void; reject(e: MessengerError): void; timer: Timer }
+  | { kind: "catchUpList" }
+  | { kind: "fill"; threadId: string };
+
+type Timer = ReturnType<typeof setTimeout>;
+
+type End = { lost: string } | { closed: true };
+
+type Opened =
+  | { ok: true; ws: WebSocketLike; userId: string; sessionId: string; early: string[] }
+  | { ok: false; error: MessengerError };
+
+/** How long a send refused as transient (`rate_limited`, `unavailable`) waits. */
+const SEND_RETRY_MS = 1000;
+/** How long a catch-up refused as transient waits. */
+const CATCH_UP_RETRY_MS = 1000;
+/** Housekeeping period: acks, outbox retries, heartbeats. */
+const TICK_MS = 250;
+/** The `req_id` of automatic `DELIVERED` acks: not tracked, a refusal is only logged. */
+const AUTO_ACK = "auto-ack";
+
+const defaultLogger: Logger = {
+  debug() {},
+  warn(msg, ...rest) {
+    console.warn(`[messenger] ${msg}`, ...rest);
+  },
+};
+
+let tempCounter = 0;
+
+/**
+ * A new temp id, unique per client and page load: the time, a counter and randomness.
+ * The server de-duplicates sends by (thread, sender, temp id).
+ */
+export function newTempId(): string {
+  tempCounter += 1;
+  const rand = Math.floor(Math.random() * 0x100000000).toString(36);
+  return `t-${Date.now().toString(36)}-${tempCounter.toString(36)}-${rand}`;
+}
+
+/**
+ * A messenger client. It keeps one WebSocket open (reconnecting with backoff), and
+ * keeps the protocol's delivery guarantee for the app: every message reaches the
+ * `message` listeners exactly once and in seq order per thread, across disconnects,
+ * and every `send` that resolved is stored exactly once.
+ *
+ * ```ts
+ * const client = new MessengerClient({ url: "ws://127.0.0.1:8080/ws", token: "alice" });
+ * client.on("message", (m) => console.log(`${m.senderId}: ${m.text}`));
+ * await client.connect();
+ * const dm = await client.createDirect("bob");
+ * await client.send(dm.threadId, "hi bob");
+ * ```
+ */
+export class MessengerClient {
+  private readonly opts: Required<
+    Pick<
+      ClientOptions,
+      "url" | "requestTimeoutMs" | "connectTimeoutMs" | "heartbeatMs" | "autoAckDelivered" | "initialSync" | "fillPageSize"
+    >
+  > &
+    ClientOptions;
+  private readonly backoff: BackoffOptions;
+  private readonly log: Logger;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
+
+  private readonly outbox = new Outbox();
+  private readonly seq = new Sequencer();
+  private readonly pendingReqs = new Map<number, Pending>();
+  private nextReq = 1;
+  private current: ConnectionState = { kind: "idle" };
+  private me: string | undefined;
+  private session: string | undefined;
+  private ws: WebSocketLike | undefined;
+  /** The first catch-up (which applies `initialSync`) is done. */
+  private synced = false;
+  /** This connection's catch-up list was answered: the connection was healthy. */
+  private sessionSynced = false;
+  private catchUpAt: number | undefined;
+  private readonly acksDue = new Map<string, { seq: number; messageId: string }>();
+  private lastRx = 0;
+  private lastPing = 0;
+
+  private running: Promise<void> | undefined;
+  private closing = false;
+  private endSession: ((e: End) => void) | undefined;
+  private abortOpen: (() => void) | undefined;
+  private wake: (() => void) | undefined;
+  private ready: { resolve(): void; reject(e: MessengerError): void; promise: Promise<void> } | undefined;
+  private readonly onOnline = () => this.wake?.();
+
+  /** Creates a client; nothing happens until {@link connect}. */
+  constructor(options: ClientOptions) {
+    this.opts = {
+      requestTimeoutMs: 10_000,
+      connectTimeoutMs: 10_000,
+      heartbeatMs: 15_000,
+      autoAckDelivered: true,
+      initialSync: "latest",
+      fillPageSize: 200,
+      ...options,
+    };
+    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.log = options.logger ?? defaultLogger;
+    this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  }
+
+  // ----- events --------------------------------------------------------------------
+
+  /**
+   * Listens to an event; returns a function that removes the listener. Listeners run
+   * synchronously in the order the client produced the events; one that throws does
+   * not disturb the client or the other listeners (the error is rethrown
+   * asynchronously).
+   */
+  on<K extends keyof ClientEvents>(event: K, listener: (ev: ClientEvents[K]) => void): () => void {
+    let set = this.listeners.get(event);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(event, set);
+    }
+    set.add(listener as Listener<never>);
+    return () => this.off(event, listener);
+  }
+
+  /** Removes a listener added with {@link on}. */
+  off<K extends keyof ClientEvents>(event: K, listener: (ev: ClientEvents[K]) => void): void {
+    this.listeners.get(event)?.delete(listener as Listener<never>);
+  }
+
+  private emit<K extends keyof ClientEvents>(event: K, payload: ClientEvents[K]): void {
+    const set = this.listeners.get(event);
+    if (!set) return;
+    for (const l of [...set]) {
+      try {
+        (l as Listener<ClientEvents[K]>)(payload);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  private setState(s: ConnectionState): void {
+    this.current = s;
+    this.emit("state", s);
+  }
+
+  // ----- accessors -----------------------------------------------------------------
+
+  /** The current connection state. */
+  get state(): ConnectionState {
+    return this.current;
+  }
+
+  /** The user the server authenticated (known after the first `welcome`). */
+  get userId(): string | undefined {
+    return this.me;
+  }
+
+  /** The current session's id, while connected. */
+  get sessionId(): string | undefined {
+    return this.current.kind === "connected" ? this.session : undefined;
+  }
+
+  /** Sends waiting for the server's confirmation, oldest first. */
+  pending(): PendingSend[] {
+    return this.outbox.list();
+  }
+
+  /** The last seq handed to the app in a thread, if the client knows the thread. */
+  position(threadId: string): number | undefined {
+    return this.seq.position(threadId);
+  }
+
+  // ----- lifecycle -----------------------------------------------------------------
+
+  /**
+   * Starts the client and resolves once it is connected and the first catch-up has
+   * fixed where each thread starts. Until then failures are retried with backoff.
+   * Rejects with an `auth` error when the token is refused, `retries_exhausted`
+   * when `backoff.maxRetries` is reached, `closed` when {@link close} is called first.
+   * Calling it again returns the same promise.
+   */
+  connect(): Promise<void> {
+    if (this.ready) return this.ready.promise;
+    let resolve!: () => void;
+    let reject!: (e: MessengerError) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    this.ready = { resolve, reject, promise };
+    if (this.closing) {
+      reject(new MessengerError("closed", "the client is closed"));
+      return promise;
+    }
+    const g = globalThis as { addEventListener?: (t: string, l: () => void) => void };
+    g.addEventListener?.("online", this.onOnline);
+    this.running = this.run().catch((e) => this.log.warn("client loop failed", e));
+    return promise;
+  }
+
+  /**
+   * Creates a client and connects it: `new MessengerClient(options)` then
+   * {@link connect}. Add listeners before connecting if you need every event.
+   */
+  static async connect(options: ClientOptions): Promise<MessengerClient> {
+    const c = new MessengerClient(options);
+    await c.connect();
+    return c;
+  }
+
+  /**
+   * Closes the connection and stops for good. Pending requests and queued sends
+   * reject with a `closed` error.
+   */
+  async close(): Promise<void> {
+    if (this.closing) {
+      await this.running;
+      return;
+    }
+    this.closing = true;
+    this.endSession?.({ closed: true });
+    this.abortOpen?.();
+    this.wake?.();
+    if (this.running) await this.running;
+    else this.stop(undefined);
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    let refreshed = false;
+    let outcome: MessengerError | undefined;
+    for (;;) {
+      if (this.closing) break;
+      this.setState({ kind: "connecting", attempt: failures });
+      const opened = await this.open(refreshed);
+      if (this.closing) {
+        if (opened.ok) opened.ws.close(1000);
+        break;
+      }
+      if (opened.ok) {
+        refreshed = false;
+        const end = await this.runSession(opened);
+        if ("closed" in end) break;
+        this.log.debug(`connection lost: ${end.lost}`);
+        // Only a connection that got as far as catch-up resets the backoff: a server
+        // that welcomes and drops at once must not be hammered.
+        if (this.sessionSynced) failures = 0;
+        else failures += 1;
+        this.connectionLost();
+        this.setState({ kind: "disconnected", reason: end.lost });
+        if (this.exhausted(failures)) {
+          outcome = new MessengerError("retries_exhausted", `gave up after ${failures} attempts: ${end.lost}`, {
+            attempts: failures,
+            cause: new MessengerError("connect", end.lost),
+          });
+          break;
+        }
+      } else {
+        const e = opened.error;
+        if (e.kind === "auth") {
+          if (typeof this.opts.token === "function" && !refreshed) {
+            // Ask the provider for a fresh token and try again at once.
+            refreshed = true;
+            this.log.debug("token refused; asking the provider for a fresh one");
+            continue;
+          }
+          outcome = e;
+          break;
+        }
+        if (e.kind === "invalid_url" || e.kind === "unsupported") {
+          outcome = e;
+          break;
+        }
+        failures += 1;
+        this.log.debug(`connect failed (${failures}): ${e.message}`);
+        if (this.exhausted(failures)) {
+          outcome = new MessengerError("retries_exhausted", `gave up after ${failures} attempts: ${e.message}`, {
+            attempts: failures,
+            cause: e,
+          });
+          break;
+        }
+      }
+      const delayMs = backoffDelay(this.backoff, failures);
+      this.setState({ kind: "reconnecting", attempt: failures, delayMs });
+      await this.sleep(delayMs);
+    }
+    this.stop(outcome);
+  }
+
+  private exhausted(failures: number): boolean {
+    return this.backoff.maxRetries !== undefined && failures > this.backoff.maxRetries;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = undefined;
+        done();
+      };
+    });
+  }
+
+  /** Ends the client: everything still waiting fails with `err` (or `closed`). */
+  private stop(err: MessengerError | undefined): void {
+    const fail = err ?? new MessengerError("closed", "the client is closed");
+    this.closing = true;
+    for (const [, p] of this.pendingReqs) failPending(p, fail);
+    this.pendingReqs.clear();
+    this.outbox.failAll(fail);
+    const g = globalThis as { removeEventListener?: (t: string, l: () => void) => void };
+    g.removeEventListener?.("online", this.onOnline);
+    if (err) this.log.warn(`client stopped: ${err.message}`);
+    this.ready?.reject(fail);
+    this.setState(err ? { kind: "closed", error: err } : { kind: "closed" });
+  }
+
+  // ----- one connection --------------------------------------------------------------
+
+  private async token(refused: boolean): Promise<string> {
+    const t = this.opts.token;
+    return typeof t === "function" ? await t({ refused }) : t;
+  }
+
+  private async open(refused: boolean): Promise<Opened> {
+    const url = this.opts.url;
+    if (!/^wss?:\/\//i.test(url)) {
+      return { ok: false, error: new MessengerError("invalid_url", `${url}: the scheme must be ws:// or wss://`) };
+    }
+    const WS = this.WS;
+    if (!WS) {
+      return {
+        ok: false,
+        error: new MessengerError(
+          "unsupported",
+          "no WebSocket implementation: pass one as ClientOptions.WebSocket (on Node 20: the `ws` package)",
+        ),
+      };
+    }
+    let token: string;
+    try {
+      token = await this.token(refused);
+    } catch (e) {
+      return { ok: false, error: new MessengerError("connect", `the token provider failed: ${String(e)}`, { cause: e }) };
+    }
+    let full: string;
+    try {
+      const u = new URL(url);
+      u.searchParams.set("token", token);
+      full = u.toString();
+    } catch (e) {
+      return { ok: false, error: new MessengerError("invalid_url", `${url}: ${String(e)}`) };
+    }
+    return new Promise<Opened>((resolve) => {
+      let ws: WebSocketLike;
+      try {
+        ws = new WS(full);
+      } catch (e) {
+        resolve({ ok: false, error: new MessengerError("connect", String(e), { cause: e }) });
+        return;
+      }
+      let opened = false;
+      let done = false;
+      let errorText = "";
+      let welcome: { userId: string; sessionId: string } | undefined;
+      const early: string[] = [];
+      const finish = (r: Opened) => {
+        if (done) return;
+        done = true;
+        this.abortOpen = undefined;
+        clearTimeout(timer);
+        if (!r.ok) {
+          ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+          try {
+            ws.close();
+          } catch {
+            // already closed
+          }
+        }
+        resolve(r);
+      };
+      const timer = setTimeout(
+        () => finish({ ok: false, error: new MessengerError("connect", "connect timed out") }),
+        this.opts.connectTimeoutMs,
+      );
+      this.abortOpen = () => finish({ ok: false, error: new MessengerError("closed", "the client is closed") });
+      ws.onopen = () => {
+        opened = true;
+      };
+      ws.onerror = (ev) => {
+        const m = (ev as { message?: unknown; error?: { message?: unknown } })?.message;
+        if (typeof m === "string") errorText = m;
+      };
+      ws.onmessage = (ev) => {
+        if (typeof ev.data !== "string") return;
+        if (welcome) {
+          early.push(ev.data);
+          return;
+        }
+        let f: ServerFrame | null;
+        try {
+          f = decode(ev.data);
+        } catch (e) {
+          finish({ ok: false, error: new MessengerError("protocol", `bad welcome: ${(e as Error).message}`) });
+          return;
+        }
+        if (f?.type !== "welcome") {
+          finish({ ok: false, error: new MessengerError("protocol", `expected welcome, got ${f?.type ?? "an unknown frame"}`) });
+          return;
+        }
+        welcome = { userId: f.userId, sessionId: f.sessionId };
+        // Resolve on the next turn so frames already queued behind `welcome` are kept.
+        setTimeout(() => {
+          if (done) return;
+          if (ws.readyState !== 1) {
+            finish({ ok: false, error: new MessengerError("connect", "closed right after welcome") });
+            return;
+          }
+          done = true;
+          this.abortOpen = undefined;
+          clearTimeout(timer);
+          resolve({ ok: true, ws, userId: f.userId, sessionId: f.sessionId, early });
+        }, 0);
+      };
+      ws.onclose = (ev) => {
+        if (done) return;
+        if (welcome) {
+          finish({ ok: false, error: new MessengerError("connect", `closed after welcome: ${ev.code}`) });
+          return;
+        }
+        const status = opened ? undefined : statusFrom(errorText);
+        const judge = async (): Promise<Opened> => {
+          const s = status ?? (opened ? undefined : await this.probe(full));
+          if (s === 401 || s === 403) {
+            return { ok: false, error: new MessengerError("auth", `the server refused the token (HTTP ${s})`, { status: s }) };
+          }
+          const why = s !== undefined ? `HTTP ${s}` : errorText || `closed (${ev.code}) before welcome`;
+          return { ok: false, error: new MessengerError("connect", why) };
+        };
+        judge().then(finish, (e) => finish({ ok: false, error: new MessengerError("connect", String(e)) }));
+      };
+    });
+  }
+
+  /** Asks the WebSocket URL with plain HTTP: 401 means the token was refused. */
+  private async probe(wsUrl: string): Promise<number | undefined> {
+    const f = this.opts.authProbe === undefined ? (globalThis as { fetch?: typeof fetch }).fetch : this.opts.authProbe;
+    if (!f) return undefined;
+    const httpUrl = wsUrl.replace(/^ws/i, "http");
+    const abort = new AbortController();
+    const t = setTimeout(() => abort.abort(), 5000);
+    try {
+      const r = await f(httpUrl, { method: "GET", cache: "no-store", signal: abort.signal });
+      return r.status === 401 || r.status === 403 ? r.status : undefined;
+    } catch {
+      return undefined; // the server is down, or another origin without CORS
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
+  private runSession(o: { ws: WebSocketLike; userId: string; sessionId: string; early: string[] }): Promise<End> {
+    const { ws } = o;
+    return new Promise<End>((resolve) => {
+      let ended = false;
+      const end = (e: End) => {
+        if (ended) return;
+        ended = true;
+        clearInterval(tick);
+        this.endSession = undefined;
+        this.ws = undefined;
+        ws.onmessage = ws.onclose = ws.onerror = ws.onopen = null;
+        if ("closed" in e || ws.readyState <= 1) {
+          try {
+            ws.close(1000);
+          } catch {
+            // already closed
+          }
+        }
+        resolve(e);
+      };
+      this.endSession = end;
+      this.ws = ws;
+      this.lastRx = Date.now();
+      this.lastPing = this.lastRx;
+      ws.onmessage = (ev) => {
+        this.lastRx = Date.now();
+        if (typeof ev.data === "string") this.onText(ev.data);
+      };
+      ws.onclose = (ev) => end({ lost: `closed by server: ${ev.code}${ev.reason ? ` ${ev.reason}` : ""}` });
+      ws.onerror = () => {};
+      const tick = setInterval(() => {
+        const now = Date.now();
+        if (now - this.lastRx > this.opts.heartbeatMs * 2) {
+          end({ lost: "heartbeat timeout" });
+          return;
+        }
+        if (now - this.lastRx >= this.opts.heartbeatMs && now - this.lastPing >= this.opts.heartbeatMs) {
+          this.lastPing = now;
+          this.write(encode({ type: "ping" }, "heartbeat"));
+        }
+        this.tick(now);
+      }, TICK_MS);
+      this.connected(o.userId, o.sessionId);
+      for (const text of o.early) if (!ended) this.onText(text);
+    });
+  }
+
+  private write(text: string): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return;
+    try {
+      ws.send(text);
+    } catch (e) {
+      this.endSession?.({ lost: `write failed: ${String(e)}` });
+    }
+  }
+
+  private onText(text: string): void {
+    let f: ServerFrame | null;
+    try {
+      f = decode(text);
+    } catch (e) {
+      this.log.debug(`ignoring an undecodable frame: ${(e as Error).message}`);
+      return;
+    }
+    if (f) this.onFrame(f);
+    if (this.synced && this.ready) this.ready.resolve();
+  }
+
+  // ----- protocol state machine ------------------------------------------------------
+
+  private request(frame: ClientFrame, p: Pending): number {
+    const id = this.nextReq++;
+    this.pendingReqs.set(id, p);
+    this.write(encode(frame, id));
+    return id;
+  }
+
+  private take(reqId: ReqId | undefined): Pending | undefined {
+    if (typeof reqId !== "number") return undefined;
+    const p = this.pendingReqs.get(reqId);
+    this.pendingReqs.delete(reqId);
+    if (p && "timer" in p) clearTimeout(p.timer);
+    return p;
+  }
+
+  private timeout(id: () => number): Timer {
+    return setTimeout(() => {
+      const p = this.take(id());
+      if (p) failPending(p, new MessengerError("timeout", `no reply within ${this.opts.requestTimeoutMs} ms`));
+    }, this.opts.requestTimeoutMs);
+  }
+
+  private connected(userId: string, sessionId: string): void {
+    this.me = userId;
+    this.session = sessionId;
+    this.sessionSynced = false;
+    this.setState({ kind: "connected", userId, sessionId });
+    this.flushOutbox(Date.now());
+    this.catchUp();
+  }
+
+  private catchUp(): void {
+    this.catchUpAt = undefined;
+    this.request({ type: "list_threads" }, { kind: "catchUpList" });
+  }
+
+  private flushOutbox(now: number): void {
+    for (const item of this.outbox.due(now)) {
+      this.request(
+        { type: "send_message", thread_id: item.threadId, temp_id: item.tempId, text: item.text },
+        { kind: "send", threadId: item.threadId, tempId: item.tempId },
+      );
+    }
+  }
+
+  private connectionLost(): void {
+    const err = new MessengerError("disconnected", "the connection dropped before the reply");
+    for (const [, p] of this.pendingReqs) failPending(p, err);
+    this.pendingReqs.clear();
+    this.outbox.connectionLost();
+    this.seq.connectionLost();
+  }
+
+  private tick(now: number): void {
+    this.flushOutbox(now);
+    for (const [threadId, due] of this.acksDue) {
+      this.write(encode({ type: "message_ack", thread_id: threadId, message_id: due.messageId, status: "DELIVERED" }, AUTO_ACK));
+    }
+    this.acksDue.clear();
+    if (this.catchUpAt !== undefined && this.catchUpAt <= now) this.catchUp();
+  }
+
+  private apply(threadId: string, step: Step): void {
+    for (const m of step.deliver) {
+      if (this.opts.autoAckDelivered && m.senderId !== this.me) {
+        const due = this.acksDue.get(threadId);
+        if (!due || m.seq > due.seq) this.acksDue.set(threadId, { seq: m.seq, messageId: m.messageId });
+      }
+      this.emit("message", m);
+    }
+    if (step.fillAfter !== undefined) this.fetchFill(threadId, step.fillAfter);
+  }
+
+  private fetchFill(threadId: string, after: number): void {
+    this.request(
+      { type: "fetch_history", thread_id: threadId, after_seq: after, limit: this.opts.fillPageSize },
+      { kind: "fill", threadId },
+    );
+  }
+
+  /** Before the first catch-up, a thread without a position starts per `initialSync`. */
+  private positionUnknown(threadId: string, serverLast: number): void {
+    if (this.seq.position(threadId) !== undefined) return;
+    const resume = this.opts.resume?.[threadId];
+    if (resume !== undefined) this.seq.startAt(threadId, resume);
+    else if (!this.synced && this.opts.initialSync === "latest") this.seq.startAt(threadId, serverLast);
+  }
+
+  private offer(m: Message): void {
+    this.positionUnknown(m.threadId, Math.max(0, m.seq - 1));
+    this.apply(m.threadId, this.seq.offer(m));
+  }
+
+  private onFrame(f: ServerFrame): void {
+    switch (f.type) {
+      case "welcome":
+        this.log.debug("ignoring a second welcome");
+        return;
+      case "message_sent": {
+        this.take(f.reqId);
+        const item = this.outbox.take(f.threadId, f.tempId);
+        if (!item) {
+          this.log.debug(`message_sent for no pending send: ${f.threadId} ${f.tempId}`);
+          return;
+        }
+        const sent: Sent = { threadId: f.threadId, tempId: f.tempId, messageId: f.messageId, seq: f.seq, sentAt: f.sentAt };
+        for (const w of item.waiters) w.resolve(sent);
+        this.emit("sent", sent);
+        if (this.me !== undefined) {
+          this.offer({
+            threadId: f.threadId,
+            messageId: f.messageId,
+            seq: f.seq,
+            senderId: this.me,
+            text: item.text,
+            sentAt: f.sentAt,
+          });
+        }
+        return;
+      }
+      case "receive_message":
+        this.offer(f.message);
+        return;
+      case "message_ack":
+        this.emit("receipt", {
+          threadId: f.threadId,
+          messageId: f.messageId,
+          seq: f.seq,
+          status: f.status,
+          userId: f.userId,
+          at: f.at,
+        });
+        return;
+      case "thread": {
+        const t: Thread = { threadId: f.threadId, kind: f.kind, members: f.members };
+        if (f.title !== undefined) t.title = f.title;
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "thread") p.resolve(t);
+        this.emit("thread", t);
+        return;
+      }
+      case "threads": {
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "threads") p.resolve(f.threads);
+        else if (p?.kind === "catchUpList") this.onCatchUpList(f.threads);
+        else this.log.debug("unexpected threads frame");
+        return;
+      }
+      case "history": {
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "history") p.resolve(f.page);
+        else if (p?.kind === "fill") this.apply(p.threadId, this.seq.fillPage(p.threadId, f.page.messages, f.page.hasMore));
+        else this.log.debug("unexpected history frame");
+        return;
+      }
+      case "presence": {
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "presence") p.resolve(undefined);
+        const ev: ClientEvents["presence"] = { userId: f.userId, status: f.status };
+        if (f.lastSeen !== undefined) ev.lastSeen = f.lastSeen;
+        this.emit("presence", ev);
+        return;
+      }
+      case "typing":
+        this.emit("typing", { threadId: f.threadId, userId: f.userId, typing: f.typing });
+        return;
+      case "pong": {
+        const p = this.take(f.reqId);
+        if (p?.kind === "firePing") {
+          this.pendingReqs.delete(p.head);
+          p.resolve();
+        } else if (p?.kind === "ping") {
+          p.resolve(Date.now() - p.t0);
+        }
+        return;
+      }
+      case "error":
+        this.onError(f.reqId, f.code, f.message);
+        return;
+    }
+  }
+
+  private onCatchUpList(threads: ThreadSummary[]): void {
+    for (const t of threads) {
+      this.positionUnknown(t.threadId, t.lastSeq);
+      const after = this.seq.catchUp(t.threadId, t.lastSeq);
+      if (after !== undefined) this.fetchFill(t.threadId, after);
+    }
+    this.synced = true;
+    this.sessionSynced = true;
+  }
+
+  private onError(reqId: ReqId | undefined, code: string, message: string): void {
+    const err = MessengerError.server(code, message);
+    if (reqId === AUTO_ACK) {
+      this.log.debug(`delivered ack refused: ${err.message}`);
+      return;
+    }
+    const p = this.take(reqId);
+    if (!p) {
+      this.log.warn(`server error for no pending request: ${err.message}`);
+      return;
+    }
+    const now = Date.now();
+    switch (p.kind) {
+      case "send": {
+        if (err.transient) {
+          const item = this.outbox.get(p.threadId, p.tempId);
+          if (item) {
+            item.inFlight = false;
+            item.retryAt = now + SEND_RETRY_MS;
+          }
+        } else {
+          const item = this.outbox.take(p.threadId, p.tempId);
+          for (const w of item?.waiters ?? []) w.reject(err);
+        }
+        return;
+      }
+      case "fireHead": {
+        const ping = this.take(p.ping);
+        if (ping) failPending(ping, err);
+        return;
+      }
+      case "catchUpList":
+        this.log.warn(`catch-up refused (${err.message}); retrying`);
+        this.catchUpAt = now + CATCH_UP_RETRY_MS;
+        return;
+      case "fill":
+        if (err.transient) {
+          this.log.warn(`fill of ${p.threadId} refused (${err.message}); retrying with catch-up`);
+          this.seq.fillAborted(p.threadId);
+          this.catchUpAt = now + CATCH_UP_RETRY_MS;
+        } else {
+          this.log.warn(`fill of ${p.threadId} impossible (${err.message}); delivering what is held`);
+          this.apply(p.threadId, this.seq.fillFailed(p.threadId));
+        }
+        return;
+      default:
+        failPending(p, err);
+    }
+  }
+
+  // ----- requests ------------------------------------------------------------------
+
+  private ensureOpen(): MessengerError | undefined {
+    if (this.closing) return new MessengerError("closed", "the client is closed");
+    if (!this.ws) return new MessengerError("disconnected", "not connected; try again once reconnected");
+    return undefined;
+  }
+
+  private want<T>(frame: ClientFrame, want: Want): Promise<T> {
+    const err = this.ensureOpen();
+    if (err) return Promise.reject(err);
+    return new Promise<T>((resolve, reject) => {
+      let id = 0;
+      const timer = this.timeout(() => id);
+      id = this.request(frame, { kind: "want", want, resolve: resolve as (v: unknown) => void, reject, timer });
+    });
+  }
+
+  /** A frame with no reply on success, confirmed by a `ping` right behind it. */
+  private fire(frame: ClientFrame): Promise<void> {
+    const err = this.ensureOpen();
+    if (err) return Promise.reject(err);
+    return new Promise<void>((resolve, reject) => {
+      const pingId = this.nextReq + 1;
+      let id = 0;
+      const timer = this.timeout(() => id);
+      const head = this.request(frame, { kind: "fireHead", ping: pingId });
+      id = this.request({ type: "ping" }, { kind: "firePing", head, resolve, reject, timer });
+    });
+  }
+
+  /**
+   * Sends a message. It goes into the outbox first and is written now or on the next
+   * connection; the promise resolves when the server stored it (`message_sent`), and
+   * waits across reconnects. A resend under the same temp id is idempotent: the server
+   * answers with the original id and seq. Transient refusals (`rate_limited`,
+   * `unavailable`) are retried after 1 s; others reject with a `server` error.
+   */
+  send(threadId: string, text: string, options: { tempId?: string } = {}): Promise<Sent> {
+    if (this.closing) return Promise.reject(new MessengerError("closed", "the client is closed"));
+    const tempId = options.tempId ?? newTempId();
+    return new Promise<Sent>((resolve, reject) => {
+      const fresh = this.outbox.push(threadId, tempId, text, { resolve, reject });
+      if (fresh && this.ws) this.flushOutbox(Date.now());
+    });
+  }
+
+  /** Acks `READ` up to this message (and so `DELIVERED`). Resolves once the server processed it. */
+  markRead(threadId: string, messageId: string): Promise<void> {
+    return this.ack(threadId, messageId, "READ");
+  }
+
+  /** Acks a message with a status. Resolves once the server processed it. */
+  ack(threadId: string, messageId: string, status: AckStatus): Promise<void> {
+    return this.fire({ type: "message_ack", thread_id: threadId, message_id: messageId, status });
+  }
+
+  /** Opens (or finds) the direct thread with `userId`. */
+  createDirect(userId: string): Promise<Thread> {
+    return this.want({ type: "create_thread", kind: "direct", members: [userId] }, "thread");
+  }
+
+  /** Creates a group with these members (the caller is added) and an optional title. */
+  createGroup(members: string[], title?: string): Promise<Thread> {
+    const f: ClientFrame = { type: "create_thread", kind: "group", members };
+    if (title !== undefined) f.title = title;
+    return this.want(f, "thread");
+  }
+
+  /** Adds members to a group. */
+  addMembers(threadId: string, members: string[]): Promise<Thread> {
+    return this.want({ type: "add_members", thread_id: threadId, members }, "thread");
+  }
+
+  /** Leaves a group. */
+  leaveThread(threadId: string): Promise<Thread> {
+    return this.want({ type: "leave_thread", thread_id: threadId }, "thread");
+  }
+
+  /** The caller's threads with their last seq, every member's receipts and the unread count. */
+  listThreads(): Promise<ThreadSummary[]> {
+    return this.want({ type: "list_threads" }, "threads");
+  }
+
+  /**
+   * One page of a thread's history, ascending by seq. No cursor: the latest `limit`;
+   * `beforeSeq`: the newest `limit` below it; `afterSeq`: the oldest `limit` above it.
+   * `limit` defaults to 50 (the server caps it at 200).
+   */
+  fetchHistory(threadId: string, cursor: { beforeSeq?: number; afterSeq?: number; limit?: number } = {}): Promise<HistoryPage> {
+    const f: ClientFrame = { type: "fetch_history", thread_id: threadId };
+    if (cursor.beforeSeq !== undefined) f.before_seq = cursor.beforeSeq;
+    if (cursor.afterSeq !== undefined) f.after_seq = cursor.afterSeq;
+    if (cursor.limit !== undefined) f.limit = cursor.limit;
+    return this.want(f, "history");
+  }
+
+  /** Every message after `seq`, paging forward until the end. */
+  async historyAfter(threadId: string, seq: number): Promise<Message[]> {
+    const out: Message[] = [];
+    let after = seq;
+    for (;;) {
+      const page = await this.fetchHistory(threadId, { afterSeq: after, limit: 200 });
+      out.push(...page.messages);
+      const last = page.messages[page.messages.length - 1];
+      if (!page.hasMore || !last) return out;
+      after = last.seq;
+    }
+  }
+
+  /**
+   * Pages backwards through a thread for scrollback: the first {@link HistoryPager.older}
+   * gives the latest `pageSize` messages, each next call the page before.
+   */
+  historyPager(threadId: string, pageSize = 50): HistoryPager {
+    let oldest: number | undefined;
+    let more = true;
+    const pager = {
+      get hasMore() {
+        return more;
+      },
+      older: async (): Promise<Message[]> => {
+        if (!more) return [];
+        const page = await this.fetchHistory(
+          threadId,
+          oldest === undefined ? { limit: pageSize } : { beforeSeq: oldest, limit: pageSize },
+        );
+        const first = page.messages[0];
+        if (first) oldest = first.seq;
+        more = page.hasMore && first !== undefined;
+        return page.messages;
+      },
+    };
+    return pager;
+  }
+
+  /**
+   * Subscribes to users' presence: a `presence` event for each now, then on every
+   * change. Only users who share a thread with the caller; naming anyone else rejects
+   * with `forbidden` and subscribes to nothing.
+   */
+  subscribePresence(userIds: string[]): Promise<void> {
+    return this.want({ type: "presence_subscribe", user_ids: userIds }, "presence");
+  }
+
+  /** Stops presence events for these users. */
+  unsubscribePresence(userIds: string[]): Promise<void> {
+    return this.fire({ type: "presence_unsubscribe", user_ids: userIds });
+  }
+
+  /** Tells the thread's other members the caller started or stopped typing. */
+  typing(threadId: string, typing: boolean): Promise<void> {
+    return this.fire({ type: "typing", thread_id: threadId, typing });
+  }
+
+  /** A round trip to the server; resolves with its time in ms. */
+  ping(): Promise<number> {
+    const err = this.ensureOpen();
+    if (err) return Promise.reject(err);
+    return new Promise<number>((resolve, reject) => {
+      let id = 0;
+      const timer = this.timeout(() => id);
+      id = this.request({ type: "ping" }, { kind: "ping", t0: Date.now(), resolve, reject, timer });
+    });
+  }
+}
+
+function failPending(p: Pending, err: MessengerError): void {
+  switch (p.kind) {
+    case "want":
+    case "firePing":
+    case "ping":
+      clearTimeout(p.timer);
+      p.reject(err);
+      return;
+    default:
+      return;
+  }
+}
+
+/** The HTTP status in `ws`'s "Unexpected server response: 401" error, if any. */
+function statusFrom(text: string): number | undefined {
+  const m = /server response: (\d{3})/i.exec(text);
+  return m ? Number(m[1]) : undefined;
+}

@@ -1,0 +1,227 @@
+// The browser chat in a real headless Chromium (Debian's, driven by playwright-core),
+// served by the real messenger-server binary: two browser contexts sign in as two
+// users, exchange messages, see the delivered and read marks and each other's
+// presence; one goes offline and back and catches up. Screenshots go to
+// target/web-chat/.
+
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { after, before, test } from "node:test";
+
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+
+import { connected, freePort, repoRoot, startServer, type Server } from "./support.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+/** The flags that work on a machine with no network but loopback. */
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const SHOTS = path.join(repoRoot, "target", "web-chat");
+const WAIT = 10_000;
+
+/** A TCP proxy in front of the server for one user: its network can be cut and restored. */
+class Link {
+  private server: net.Server | undefined;
+  private readonly sockets = new Set<net.Socket>();
+  private constructor(
+    readonly port: number,
+    private readonly upstream: number,
+  ) {}
+
+  static async start(upstream: number): Promise<Link> {
+    const l = new Link(await freePort(), upstream);
+    await l.up();
+    return l;
+  }
+
+  async up(): Promise<void> {
+    const server = net.createServer((down) => {
+      const up = net.connect(this.upstream, "127.0.0.1");
+      for (const s of [down, up]) {
+        this.sockets.add(s);
+        s.on("close", () => this.sockets.delete(s));
+        s.on("error", () => {
+          down.destroy();
+          up.destroy();
+        });
+      }
+      down.pipe(up);
+      up.pipe(down);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.port, "127.0.0.1", () => resolve());
+    });
+    this.server = server;
+  }
+
+  /** Every connection dies and new ones are refused until {@link up}. */
+  async down(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    const closed = s ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve();
+    for (const sock of this.sockets) sock.destroy();
+    await closed;
+  }
+}
+
+let server: Server;
+let browser: Browser;
+
+before(async () => {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`);
+  }
+  mkdirSync(SHOTS, { recursive: true });
+  server = await startServer();
+  // playwright gives every launch a fresh, empty profile (--user-data-dir).
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** Waits until `fn` is true in the page. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function until(page: Page, what: string, fn: (arg: any) => boolean, arg?: unknown): Promise<void> {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: WAIT, polling: 50 });
+  } catch (e) {
+    await page.screenshot({ path: path.join(SHOTS, `failed-${what.replace(/\W+/g, "-")}.png`) });
+    throw new Error(`${what}: ${(e as Error).message.split("\n")[0]}`);
+  }
+}
+
+const text = (page: Page, sel: string) => page.locator(sel).innerText();
+
+function msgStatus(page: Page, seq: number, status: string, what: string) {
+  return until(
+    page,
+    what,
+    ([s, st]) => document.querySelector(`#messages li[data-seq="${s}"]`)?.getAttribute("data-status") === st,
+    [seq, status] as const,
+  );
+}
+
+async function signIn(ctx: BrowserContext, base: string, name: string): Promise<Page> {
+  const page = await ctx.newPage();
+  page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
+  await page.goto(base);
+  await page.fill("#signin-name", name);
+  await page.click("#signin-form button[type=submit]");
+  await until(page, `${name} online`, () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
+  return page;
+}
+
+test("two users chat in Chromium: marks, presence, typing, offline and catch-up, history", { timeout: 120_000 }, async () => {
+  const base = `http://127.0.0.1:${server.port}/`;
+  const bobLink = await Link.start(server.port);
+  const aliceCtx = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  // Bob is on a phone-sized screen, through a network that can be cut.
+  const bobCtx = await browser.newContext({ viewport: { width: 390, height: 760 }, isMobile: true, hasTouch: true });
+  const alice = await signIn(aliceCtx, base, "alice");
+  const bob = await signIn(bobCtx, `http://127.0.0.1:${bobLink.port}/`, "bob");
+
+  // Alice starts a 1:1 and writes.
+  await alice.fill("#direct-user", "bob");
+  await alice.click("#new-direct button[type=submit]");
+  await until(alice, "conversation open", () => document.querySelector("#conv-title")?.textContent === "bob");
+  await alice.fill("#compose", "hi bob");
+  await alice.press("#compose", "Enter");
+  // Bob's client acks DELIVERED by itself: alice sees ✓✓ before bob opens the chat.
+  await msgStatus(alice, 1, "delivered", "alice sees delivered");
+  assert.equal(await text(alice, '#messages li[data-seq="1"] .mark'), "\u2713\u2713");
+
+  // Bob sees the conversation with one unread, opens it; alice sees it read.
+  const bobRow = 'li[data-thread="dm:alice:bob"]';
+  await until(bob, "bob's unread badge", (s) => document.querySelector(`${s} .unread`)?.textContent === "1", bobRow);
+  await bob.click(bobRow);
+  await until(bob, "bob sees the message", () => document.querySelector('#messages li[data-seq="1"] .text')?.textContent === "hi bob");
+  await msgStatus(alice, 1, "read", "alice sees read");
+  // Presence both ways.
+  await until(alice, "alice sees bob online", () => document.querySelector("#conv-sub")?.textContent === "online");
+  await until(bob, "bob sees alice online", () => document.querySelector("#conv-sub")?.textContent === "online");
+
+  // Bob types, then answers.
+  await bob.type("#compose", "hello alice", { delay: 5 });
+  await until(alice, "alice sees bob typing", () => (document.querySelector("#typing")?.textContent ?? "").includes("bob is typing"));
+  await bob.press("#compose", "Enter");
+  await until(alice, "alice gets the answer", () => document.querySelector('#messages li[data-seq="2"] .text')?.textContent === "hello alice");
+  await msgStatus(bob, 2, "read", "bob sees his answer read");
+  await until(alice, "typing cleared", () => (document.querySelector("#typing")?.textContent ?? "") === "");
+
+  // Bob loses his network.
+  await bobCtx.setOffline(true);
+  await bobLink.down();
+  await until(bob, "bob sees he is offline", () =>
+    ["disconnected", "reconnecting", "connecting"].includes(document.querySelector("#conn")?.getAttribute("data-state") ?? ""),
+  );
+  await until(alice, "alice sees bob's last seen", () => (document.querySelector("#conv-sub")?.textContent ?? "").startsWith("last seen"));
+  for (const t of ["are you there?", "ping me when back"]) {
+    await alice.fill("#compose", t);
+    await alice.press("#compose", "Enter");
+  }
+  await msgStatus(alice, 4, "sent", "alice's messages stored, not delivered");
+  assert.equal(await alice.getAttribute('#messages li[data-seq="3"]', "data-status"), "sent");
+  await alice.screenshot({ path: path.join(SHOTS, "alice-while-bob-offline.png") });
+  await bob.screenshot({ path: path.join(SHOTS, "bob-offline.png") });
+
+  // Bob comes back and catches up: both messages, in order; alice sees them read.
+  await bobLink.up();
+  await bobCtx.setOffline(false);
+  await until(bob, "bob reconnected", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
+  await until(bob, "bob caught up", () => document.querySelector('#messages li[data-seq="4"] .text')?.textContent === "ping me when back");
+  const bobSeqs = await bob.$$eval("#messages li.msg", (els) => els.map((e) => e.getAttribute("data-seq")));
+  assert.deepEqual(bobSeqs, ["1", "2", "3", "4"], "each message once, in order");
+  await msgStatus(alice, 4, "read", "alice sees the caught-up messages read");
+  await msgStatus(alice, 3, "read", "the read mark covers the earlier one too");
+  await until(alice, "alice sees bob online again", () => document.querySelector("#conv-sub")?.textContent === "online");
+  await alice.screenshot({ path: path.join(SHOTS, "alice.png") });
+  await bob.screenshot({ path: path.join(SHOTS, "bob.png") });
+
+  // A long group from another client (the SDK on Node): alice scrolls up through history.
+  const carol = await connected(server.wsUrl, "carol");
+  const group = await carol.client.createGroup(["alice"], "history");
+  for (let i = 1; i <= 70; i++) await carol.client.send(group.threadId, `c${i}`);
+  const groupRow = `li[data-thread="${group.threadId}"]`;
+  await until(alice, "alice sees the group", (s) => document.querySelector(s) !== null, groupRow);
+  // A reload starts a new client (signed in again from the tab's session storage) that
+  // knows none of it: the unread count comes from the server, the messages from history.
+  await alice.reload();
+  await until(alice, "alice back after the reload", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
+  await until(alice, "70 unread", (s) => document.querySelector(`${s} .unread`)?.textContent === "70", groupRow);
+  await alice.click(groupRow);
+  await until(alice, "latest page", () => document.querySelectorAll("#messages li.msg").length === 50);
+  assert.equal(await text(alice, "#messages li.msg:last-child .text"), "c70");
+  await alice.locator("#scroller").evaluate((el) => el.scrollTo(0, 0));
+  await until(alice, "older page", () => document.querySelectorAll("#messages li.msg").length === 70);
+  await until(alice, "start reached", () => document.querySelector("#history-state")?.textContent === "Start of the conversation");
+  assert.equal(await text(alice, "#messages li.msg:first-child .text"), "c1");
+  assert.equal(await text(alice, "#conv-sub"), "2 members, 1 online");
+  await carol.client.close();
+
+  // A refused token is reported on the sign-in form (the page cannot see the 401
+  // itself; the SDK asks with a plain GET).
+  const evil = await browser.newContext();
+  const page = await evil.newPage();
+  await page.goto(base);
+  await page.fill("#signin-token", "not a valid token");
+  await page.click("#signin-form button[type=submit]");
+  await until(page, "refusal shown", () => (document.querySelector("#signin-error")?.textContent ?? "").includes("refused"));
+  assert.equal(await page.isVisible("#signin"), true);
+
+  await Promise.all([aliceCtx.close(), bobCtx.close(), evil.close()]);
+  await bobLink.down();
+});

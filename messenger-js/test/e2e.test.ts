@@ -1,0 +1,481 @@
+// End-to-end tests of the SDK against the real messenger-server binary, the same cases
+// as messenger-client/tests/e2e.rs. The server runs with its in-memory store, which a
+// process restart empties; so "the server restarts" is played by a proxy in front of
+// it that drops every connection and refuses new ones until it comes back (what a
+// client sees of a restart on a durable store), and one test restarts the process
+// itself.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { MessengerClient, MessengerError, backoffCeiling, type ConnectionState } from "../src/index.js";
+import {
+  Proxy,
+  connected,
+  fastBackoff,
+  freePort,
+  jwt,
+  range,
+  seqs,
+  settle,
+  startServer,
+  testClient,
+  texts,
+  waitFor,
+  type Server,
+  type TestClient,
+} from "./support.js";
+
+const TEST_TIMEOUT = 30_000;
+
+function isState(kind: ConnectionState["kind"]) {
+  return (c: TestClient) => c.events.state.some((s) => s.kind === kind);
+}
+
+async function closeAll(...cs: TestClient[]): Promise<void> {
+  await Promise.all(cs.map((c) => c.client.close()));
+}
+
+describe("against the real server", { timeout: 120_000 }, () => {
+  let server: Server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => {
+    await server.stop();
+  });
+
+  test("a restart mid-conversation loses nothing and doubles nothing", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "r-alice");
+    const bob = await connected(proxy.wsUrl, "r-bob");
+    const thread = (await alice.client.createDirect("r-bob")).threadId;
+    for (let i = 1; i <= 4; i++) {
+      const who = i % 2 === 0 ? bob : alice;
+      await who.client.send(thread, `m${i}`);
+    }
+    await waitFor("bob's first four", () => bob.messages(thread).length === 4);
+    assert.deepEqual(seqs(bob.messages(thread)), [1, 2, 3, 4]);
+
+    await proxy.down();
+    await waitFor("bob disconnected", () => isState("disconnected")(bob));
+    await waitFor("alice disconnected", () => isState("disconnected")(alice));
+    // While the server is away alice keeps typing: the sends wait in the outbox.
+    const pending = [5, 6, 7].map((i) => alice.client.send(thread, `m${i}`));
+    assert.equal(alice.client.pending().length, 3);
+    assert.notEqual(alice.client.state.kind, "connected");
+
+    await proxy.up();
+    const sent = await Promise.all(pending);
+    assert.deepEqual(
+      sent.map((s) => s.seq),
+      [5, 6, 7],
+      "the outbox is resent oldest first",
+    );
+    await bob.client.send(thread, "m8");
+    await waitFor("bob's 5..8", () => bob.messages(thread).length === 8);
+    await waitFor("alice's 1..8", () => alice.messages(thread).length === 8);
+    await settle(alice, bob);
+    await settle(alice, bob);
+    assert.deepEqual(seqs(bob.messages(thread)), range(1, 8));
+    assert.deepEqual(texts(bob.messages(thread)), range(1, 8).map((i) => `m${i}`));
+    assert.deepEqual(seqs(alice.messages(thread)), range(1, 8));
+    assert.equal(new Set(alice.messages(thread).map((m) => m.messageId)).size, 8);
+    // The store holds each message once.
+    assert.deepEqual(seqs(await alice.client.historyAfter(thread, 0)), range(1, 8));
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("a send stored but unconfirmed when the connection died reconciles to the original", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "l-alice");
+    const bob = await connected(proxy.wsUrl, "l-bob");
+    const thread = (await alice.client.createDirect("l-bob")).threadId;
+    // The server stores the message, but its `message_sent` is lost with the connection.
+    let dropped = false;
+    proxy.filter = (text, conn) => {
+      if (!dropped && conn.token === "l-alice" && text.includes('"message_sent"')) {
+        dropped = true;
+        setImmediate(() => proxy.cut());
+        return [];
+      }
+      return [text];
+    };
+    const sent = await alice.client.send(thread, "hello", { tempId: "lost-reply" });
+    assert.ok(dropped);
+    assert.equal(sent.seq, 1);
+    await alice.client.send(thread, "next");
+    for (const [who, c] of [
+      ["alice", alice],
+      ["bob", bob],
+    ] as const) {
+      await waitFor(`${who}'s two messages`, () => c.messages(thread).length === 2);
+      await settle(c);
+      assert.deepEqual(seqs(c.messages(thread)), [1, 2], who);
+      assert.equal(c.messages(thread)[0]?.messageId, sent.messageId, who);
+    }
+    assert.equal((await alice.client.historyAfter(thread, 0)).length, 2, "stored once");
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("the outbox flushes after a reconnect, in order and idempotently", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "o-alice");
+    const thread = (await alice.client.createGroup(["o-bob"], "team")).threadId;
+    const first = await alice.client.send(thread, "one", { tempId: "t-1" });
+    // The same temp id again: the server's idempotent send, same id and seq.
+    const again = await alice.client.send(thread, "one", { tempId: "t-1" });
+    assert.deepEqual([again.messageId, again.seq], [first.messageId, first.seq]);
+    await waitFor("alice's first", () => alice.messages(thread).length === 1);
+
+    await proxy.down();
+    await waitFor("alice disconnected", () => isState("disconnected")(alice));
+    await assert.rejects(alice.client.listThreads(), (e: MessengerError) => e.kind === "disconnected");
+    const queued = ["two", "three", "four"].map((t) => alice.client.send(thread, t));
+    await proxy.up();
+    const sent = await Promise.all(queued);
+    assert.deepEqual(
+      sent.map((s) => s.seq),
+      [2, 3, 4],
+    );
+    await waitFor("alice's 2..4", () => alice.messages(thread).length === 4);
+    await settle(alice);
+    assert.deepEqual(texts(alice.messages(thread)), ["one", "two", "three", "four"]);
+    assert.equal((await alice.client.historyAfter(thread, 0)).length, 4, "nothing doubled");
+    await closeAll(alice);
+    await proxy.close();
+  });
+
+  test("a live gap is filled from history, in order", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "g-alice");
+    const bob = await connected(proxy.wsUrl, "g-bob");
+    const thread = (await alice.client.createDirect("g-bob")).threadId;
+    await alice.client.send(thread, "first");
+    await waitFor("bob's first", () => bob.messages(thread).length === 1);
+    // Bob's live copies of seq 2 and 3 are lost on the way.
+    proxy.filter = (text, conn) =>
+      conn.token === "g-bob" && /"receive_message".*"seq":(2|3)[,}]/.test(text) ? [] : [text];
+    await alice.client.send(thread, "hidden-2");
+    await alice.client.send(thread, "hidden-3");
+    const sent = await alice.client.send(thread, "fourth");
+    assert.equal(sent.seq, 4);
+    await waitFor("bob's 2..4", () => bob.messages(thread).length === 4);
+    await settle(bob);
+    await settle(bob);
+    assert.deepEqual(seqs(bob.messages(thread)), [1, 2, 3, 4]);
+    assert.deepEqual(texts(bob.messages(thread)), ["first", "hidden-2", "hidden-3", "fourth"]);
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("duplicates on the wire and overlapping catch-up reach the app once", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "d-alice");
+    const bob = await connected(proxy.wsUrl, "d-bob");
+    const thread = (await alice.client.createGroup(["d-bob"], "dups")).threadId;
+    // Every message bob receives comes twice, and each also replays the previous one.
+    let previous: string | undefined;
+    proxy.filter = (text, conn) => {
+      if (conn.token !== "d-bob" || !text.includes('"receive_message"')) return [text];
+      const out = previous ? [text, text, previous] : [text, text];
+      previous = text;
+      return out;
+    };
+    for (let i = 1; i <= 5; i++) await alice.client.send(thread, `m${i}`);
+    await waitFor("bob's five", () => bob.messages(thread).length === 5);
+    // A reconnect: catch-up history overlaps with what bob already has.
+    proxy.cut();
+    await waitFor("bob back", () => bob.events.state.filter((s) => s.kind === "connected").length === 2);
+    for (let i = 6; i <= 8; i++) await alice.client.send(thread, `m${i}`);
+    await waitFor("bob's eight", () => bob.messages(thread).length === 8);
+    await settle(bob);
+    await settle(bob);
+    assert.deepEqual(seqs(bob.messages(thread)), range(1, 8));
+    assert.equal(new Set(bob.messages(thread).map((m) => m.messageId)).size, 8);
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("both sides talking through a restart see every message once, in order", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "b-alice");
+    const bob = await connected(proxy.wsUrl, "b-bob");
+    const thread = (await alice.client.createGroup(["b-bob"], "through the restart")).threadId;
+    const EACH = 15;
+    const talk = async (c: TestClient, who: string) => {
+      for (let i = 0; i < EACH; i++) await c.client.send(thread, `${who}-${i}`);
+    };
+    const a = talk(alice, "alice");
+    const b = talk(bob, "bob");
+    await waitFor("a few messages", () => alice.messages(thread).length >= 4);
+    await proxy.down();
+    await waitFor("both disconnected", () => isState("disconnected")(alice) && isState("disconnected")(bob));
+    await proxy.up();
+    await Promise.all([a, b]);
+    const want = range(1, 2 * EACH);
+    const expected = range(0, EACH - 1)
+      .flatMap((i) => [`alice-${i}`, `bob-${i}`])
+      .sort();
+    for (const c of [alice, bob]) {
+      await waitFor("every message", () => c.messages(thread).length === 2 * EACH);
+      await settle(c);
+      assert.deepEqual(seqs(c.messages(thread)), want);
+      assert.deepEqual(texts(c.messages(thread)).sort(), expected);
+    }
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("receipts, presence, typing and threads arrive as events; DELIVERED is automatic", { timeout: TEST_TIMEOUT }, async () => {
+    const alice = await connected(server.wsUrl, "e-alice");
+    const bob = await connected(server.wsUrl, "e-bob");
+    const group = (await alice.client.createGroup(["e-bob"], "g")).threadId;
+    await waitFor("bob hears of the group", () => bob.events.thread.some((t) => t.threadId === group));
+    await alice.client.subscribePresence(["e-bob"]);
+    assert.ok(alice.events.presence.some((p) => p.userId === "e-bob" && p.status === "online"));
+    const sent = await alice.client.send(group, "hello");
+    await waitFor("bob's message", () => bob.messages(group).length === 1);
+    // Bob's client acks DELIVERED by itself.
+    await waitFor("delivered", () =>
+      alice.events.receipt.some((r) => r.messageId === sent.messageId && r.status === "DELIVERED" && r.userId === "e-bob"),
+    );
+    await bob.client.markRead(group, sent.messageId);
+    await bob.client.typing(group, true);
+    await waitFor("read", () => alice.events.receipt.some((r) => r.status === "READ" && r.seq === 1));
+    await waitFor("typing", () => alice.events.typing.some((t) => t.userId === "e-bob" && t.typing));
+    const [summary] = (await alice.client.listThreads()).filter((t) => t.threadId === group);
+    assert.equal(summary?.receipts["e-bob"]?.readSeq, 1);
+    assert.equal(summary?.title, "g");
+    // Bob leaves: alice sees him offline with a last-seen time.
+    await bob.client.close();
+    await waitFor("bob offline", () => alice.events.presence.some((p) => p.userId === "e-bob" && p.status === "offline"));
+    const off = alice.events.presence.find((p) => p.status === "offline");
+    assert.ok(off?.lastSeen && off.lastSeen > 0);
+    await closeAll(alice);
+  });
+
+  test("history pages backwards and forwards", { timeout: TEST_TIMEOUT }, async () => {
+    const alice = await connected(server.wsUrl, "h-alice");
+    const thread = (await alice.client.createGroup(["h-bob"], "long")).threadId;
+    for (let i = 1; i <= 12; i++) await alice.client.send(thread, `m${i}`);
+    const pager = alice.client.historyPager(thread, 5);
+    assert.deepEqual(seqs(await pager.older()), [8, 9, 10, 11, 12]);
+    assert.deepEqual(seqs(await pager.older()), [3, 4, 5, 6, 7]);
+    assert.deepEqual(seqs(await pager.older()), [1, 2]);
+    assert.equal(pager.hasMore, false);
+    assert.deepEqual(await pager.older(), []);
+    assert.deepEqual(seqs(await alice.client.historyAfter(thread, 9)), [10, 11, 12]);
+    const page = await alice.client.fetchHistory(thread, { afterSeq: 2, limit: 3 });
+    assert.deepEqual([seqs(page.messages), page.hasMore], [[3, 4, 5], true]);
+    await closeAll(alice);
+  });
+
+  test("errors reach the caller typed", { timeout: TEST_TIMEOUT }, async () => {
+    const bad = testClient("http://example.invalid/ws", "alice");
+    await assert.rejects(bad.client.connect(), (e: MessengerError) => e.kind === "invalid_url");
+    // Dev auth refuses a token that is not a valid user id: 401, not retried.
+    const refused = testClient(server.wsUrl, "not a user id");
+    await assert.rejects(refused.client.connect(), (e: MessengerError) => e.kind === "auth" && e.status === 401);
+    assert.equal(refused.events.state.filter((s) => s.kind === "connecting").length, 1);
+
+    const alice = await connected(server.wsUrl, "x-alice");
+    const carol = await connected(server.wsUrl, "x-carol");
+    const bob = await connected(server.wsUrl, "x-bob");
+    const theirs = (await bob.client.createDirect("x-carol")).threadId;
+    const code = (...codes: string[]) => (e: MessengerError) => e.kind === "server" && codes.includes(e.code ?? "");
+    await assert.rejects(alice.client.send(theirs, "hi"), code("forbidden", "not_found"));
+    await assert.rejects(alice.client.fetchHistory(theirs), code("forbidden", "not_found"));
+    // A frame with no reply on success still reports its failure.
+    await assert.rejects(alice.client.markRead(theirs, "1"), code("forbidden", "not_found"));
+    await assert.rejects(alice.client.subscribePresence(["x-carol"]), code("forbidden"));
+    const mine = (await alice.client.createDirect("x-bob")).threadId;
+    await assert.rejects(alice.client.send(mine, "x".repeat(17 * 1024)), code("too_large"));
+    await assert.rejects(alice.client.send(mine, ""), code("bad_request"));
+    // Successes on the same paths.
+    const first = await alice.client.send(mine, "hi bob");
+    await bob.client.markRead(mine, first.messageId);
+    await alice.client.typing(mine, true);
+    await alice.client.subscribePresence(["x-bob"]);
+    assert.ok((await alice.client.ping()) >= 0);
+    assert.equal(alice.client.pending().length, 0);
+
+    await alice.client.close();
+    await assert.rejects(alice.client.send(mine, "after close"), (e: MessengerError) => e.kind === "closed");
+    await assert.rejects(alice.client.listThreads(), (e: MessengerError) => e.kind === "closed");
+    assert.deepEqual(alice.client.state, { kind: "closed" });
+    await closeAll(bob, carol);
+  });
+
+  test("a real process restart: the client comes back; a send the new process cannot place fails typed", { timeout: TEST_TIMEOUT }, async () => {
+    const own = await startServer();
+    const alice = await connected(own.wsUrl, "p-alice");
+    const thread = (await alice.client.createDirect("p-bob")).threadId;
+    await alice.client.send(thread, "before");
+    const firstSession = alice.client.sessionId;
+    await own.stop();
+    await waitFor("alice disconnected", () => isState("disconnected")(alice));
+    // The in-memory store went with the process: this thread no longer exists.
+    const queued = alice.client.send(thread, "after").then(
+      () => undefined,
+      (e: MessengerError) => e,
+    );
+    const again = await startServer({ port: own.port });
+    const err = await queued;
+    assert.deepEqual([err?.kind, err?.code], ["server", "not_found"]);
+    assert.equal(alice.client.state.kind, "connected");
+    assert.notEqual(alice.client.sessionId, firstSession);
+    const fresh = (await alice.client.createDirect("p-bob")).threadId;
+    assert.equal((await alice.client.send(fresh, "hello again")).seq, 1);
+    await closeAll(alice);
+    await again.stop();
+  });
+});
+
+describe("reconnection", { timeout: 60_000 }, () => {
+  test("backoff is bounded by the jitter ceiling and gives up after maxRetries", { timeout: TEST_TIMEOUT }, async () => {
+    const port = await freePort(); // nothing listens
+    const backoff = { initialMs: 20, maxMs: 80, multiplier: 2, maxRetries: 4 };
+    const c = testClient(`ws://127.0.0.1:${port}/ws`, "alice", { backoff });
+    const t0 = Date.now();
+    const err = await c.client.connect().then(
+      () => assert.fail("nothing listens"),
+      (e: MessengerError) => e,
+    );
+    assert.equal(err.kind, "retries_exhausted");
+    assert.equal(err.attempts, 5);
+    assert.equal((err.cause as MessengerError).kind, "connect");
+    const waits = c.events.state.filter((s) => s.kind === "reconnecting");
+    assert.deepEqual(
+      waits.map((s) => s.attempt),
+      [1, 2, 3, 4],
+    );
+    for (const s of waits) assert.ok(s.delayMs <= backoffCeiling(backoff, s.attempt), `${s.delayMs} at ${s.attempt}`);
+    const ceilings = [1, 2, 3, 4].reduce((sum, n) => sum + backoffCeiling(backoff, n), 0);
+    assert.ok(Date.now() - t0 <= ceilings + 2000);
+    assert.deepEqual(c.client.state, { kind: "closed", error: err });
+  });
+
+  test("reconnecting delays respect the ceiling and count up; the client comes back", { timeout: TEST_TIMEOUT }, async () => {
+    const server = await startServer();
+    const backoff = { initialMs: 10, maxMs: 40, multiplier: 2 };
+    const alice = await connected(server.wsUrl, "alice", { backoff });
+    await server.stop();
+    await waitFor("six attempts", () => alice.events.state.filter((s) => s.kind === "reconnecting").length >= 6);
+    const waits = alice.events.state.filter((s) => s.kind === "reconnecting").slice(0, 6);
+    assert.deepEqual(
+      waits.map((s) => s.attempt),
+      [0, 1, 2, 3, 4, 5],
+      "failures count up",
+    );
+    for (const s of waits) assert.ok(s.delayMs <= backoffCeiling(backoff, s.attempt));
+    const again = await startServer({ port: server.port });
+    await waitFor("connected again", () => alice.events.state.filter((s) => s.kind === "connected").length === 2);
+    assert.ok((await alice.client.ping()) >= 0);
+    await alice.client.close();
+    await again.stop();
+  });
+});
+
+describe("JWT auth (HS256)", { timeout: 60_000 }, () => {
+  const secret = "e2e-secret";
+  let server: Server;
+  before(async () => {
+    server = await startServer({ jwtSecret: secret, args: ["--jwt-leeway", "0s"] });
+  });
+  after(async () => {
+    await server.stop();
+  });
+  const now = () => Math.floor(Date.now() / 1000);
+
+  test("a refused token is not retried", { timeout: TEST_TIMEOUT }, async () => {
+    const t0 = Date.now();
+    const c = testClient(server.wsUrl, "alice");
+    await assert.rejects(c.client.connect(), (e: MessengerError) => e.kind === "auth" && e.status === 401);
+    assert.ok(Date.now() - t0 < 2000);
+  });
+
+  test("an expired token is refreshed through the provider, on connect and on reconnect", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const calls: boolean[] = [];
+    let cached = jwt(secret, "alice", now() - 60); // already expired
+    const provider = ({ refused }: { refused: boolean }) => {
+      calls.push(refused);
+      if (refused) cached = jwt(secret, "alice", now() + 3600);
+      return cached;
+    };
+    const alice = await connected(proxy.wsUrl, provider);
+    assert.deepEqual(calls, [false, true], "asked again with refused: true after the 401");
+    assert.equal(alice.client.userId, "alice");
+    const bob = await connected(server.wsUrl, jwt(secret, "bob", now() + 3600));
+    const thread = (await alice.client.createDirect("bob")).threadId;
+
+    // The cached token expires while alice is connected; then the connection drops.
+    cached = jwt(secret, "alice", now() - 60);
+    await proxy.down();
+    await waitFor("alice disconnected", () => isState("disconnected")(alice));
+    const queued = alice.client.send(thread, "sent while away");
+    await proxy.up();
+    const sent = await queued;
+    assert.equal(sent.seq, 1);
+    // Asked before every attempt (refused ones while the proxy was down), then once
+    // more with `refused: true` after the 401.
+    const later = calls.slice(2);
+    assert.deepEqual([later.filter((r) => r).length, later[later.length - 1]], [1, true], String(later));
+    await waitFor("bob's message", () => bob.messages(thread).length === 1);
+    await closeAll(alice, bob);
+    await proxy.close();
+  });
+
+  test("a 401 after the refresh stops the client with a typed error; queued sends fail with it", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const calls: boolean[] = [];
+    let good = true;
+    const provider = ({ refused }: { refused: boolean }) => {
+      calls.push(refused);
+      return good ? jwt(secret, "carol", now() + 3600) : jwt("another-secret", "carol", now() + 3600);
+    };
+    const carol = await connected(proxy.wsUrl, provider);
+    const thread = (await carol.client.createDirect("dave")).threadId;
+    good = false; // from now on the provider's tokens are refused
+    await proxy.down();
+    await waitFor("carol disconnected", () => isState("disconnected")(carol));
+    const queued = carol.client.send(thread, "never stored").then(
+      () => undefined,
+      (e: MessengerError) => e,
+    );
+    await proxy.up();
+    const err = await queued;
+    assert.deepEqual([err?.kind, err?.status], ["auth", 401]);
+    // Asked before every attempt, then once with `refused: true`; then it stops.
+    assert.deepEqual([calls.filter((r) => r).length, calls[calls.length - 1]], [1, true], String(calls));
+    const last = carol.client.state;
+    assert.equal(last.kind, "closed");
+    assert.equal(last.kind === "closed" ? last.error?.kind : undefined, "auth");
+    await assert.rejects(carol.client.listThreads(), (e: MessengerError) => e.kind === "closed");
+    await proxy.close();
+  });
+
+  test("the browser path: without the HTTP status, a plain GET tells a refused token from a down server", { timeout: TEST_TIMEOUT }, async () => {
+    // A WebSocket that, like a browser's, hides why the upgrade failed.
+    const WS = (await import("ws")).default;
+    class Opaque extends WS {
+      constructor(url: string) {
+        super(url);
+        this.on("error", () => {});
+        // Browsers give an Event without the status: drop the details.
+        Object.defineProperty(this, "onerror", { get: () => null, set: () => {} });
+      }
+    }
+    const c = new MessengerClient({
+      url: server.wsUrl,
+      token: "not-a-jwt",
+      WebSocket: Opaque as unknown as never,
+      backoff: fastBackoff,
+      logger: { debug() {}, warn() {} },
+    });
+    await assert.rejects(c.connect(), (e: MessengerError) => e.kind === "auth" && e.status === 401);
+  });
+});
