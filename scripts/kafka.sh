@@ -75,10 +75,14 @@ fetch() {
   log "fetched $(ls "$LIB" | wc -l) jars"
 }
 
-free_port() {
-  python3 - <<'PY'
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+# N distinct free ports, all bound at once so they differ.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()
 PY
 }
 
@@ -208,7 +212,7 @@ start() {
   stop_quiet
   rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
   local plain ctl sasl cluster t0=$SECONDS
-  plain=$(free_port); ctl=$(free_port); sasl=$(free_port)
+  read -r plain ctl sasl < <(free_ports 3)
   write_conf "$plain" "$ctl" "$sasl"
   # A cluster id as `kafka-storage random-uuid` makes it (16 random bytes, URL-safe
   # base64 without padding), without a JVM start.

@@ -71,12 +71,24 @@ impl Broker {
             .join("target/kafka-test")
             .join(format!("{name}-{}", std::process::id()));
         let t0 = Instant::now();
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .env("KAFKA_RUN_DIR", &run_dir)
-            .output()
-            .unwrap_or_else(|e| panic!("running scripts/kafka.sh start: {e}"));
+        let start = || {
+            Command::new("bash")
+                .arg(script())
+                .arg("start")
+                .env("KAFKA_RUN_DIR", &run_dir)
+                .output()
+                .unwrap_or_else(|e| panic!("running scripts/kafka.sh start: {e}"))
+        };
+        let mut out = start();
+        if !out.status.success() {
+            // One more try: a free port can be taken between picking and binding it.
+            eprintln!(
+                "scripts/kafka.sh start failed once ({}), retrying:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out = start();
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let (Some(brokers), Some(sasl)) = (
             field(&stdout, "KAFKA_BROKERS="),
