@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Benchmarks of the Kafka pipeline (docs/benchmarks.md, "Kafka pipeline"). Loopback only;
+# every run is bounded. Needs release builds:
+#   cargo build --release -p messenger-server -p messenger-worker -p messenger-bench --example pipeline_bench
+#   messenger-worker/scripts/bench.sh OUT RUNS [pairs] [webhooks] [push]
+#
+# pairs:    `messenger-bench pairs` (50 pairs, 10 s) against a fresh in-memory server,
+#           without and with `--kafka` (the event log), alternating in one invocation.
+#           Server on core 0, generator on core 1, the broker on core 1.
+# webhooks: one worker (core 0) hands 200 000 pre-produced events to a local receiver
+#           that batches (100 per request), and 30 000 one request per event.
+# push:     senders -> server --kafka (core 0) -> Kafka -> worker -> receiver: first as
+#           fast as the senders go (the maximum), then at half that rate; p99 of
+#           server accept (sent_at) to the receiver.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-/tmp/pipeline-bench}
+RUNS=${2:-3}
+shift 2 2>/dev/null || shift $#
+WHAT=${*:-pairs webhooks push}
+mkdir -p "$OUT"
+SERVER=target/release/messenger-server
+WORKER=target/release/messenger-worker
+BENCH=target/release/messenger-bench
+PB=target/release/examples/pipeline_bench
+for b in $SERVER $WORKER $BENCH $PB; do
+  [ -x "$b" ] || { echo "$b missing: cargo build --release -p messenger-server -p messenger-worker -p messenger-bench --example pipeline_bench" >&2; exit 1; }
+done
+export KAFKA_RUN_DIR=$PWD/target/kafka-bench
+BROKERS=$(scripts/kafka.sh start | sed -n 's/^KAFKA_BROKERS=//p')
+trap 'scripts/kafka.sh stop' EXIT
+taskset -a -cp 1 "$(cat "$KAFKA_RUN_DIR/kafka.pid")" >/dev/null
+echo "broker $BROKERS (core 1)" >&2
+PORT=18190
+
+server() { # extra args...
+  RUST_LOG=warn taskset -c 0 "$SERVER" --listen "127.0.0.1:$PORT" --max-connections 1000000 \
+    --rate-limit 100000000 --rate-burst 100000000 "$@" >"$OUT/server.log" 2>&1 &
+  SPID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 0.1; done
+  echo "server did not start" >&2; cat "$OUT/server.log" >&2; exit 1
+}
+stop_server() { kill "$SPID"; wait "$SPID" 2>/dev/null || true; }
+
+for n in $(seq "$RUNS"); do
+  for w in $WHAT; do
+    case $w in
+      pairs)
+        for mode in plain kafka; do
+          if [ $mode = kafka ]; then server --kafka "$BROKERS"; else server; fi
+          echo "== pairs $mode run $n" >&2
+          taskset -c 1 "$BENCH" pairs --pairs 50 --duration 10 --floor off --server-pid "$SPID" \
+            --url "ws://127.0.0.1:$PORT/ws" --json "$OUT/pairs-$mode-$n.json" >"$OUT/pairs-$mode-$n.txt" 2>&1
+          stop_server
+          python3 -c "import json;d=json.load(open('$OUT/pairs-$mode-$n.json'));print('   delivered/s', d.get('delivered_per_sec'))" >&2
+        done ;;
+      webhooks)
+        echo "== webhooks batched run $n" >&2
+        taskset -c 1 "$PB" webhooks --brokers "$BROKERS" --worker "$WORKER" --worker-cpus 0 \
+          --events 200000 --batch 100 | tee "$OUT/webhooks-batch-$n.json" >&2
+        echo "== webhooks one per request run $n" >&2
+        taskset -c 1 "$PB" webhooks --brokers "$BROKERS" --worker "$WORKER" --worker-cpus 0 \
+          --events 30000 --batch 1 | tee "$OUT/webhooks-single-$n.json" >&2 ;;
+      push)
+        server --kafka "$BROKERS"
+        echo "== push max run $n" >&2
+        "$PB" push --brokers "$BROKERS" --worker "$WORKER" --url "ws://127.0.0.1:$PORT/ws" \
+          --rate 0 --duration 10 | tee "$OUT/push-max-$n.json" >&2
+        max=$(python3 -c "import json;print(int(json.load(open('$OUT/push-max-$n.json'))['pushes_per_sec']))")
+        echo "== push at half the maximum ($((max / 2))/s) run $n" >&2
+        "$PB" push --brokers "$BROKERS" --worker "$WORKER" --url "ws://127.0.0.1:$PORT/ws" \
+          --rate $((max / 2)) --duration 10 | tee "$OUT/push-half-$n.json" >&2
+        stop_server ;;
+      *) echo "unknown: $w" >&2; exit 2 ;;
+    esac
+  done
+done
