@@ -20,9 +20,9 @@ use crate::server::ServerError;
 /// quarter of it (between 100 ms and 2 s).
 #[cfg(feature = "redis")]
 pub fn redis_options(c: &ServerConfig) -> messenger_redis::RedisOptions {
-    let ttl = c.redis_node_ttl;
+    let ttl = c.redis.node_ttl;
     messenger_redis::RedisOptions {
-        key_prefix: c.redis_key_prefix.clone(),
+        key_prefix: c.redis.key_prefix.clone(),
         node_ttl: ttl,
         heartbeat_interval: ttl / 3,
         reap_interval: ttl / 3,
@@ -59,10 +59,10 @@ pub(crate) async fn connect(
         sessions: "memory".into(),
         ..Backends::default()
     };
-    if let (Some(addr), true) = (&c.hbase, need_stores) {
+    if let (Some(addr), true) = (&c.hbase.address, need_stores) {
         connect_hbase(c, addr, &mut b).await?;
     }
-    if let (Some(url), true) = (&c.redis_url, need_sessions) {
+    if let (Some(url), true) = (&c.redis.url, need_sessions) {
         connect_redis(c, url, &mut b).await?;
     }
     Ok(b)
@@ -72,8 +72,8 @@ pub(crate) async fn connect(
 async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result<(), ServerError> {
     use messenger_storage_hbase::{HBaseOptions, HBaseStore};
     let opts = HBaseOptions::new(addr)
-        .with_table_prefix(c.hbase_table_prefix.clone())
-        .with_pool_size(c.hbase_pool_size);
+        .with_table_prefix(c.hbase.table_prefix.clone())
+        .with_pool_size(c.hbase.pool_size);
     let store = HBaseStore::connect(opts)
         .await
         .map_err(|source| ServerError::Backend {
@@ -87,14 +87,14 @@ async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result
         })?;
     b.messages = Some(Arc::new(store.clone()));
     b.threads = Some(Arc::new(store));
-    b.stores = format!("hbase {addr} (tables {}*)", c.hbase_table_prefix);
+    b.stores = format!("hbase {addr} (tables {}*)", c.hbase.table_prefix);
     Ok(())
 }
 
 #[cfg(not(feature = "hbase"))]
 async fn connect_hbase(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
-        "hbase is set but messenger-server was built without the `hbase` feature".into(),
+        "hbase.address is set but messenger-server was built without the `hbase` feature".into(),
     )
     .into())
 }
@@ -108,7 +108,7 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
         .map_err(|source| match source.kind() {
             ErrorKind::Conflict => ServerError::NodeIdConflict {
                 node: c.node_id,
-                ttl: c.redis_node_ttl,
+                ttl: c.redis.node_ttl,
                 source,
             },
             ErrorKind::BadRequest => ServerError::Backend {
@@ -130,8 +130,8 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
     b.sessions = format!(
         "redis {} (prefix {}, node ttl {:?})",
         redact(url),
-        c.redis_key_prefix,
-        c.redis_node_ttl
+        c.redis.key_prefix,
+        c.redis.node_ttl
     );
     b.redis = Some(cluster);
     Ok(())
@@ -140,13 +140,12 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
 #[cfg(not(feature = "redis"))]
 async fn connect_redis(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
-        "redis_url is set but messenger-server was built without the `redis` feature".into(),
+        "redis.url is set but messenger-server was built without the `redis` feature".into(),
     )
     .into())
 }
 
 /// The URL without a password (`redis://user:secret@host` -> `redis://user:***@host`).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -179,7 +178,7 @@ mod tests {
         assert_eq!(o.node_ttl, Duration::from_secs(15));
         assert_eq!(o.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(o.op_timeout, Duration::from_secs(2));
-        c.redis_node_ttl = Duration::from_secs(2);
+        c.redis.node_ttl = Duration::from_secs(2);
         let o = redis_options(&c);
         assert_eq!(o.op_timeout, Duration::from_millis(500));
         assert!(o.heartbeat_interval * 2 <= o.node_ttl);
