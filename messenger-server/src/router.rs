@@ -86,6 +86,19 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        let router = self.router();
+        self.serve_router(listener, router, shutdown).await
+    }
+
+    /// [`serve`](Self::serve) with another router: [`router`](Self::router) merged
+    /// with routes of your own (`server.router().merge(static_files)`), served with the
+    /// server's connection limit, header limits, deadlines, peer addresses and shutdown.
+    pub async fn serve_router(
+        self,
+        listener: TcpListener,
+        router: Router,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
         let local = listener.local_addr()?;
         self.config().check_listen(local)?;
         let lost = AtomicBool::new(false);
@@ -99,7 +112,6 @@ impl Server {
                 }
             }
         };
-        let router = self.router();
         let accepted = accept_loop(&self, listener, router, stop).await;
         self.shutdown().await;
         accepted?;
