@@ -156,9 +156,8 @@ mod tests {
 
         // Chat through the mounted router with the SDK.
         let url = format!("ws://{addr}/chat/ws");
-        let alice = Client::connect(url.clone(), "alice").await.expect("alice");
-        let bob = Client::connect(url.clone(), "bob").await.expect("bob");
-        let mut bob_events = bob.events().expect("events");
+        let (alice, _alice_events) = Client::connect(url.clone(), "alice").await.expect("alice");
+        let (bob, mut bob_events) = Client::connect(url.clone(), "bob").await.expect("bob");
         let dm = alice
             .create_direct(&UserId::new("bob").expect("id"))
             .await

@@ -7,7 +7,9 @@
 //! `limits.max_frame_bytes` is `MESSENGER_LIMITS__MAX_FRAME_BYTES`, `listen` is
 //! `MESSENGER_LISTEN`. `MESSENGER_JWT_SECRET` holds the HS256 secret itself
 //! (`auth.jwt.secret`, never read from a file). An unknown key or a wrong type is an
-//! error that names the key and where it came from (the file, or the variable).
+//! error that names the key and where it came from (the file, or the variable); a
+//! variable whose first part is no top-level key belongs to another tool and is left
+//! alone.
 //!
 //! Adding a setting: a field in the section's struct in [`crate::config`] (doc comment
 //! with its default, `#[serde(with = "humantime_serde")]` for a duration) is at once a
@@ -257,8 +259,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration `{s}` ({e}; use 500ms, 15s, 2m)"))
 }
 
-/// Environment variables with the prefix that are not configuration keys.
-const NOT_KEYS: &[&str] = &["config", "jwt_secret"];
+/// The top-level keys: an environment variable is configuration when its first part
+/// is one of them (`MESSENGER_LIMITS__…`, `MESSENGER_LISTEN`); other `MESSENGER_*`
+/// variables belong to other tools (`MESSENGER_SERVER_BIN`, `MESSENGER_TEST_HBASE`, the
+/// secret and the config path) and are left alone.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(BinaryConfig::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 fn describe(e: figment::Error) -> ConfigError {
     let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
@@ -278,15 +288,14 @@ impl Cli {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(
-            Env::prefixed(ENV_PREFIX)
-                .split("__")
-                // Test harness variables and the non-key ones are not configuration.
-                .filter(|k| {
-                    let k = k.as_str().to_ascii_lowercase();
-                    !NOT_KEYS.contains(&k.as_str()) && !k.starts_with("test_")
-                }),
-        );
+        let keys = top_level_keys();
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").filter(move |k| {
+            let k = k.as_str().to_ascii_lowercase();
+            // The key may come split already (`limits.max_frame_bytes`) or not.
+            let first = k.split("__").next().unwrap_or_default();
+            let first = first.split('.').next().unwrap_or_default();
+            keys.iter().any(|t| t == first)
+        }));
         if let Some(secret) = std::env::var(JWT_SECRET_ENV).ok().filter(|s| !s.is_empty()) {
             fig = fig.merge(Serialized::default("auth.jwt.secret", secret));
         }
@@ -456,10 +465,12 @@ mod tests {
             j.set_env("MESSENGER_LIMITS__MAX_FRAME_BYTES", "lots");
             let e = err(cli(&[]).load()).to_ascii_lowercase();
             assert!(e.contains("max_frame_bytes") && e.contains("lots"), "{e}");
-            // Test harness variables are not configuration.
+            // Other tools' variables are not configuration.
             j.set_env("MESSENGER_LIMITS__MAX_FRAME_BYTES", "10");
             j.set_env("MESSENGER_TEST_HBASE", "127.0.0.1:1");
-            assert!(cli(&[]).load().is_ok());
+            j.set_env("MESSENGER_SERVER_BIN", "/bin/true");
+            let (c, _) = cli(&[]).load().expect("valid");
+            assert_eq!(c.limits.max_frame_bytes, 10);
             Ok(())
         });
     }
