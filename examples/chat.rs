@@ -2,7 +2,7 @@
 //! presence.
 //!
 //! Run: `cargo run -p examples --example chat -- --url ws://127.0.0.1:8080/ws --token alice --store alice.db`
-//! (start a server first, e.g. `cargo run -p messenger-server`; open a second terminal
+//! (start a server first, e.g. `cargo run -p messenger-server --features cli`; open a second terminal
 //! with `--token bob --store bob.db`).
 //!
 //! `--store PATH` keeps the outbox, each thread's position and receipts in SQLite: quit

@@ -73,8 +73,7 @@ async fn app(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     });
 
     // The server: in-memory adapters, the app's push sink, dev auth on loopback.
-    let mut config = ServerConfig::default();
-    config.listen = addr;
+    let config = ServerConfig::default();
     let server = Server::builder()
         .adapters(messenger_storage_mem::adapters())
         .push_sink(Arc::new(AppPush { tx: push_tx }))

@@ -201,7 +201,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use messenger_server::{AuthMode, Server, ServerConfig};
+    use messenger_server::config::JwtConfig;
+    use messenger_server::{Server, ServerConfig};
 
     /// Against the real server with an HS256 secret and no clock leeway: 1 s tokens,
     /// rounds 0.8 s apart, so most reconnects need a new token.
@@ -209,10 +210,9 @@ mod tests {
     async fn short_lived_tokens_rotate_across_reconnects() {
         let secret = b"example-secret".to_vec();
         let mut config = ServerConfig::default();
-        config.auth = AuthMode::Jwt {
-            secret: secret.clone(),
-            leeway: Duration::ZERO,
-        };
+        let mut jwt = JwtConfig::hs256(String::from_utf8_lossy(&secret));
+        jwt.leeway = Duration::ZERO;
+        config.auth.jwt = Some(jwt);
         let server = Server::builder()
             .adapters(messenger_storage_mem::adapters())
             .config(config)

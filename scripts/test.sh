@@ -58,11 +58,25 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "feature combinations of messenger-server (lean default, none, each adapter alone)"
+# The library must build and pass clippy for an embedder's choices, not only --all-features.
+for features in "" "--no-default-features" "--no-default-features --features mem" \
+    "--no-default-features --features axum" "--no-default-features --features redis" \
+    "--no-default-features --features hbase" "--no-default-features --features kafka" \
+    "--no-default-features --features jwks-url"; do
+  echo "  messenger-server ${features:-(default features)}"
+  # shellcheck disable=SC2086
+  cargo clippy -q -p messenger-server $features --all-targets -- -D warnings
+done
+
+step "cargo doc -D warnings (every feature, as docs.rs builds it)"
+RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --all-features --no-deps
+
 step "cargo test: unit, integration, examples and benches (each bench runs once)"
 cargo test --workspace --all-features --all-targets
 
 step "independent Python client against the real server binary (tests/interop)"
-cargo build -q -p messenger-server --bin messenger-server
+cargo build -q -p messenger-server --features cli --bin messenger-server
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/debug/messenger-server --listen "127.0.0.1:$port" >target/interop-server.log 2>&1 &
 server_pid=$!

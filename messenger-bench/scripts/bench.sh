@@ -3,7 +3,7 @@
 # (and, in the same invocation, against the floor relay), writing one JSON per run to
 # OUT. Load goes to 127.0.0.0/8 only; every run is bounded in time and stops by itself.
 #
-#   cargo build --release -p messenger-server -p messenger-bench
+#   cargo build --release -p messenger-server --features cli -p messenger-bench
 #   messenger-bench/scripts/bench.sh [OUT] [RUNS] [SCENARIOS...]
 #
 # Scenarios: idle pairs pairs-rate pairs-rate-low group reconnect (default: all).

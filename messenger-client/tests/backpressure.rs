@@ -76,10 +76,10 @@ async fn an_app_that_stalls_then_reads_gets_everything_once_in_order_and_acks_on
     tokio::time::timeout(LIMIT, async {
         let mem = MemBackend::new();
         let mut cfg = server_config();
-        cfg.outbound_queue = 64;
-        cfg.write_timeout = Duration::from_millis(500);
-        cfg.rate_limit_per_sec = 100_000;
-        cfg.rate_limit_burst = 100_000;
+        cfg.limits.outbound_queue = 64;
+        cfg.websocket.write_timeout = Duration::from_millis(500);
+        cfg.limits.rate_limit_per_sec = 100_000;
+        cfg.limits.rate_limit_burst = 100_000;
         let server = start(&mem, "127.0.0.1:0".parse().expect("addr"), cfg).await;
         let backoff = BackoffConfig {
             initial: Duration::from_millis(20),

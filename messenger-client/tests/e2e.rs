@@ -10,7 +10,7 @@ use messenger_client::{
 };
 use messenger_core::model::NewMessage;
 use messenger_core::{MessageId, MessageStore};
-use messenger_server::AuthMode;
+use messenger_server::config::JwtConfig;
 use messenger_storage_mem::MemBackend;
 use support::{server_config, start};
 
@@ -413,7 +413,7 @@ async fn jwt_refusal_is_not_retried() {
     tokio::time::timeout(LIMIT, async {
         let backend = MemBackend::new();
         let mut cfg = server_config();
-        cfg.auth = AuthMode::jwt(b"secret".to_vec());
+        cfg.auth.jwt = Some(JwtConfig::hs256("secret"));
         let server = start(&backend, "127.0.0.1:0".parse().expect("addr"), cfg).await;
         let t0 = std::time::Instant::now();
         let e = Client::connect(server.url(), "alice").await;
@@ -621,7 +621,7 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_a_typed_error() {
         };
         // The server comes back requiring JWTs: the dev token is refused with 401.
         let mut cfg = server_config();
-        cfg.auth = AuthMode::jwt(b"secret".to_vec());
+        cfg.auth.jwt = Some(JwtConfig::hs256("secret"));
         let server = start(&backend, addr, cfg).await;
         wait_state(&mut events, |s| {
             matches!(

@@ -11,7 +11,8 @@ use messenger_client::{
     BackoffConfig, Client, ClientError, ConnectionState, Event, Events, StopReason, TokenError,
     TokenRequest, UserId,
 };
-use messenger_server::{AuthMode, ServerConfig};
+use messenger_server::config::JwtConfig;
+use messenger_server::ServerConfig;
 use messenger_storage_mem::MemBackend;
 use support::{server_config, start};
 
@@ -42,10 +43,9 @@ fn jwt(secret: &[u8], user: &str, exp: u64) -> String {
 
 fn jwt_config(secret: &[u8]) -> ServerConfig {
     let mut cfg = server_config();
-    cfg.auth = AuthMode::Jwt {
-        secret: secret.to_vec(),
-        leeway: Duration::ZERO,
-    };
+    let mut jwt = JwtConfig::hs256(String::from_utf8_lossy(secret));
+    jwt.leeway = Duration::ZERO;
+    cfg.auth.jwt = Some(jwt);
     cfg
 }
 

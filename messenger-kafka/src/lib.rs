@@ -12,7 +12,6 @@
 //!   the brokers did not take; sheds (counted and logged) only when its bounded buffer
 //!   is full.
 //! - [`ensure_topics`]: start-up checks with errors that say what to do.
-//! - `harness` (feature): a real broker for tests through `scripts/kafka.sh`.
 //!
 //! ```no_run
 //! # async fn demo(mut adapters: messenger_core::engine::Adapters) -> messenger_core::Result<()> {
@@ -29,9 +28,6 @@ mod config;
 mod event_log;
 mod relay;
 mod topics;
-
-#[cfg(feature = "harness")]
-pub mod harness;
 
 pub use config::{parse_property, KafkaOptions, DEFAULT_EVENTS_TOPIC, DEFAULT_RELAY_TOPIC};
 pub use event_log::{EventLogStats, KafkaEventLog};

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use messenger_core::Relay;
-use messenger_kafka::{harness, KafkaOptions, KafkaRelay};
+use messenger_kafka::{KafkaOptions, KafkaRelay};
+use messenger_test_support::kafka as harness;
 
 async fn relay() -> Arc<dyn Relay> {
     let brokers = tokio::task::spawn_blocking(|| harness::shared().brokers.clone())

@@ -402,6 +402,13 @@ impl RedisCluster {
         *self.shared.claim_held.borrow()
     }
 
+    /// A receiver of [`claim_held`](Self::claim_held): it turns false when another
+    /// instance takes this node's id (for a server that waits on it without holding
+    /// the cluster).
+    pub fn claim_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.claim_held.subscribe()
+    }
+
     /// Resolves when this instance loses its node id to another instance (two nodes
     /// were started with one id, or this one stalled past `node_ttl` and a new one took
     /// the id). A server should stop then: its sessions are no longer its own in Redis.

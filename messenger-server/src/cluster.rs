@@ -20,9 +20,9 @@ use crate::server::ServerError;
 /// quarter of it (between 100 ms and 2 s).
 #[cfg(feature = "redis")]
 pub fn redis_options(c: &ServerConfig) -> messenger_redis::RedisOptions {
-    let ttl = c.redis_node_ttl;
+    let ttl = c.redis.node_ttl;
     messenger_redis::RedisOptions {
-        key_prefix: c.redis_key_prefix.clone(),
+        key_prefix: c.redis.key_prefix.clone(),
         node_ttl: ttl,
         heartbeat_interval: ttl / 3,
         reap_interval: ttl / 3,
@@ -39,7 +39,7 @@ pub(crate) struct Backends {
     pub directory: Option<Arc<dyn SessionDirectory>>,
     pub presence: Option<Arc<dyn Presence>>,
     pub relay: Option<Arc<dyn Relay>>,
-    /// The Kafka event log (`kafka` set).
+    /// The Kafka event log (`kafka.brokers` set).
     #[cfg(feature = "kafka")]
     pub event_log: Option<Arc<messenger_kafka::KafkaEventLog>>,
     #[cfg(feature = "redis")]
@@ -48,7 +48,7 @@ pub(crate) struct Backends {
     pub stores: String,
     pub sessions: String,
     /// The relay's name when it is not the session backend's.
-    pub sessions_relay: String,
+    pub relay_name: String,
 }
 
 /// Connects the backends the configuration names. `need_stores`/`need_sessions`:
@@ -64,14 +64,18 @@ pub(crate) async fn connect(
         sessions: "memory".into(),
         ..Backends::default()
     };
-    if let (Some(addr), true) = (&c.hbase, need_stores) {
+    if let (Some(addr), true) = (&c.hbase.address, need_stores) {
         connect_hbase(c, addr, &mut b).await?;
     }
-    if let Some(brokers) = &c.kafka {
+    // Kafka before Redis, so that a failure there never leaves the node id claimed.
+    if let Some(brokers) = &c.kafka.brokers {
         connect_kafka(c, brokers, need_sessions, &mut b).await?;
     }
-    if let (Some(url), true) = (&c.redis_url, need_sessions) {
+    if let (Some(url), true) = (&c.redis.url, need_sessions) {
         connect_redis(c, url, &mut b).await?;
+    }
+    if !b.relay_name.is_empty() {
+        b.sessions = format!("{}; relay: {}", b.sessions, b.relay_name);
     }
     Ok(b)
 }
@@ -85,20 +89,22 @@ async fn connect_kafka(
 ) -> Result<(), ServerError> {
     use messenger_kafka::{KafkaEventLog, KafkaOptions, KafkaRelay};
     let mut opts = KafkaOptions::new(brokers);
-    for (k, v) in &c.kafka_properties {
+    opts.event_buffer = c.kafka.event_buffer;
+    for (k, v) in &c.kafka.properties {
         opts = opts.with_property(k, v);
     }
     let fail = |source| ServerError::Backend {
         context: format!("cannot use Kafka at {brokers}"),
-        hint: "Fix --kafka / MESSENGER_KAFKA or the broker (in development \
-               `scripts/kafka.sh start`); see docs/operations.md."
+        hint: "Check that the brokers run and are reachable, or fix --kafka / \
+               MESSENGER_KAFKA__BROKERS (in development `scripts/kafka.sh start`); \
+               see docs/operations.md."
             .into(),
         source,
     };
     b.event_log = Some(KafkaEventLog::connect(&opts).await.map_err(fail)?);
-    if c.redis_url.is_some() && c.kafka_relay && need_sessions {
+    if c.redis.url.is_some() && c.kafka.relays() && need_sessions {
         b.relay = Some(Arc::new(KafkaRelay::connect(&opts).await.map_err(fail)?));
-        b.sessions_relay = format!("kafka {brokers} (topic {})", opts.relay_topic);
+        b.relay_name = format!("kafka {brokers} (topic {})", opts.relay_topic);
     }
     Ok(())
 }
@@ -111,7 +117,7 @@ async fn connect_kafka(
     _: &mut Backends,
 ) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
-        "kafka is set but messenger-server was built without the `kafka` feature".into(),
+        "kafka.brokers is set but messenger-server was built without the `kafka` feature".into(),
     )
     .into())
 }
@@ -120,8 +126,8 @@ async fn connect_kafka(
 async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result<(), ServerError> {
     use messenger_storage_hbase::{HBaseOptions, HBaseStore};
     let opts = HBaseOptions::new(addr)
-        .with_table_prefix(c.hbase_table_prefix.clone())
-        .with_pool_size(c.hbase_pool_size);
+        .with_table_prefix(c.hbase.table_prefix.clone())
+        .with_pool_size(c.hbase.pool_size);
     let store = HBaseStore::connect(opts)
         .await
         .map_err(|source| ServerError::Backend {
@@ -135,14 +141,14 @@ async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result
         })?;
     b.messages = Some(Arc::new(store.clone()));
     b.threads = Some(Arc::new(store));
-    b.stores = format!("hbase {addr} (tables {}*)", c.hbase_table_prefix);
+    b.stores = format!("hbase {addr} (tables {}*)", c.hbase.table_prefix);
     Ok(())
 }
 
 #[cfg(not(feature = "hbase"))]
 async fn connect_hbase(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
-        "hbase is set but messenger-server was built without the `hbase` feature".into(),
+        "hbase.address is set but messenger-server was built without the `hbase` feature".into(),
     )
     .into())
 }
@@ -156,7 +162,7 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
         .map_err(|source| match source.kind() {
             ErrorKind::Conflict => ServerError::NodeIdConflict {
                 node: c.node_id,
-                ttl: c.redis_node_ttl,
+                ttl: c.redis.node_ttl,
                 source,
             },
             ErrorKind::BadRequest => ServerError::Backend {
@@ -180,12 +186,10 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
     b.sessions = format!(
         "redis {} (prefix {}, node ttl {:?})",
         redact(url),
-        c.redis_key_prefix,
-        c.redis_node_ttl
+        c.redis.key_prefix,
+        c.redis.node_ttl
     );
-    if !b.sessions_relay.is_empty() {
-        b.sessions = format!("{}; relay: {}", b.sessions, b.sessions_relay);
-    }
+
     b.redis = Some(cluster);
     Ok(())
 }
@@ -193,13 +197,12 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
 #[cfg(not(feature = "redis"))]
 async fn connect_redis(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
-        "redis_url is set but messenger-server was built without the `redis` feature".into(),
+        "redis.url is set but messenger-server was built without the `redis` feature".into(),
     )
     .into())
 }
 
 /// The URL without a password (`redis://user:secret@host` -> `redis://user:***@host`).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -232,7 +235,7 @@ mod tests {
         assert_eq!(o.node_ttl, Duration::from_secs(15));
         assert_eq!(o.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(o.op_timeout, Duration::from_secs(2));
-        c.redis_node_ttl = Duration::from_secs(2);
+        c.redis.node_ttl = Duration::from_secs(2);
         let o = redis_options(&c);
         assert_eq!(o.op_timeout, Duration::from_millis(500));
         assert!(o.heartbeat_interval * 2 <= o.node_ttl);

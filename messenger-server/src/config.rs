@@ -1,77 +1,191 @@
-//! Server configuration: listen address, authentication, limits and timeouts.
+//! The library's settings: one serde struct per concern.
 //!
-//! [`ServerConfig::default`] gives the documented defaults. The binary fills it from a
-//! TOML file, the environment and flags (see [`crate::cli`]); an embedding application
-//! builds it in code.
+//! [`ServerConfig::default`] gives the documented defaults; an embedder builds it in code
+//! (`let mut c = ServerConfig::default(); c.limits.max_frame_bytes = 32 * 1024;`) or
+//! deserializes it from their own configuration (every section is `serde`, durations are
+//! humantime strings such as `"15s"` or `"500ms"`, unknown keys are refused). The
+//! `messenger-server` binary layers it from a TOML file, the environment and flags, with
+//! its own binary-only settings beside it (see `docs/operations.md`).
+//!
+//! | section | struct | what |
+//! |---|---|---|
+//! | top level | [`ServerConfig`] | `node_id` |
+//! | `[auth]` | [`AuthConfig`] | dev auth or JWT ([`JwtConfig`]) |
+//! | `[limits]` | [`Limits`] | connections, frame and text sizes, queues, rate limit |
+//! | `[websocket]` | [`WebSocketSettings`] | heartbeats, timeouts, buffers, drain |
+//! | `[presence]` | [`PresenceSettings`] | grace period |
+//! | `[redis]` | [`RedisSettings`] | cluster mode: sessions, presence, relay on Redis |
+//! | `[hbase]` | [`HBaseSettings`] | messages and threads on HBase |
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use messenger_core::NodeId;
+use serde::{Deserialize, Serialize};
 
-/// How the server authenticates the token of a `/ws` request.
-#[derive(Clone, Default)]
-pub enum AuthMode {
-    /// Development only: the token is the user id itself.
-    #[default]
-    Dev,
-    /// JWTs signed HS256 with this secret; `sub` is the user id, `exp` is required.
-    Jwt {
-        /// The shared HMAC secret.
-        secret: Vec<u8>,
-        /// Clock leeway allowed on `exp` and `nbf`.
-        leeway: Duration,
-    },
+/// Everything the server needs besides its adapters and its listener.
+///
+/// Cluster mode: with `redis.url` set (feature `redis`) the builder connects to Redis and
+/// uses it for the session directory, presence and the relay; with `hbase.address` set
+/// (feature `hbase`) it uses HBase for the message and thread stores. Adapters given to
+/// the builder explicitly win over both. `node_id` must then be unique per process:
+/// Redis refuses a second live node with the same id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// This node's id (0..=1023): the Snowflake node field and the relay address.
+    /// Default 0; required (explicitly) with Redis.
+    pub node_id: NodeId,
+    /// Token verification by the built-in authenticators (unless the builder is given
+    /// its own [`Authenticator`](crate::auth::Authenticator)).
+    pub auth: AuthConfig,
+    /// Sizes, queues and rates.
+    pub limits: Limits,
+    /// Per-connection WebSocket behaviour.
+    pub websocket: WebSocketSettings,
+    /// Presence.
+    pub presence: PresenceSettings,
+    /// Redis (cluster mode).
+    pub redis: RedisSettings,
+    /// HBase stores.
+    pub hbase: HBaseSettings,
+    /// Kafka: the event log and, in cluster mode, the relay.
+    pub kafka: KafkaSettings,
 }
 
-impl AuthMode {
-    /// JWT HS256 with the default leeway (30 s).
-    pub fn jwt(secret: impl Into<Vec<u8>>) -> Self {
-        AuthMode::Jwt {
-            secret: secret.into(),
+/// `[auth]`: the built-in authenticators. JWT when `jwt` has a key source (a secret, a
+/// PEM file, a JWKS file or URL), dev auth (the token is the user id) otherwise.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// Allow dev auth on a non-loopback address (and from non-loopback peers). Never in
+    /// production. Default false.
+    pub insecure_dev_auth: bool,
+    /// JWT verification; `None` means dev auth.
+    pub jwt: Option<JwtConfig>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("insecure_dev_auth", &self.insecure_dev_auth)
+            .field("jwt", &self.jwt)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Whether the built-in authenticator is dev auth (no JWT key source).
+    pub fn is_dev(&self) -> bool {
+        self.jwt.as_ref().is_none_or(|j| !j.has_key_source())
+    }
+}
+
+/// `[auth.jwt]`: JWTs (`sub` = user id, `exp` required) on `jsonwebtoken`.
+///
+/// Exactly one key source: `secret` / `secret_file` (HS256), `public_key_file` (a PEM
+/// RSA, EC P-256 or Ed25519 public key: RS256, ES256 or EdDSA), `jwks_file` or
+/// `jwks_url` (a JSON Web Key Set, keys picked by `kid`, refreshed every
+/// `jwks_refresh`). See `docs/protocol.md` for the token shapes.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// The HS256 shared secret itself (the binary reads it from `MESSENGER_JWT_SECRET`).
+    /// Never serialized.
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
+    /// A file holding the HS256 secret (a trailing newline is trimmed).
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// A JWKS document on disk, re-read every `jwks_refresh`.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`https://issuer/.well-known/jwks.json`), fetched every
+    /// `jwks_refresh` and when a token names an unknown `kid` (feature `jwks-url`).
+    pub jwks_url: Option<String>,
+    /// How often a JWKS is reloaded. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Accepted `aud` values; when non-empty a token must carry one of them.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; when non-empty a token must carry one of them.
+    pub issuer: Vec<String>,
+    /// Clock leeway on `exp` and `nbf`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            audience: Vec::new(),
+            issuer: Vec::new(),
             leeway: Duration::from_secs(30),
         }
     }
+}
 
-    /// Whether this is dev auth.
-    pub fn is_dev(&self) -> bool {
-        matches!(self, AuthMode::Dev)
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("public_key_file", &self.public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh", &self.jwks_refresh)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
     }
 }
 
-impl std::fmt::Debug for AuthMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthMode::Dev => f.write_str("Dev"),
-            AuthMode::Jwt { leeway, .. } => f
-                .debug_struct("Jwt")
-                .field("secret", &"<redacted>")
-                .field("leeway", leeway)
-                .finish(),
+impl JwtConfig {
+    /// HS256 with this secret and the default leeway.
+    pub fn hs256(secret: impl Into<String>) -> Self {
+        JwtConfig {
+            secret: Some(secret.into()),
+            ..JwtConfig::default()
         }
     }
+
+    fn sources(&self) -> usize {
+        [
+            self.secret.as_ref().is_some_and(|s| !s.is_empty()),
+            self.secret_file.is_some(),
+            self.public_key_file.is_some(),
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    }
+
+    /// Whether a key source is configured.
+    pub fn has_key_source(&self) -> bool {
+        self.sources() > 0
+    }
 }
 
-/// Everything the server needs besides its adapters.
-///
-/// Cluster mode: with `redis_url` set (feature `redis`) the builder connects to Redis and
-/// uses it for the session directory, presence and the relay; with `hbase` set (feature
-/// `hbase`) it uses HBase for the message and thread stores. Adapters given to the
-/// builder explicitly win over both. `node_id` must then be unique per process: Redis
-/// refuses a second live node with the same id.
-#[derive(Debug, Clone)]
+/// `[limits]`: sizes, queues and rates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
-pub struct ServerConfig {
-    /// Where the binary listens (the library takes a bound listener). Default
-    /// `127.0.0.1:8080`.
-    pub listen: SocketAddr,
-    /// Token verification. Default [`AuthMode::Dev`].
-    pub auth: AuthMode,
-    /// Allow dev auth on a non-loopback address. Default false.
-    pub allow_insecure_dev_auth: bool,
-    /// This node's id (0..=1023): the Snowflake node field and the relay address.
-    pub node_id: NodeId,
-    /// Most concurrent connections (HTTP and WebSocket). Default 10 000.
+pub struct Limits {
+    /// Most concurrent connections accepted by [`Server::serve`](crate::Server). Default
+    /// 10 000.
     pub max_connections: usize,
     /// Largest incoming WebSocket frame or message in bytes; over it the connection is
     /// closed with 1009. Default 64 KiB.
@@ -85,95 +199,195 @@ pub struct ServerConfig {
     pub rate_limit_per_sec: u32,
     /// Burst of client frames per session above the sustained rate. Default 100.
     pub rate_limit_burst: u32,
-    /// Interval between server pings. A peer silent for two intervals is dead.
-    /// Default 15 s.
-    pub ping_interval: Duration,
-    /// Time allowed to send a complete HTTP request head. Default 10 s.
-    pub handshake_timeout: Duration,
-    /// Longest a batch of writes may block before the peer counts as a slow consumer.
-    /// Default 10 s.
-    pub write_timeout: Duration,
-    /// On shutdown, how long sessions get to close before they are dropped. Default 10 s.
-    pub drain_timeout: Duration,
-    /// How long a user stays online after the last session ends. Default 3 s.
-    pub presence_grace: Duration,
-    /// tungstenite read buffer per connection in bytes (its default is 128 KiB). It is a
-    /// minimum reserve per read, not a cap: larger frames still arrive whole. Default
-    /// 1 KiB, which measured 7.1 KiB of server RSS per idle connection against 10 KiB
-    /// with 4 KiB, at the same pairs throughput (docs/benchmarks.md).
-    pub read_buffer_bytes: usize,
-    /// Bytes buffered before tungstenite writes to the socket (its default is 128 KiB);
-    /// a flush always writes everything. Default 1 KiB.
-    pub write_buffer_bytes: usize,
-    /// Redis URL (`redis://host:port/db`): puts the session directory, presence and the
-    /// cross-node relay on Redis (cluster mode). Default none: in memory.
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel; clusters sharing one Redis need different
-    /// prefixes. Default `messenger`.
-    pub redis_key_prefix: String,
-    /// How long this node's claim on its id lives in Redis without a heartbeat. A killed
-    /// node's users go offline within about `4/3 * redis_node_ttl + 2 s`; a crashed
-    /// node's id can be claimed again after this long. Heartbeat and reaper run every
-    /// third of it. Default 15 s.
-    pub redis_node_ttl: Duration,
-    /// HBase Thrift2 gateway `host:port`: puts the message and thread stores on HBase.
-    /// Default none: in memory.
-    pub hbase: Option<String>,
-    /// Prefix of the HBase table names. Default `messenger_`.
-    pub hbase_table_prefix: String,
-    /// Most concurrent Thrift connections to the gateway. Default 16.
-    pub hbase_pool_size: usize,
-    /// Kafka bootstrap brokers (feature `kafka`): the engine's event log is produced to
-    /// Kafka for `messenger-worker`, and in cluster mode the relay runs over Kafka
-    /// unless `kafka_relay` is false. Default none.
-    pub kafka: Option<String>,
-    /// Extra librdkafka properties (security, SASL, TLS). Default none.
-    pub kafka_properties: Vec<(String, String)>,
-    /// With `kafka` and `redis_url`: relay between nodes over Kafka (true, the default)
-    /// or over Redis pub/sub (false).
-    pub kafka_relay: bool,
+    /// Most request header fields accepted by [`Server::serve`](crate::Server). Default 128.
+    pub max_headers: usize,
+    /// Largest request head (request line and headers) in bytes accepted by
+    /// [`Server::serve`](crate::Server). Default 64 KiB.
+    pub max_head_bytes: usize,
 }
 
-impl Default for ServerConfig {
+impl Default for Limits {
     fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            auth: AuthMode::Dev,
-            allow_insecure_dev_auth: false,
-            node_id: NodeId::default(),
+        Limits {
             max_connections: 10_000,
             max_frame_bytes: 64 * 1024,
             max_text_bytes: 16 * 1024,
             outbound_queue: 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
+            max_headers: 128,
+            max_head_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[websocket]`: heartbeats, timeouts and per-connection buffers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WebSocketSettings {
+    /// Interval between server pings. A peer silent for two intervals is dead. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Time allowed to send a complete HTTP request head. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest a batch of writes may block before the peer counts as a slow consumer.
+    /// Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// On shutdown, how long sessions get to close before they are dropped. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// tungstenite read buffer per connection in bytes (its default is 128 KiB). It is a
+    /// minimum reserve per read, not a cap: larger frames still arrive whole. Default
+    /// 1 KiB (docs/benchmarks.md).
+    pub read_buffer_bytes: usize,
+    /// Bytes buffered before tungstenite writes to the socket (its default is 128 KiB);
+    /// a flush always writes everything. Default 1 KiB.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        WebSocketSettings {
             ping_interval: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
-            presence_grace: Duration::from_secs(3),
             read_buffer_bytes: 1024,
             write_buffer_bytes: 1024,
-            redis_url: None,
-            redis_key_prefix: "messenger".into(),
-            redis_node_ttl: Duration::from_secs(15),
-            hbase: None,
-            hbase_table_prefix: "messenger_".into(),
-            hbase_pool_size: 16,
-            kafka: None,
-            kafka_properties: Vec::new(),
-            kafka_relay: true,
         }
+    }
+}
+
+/// `[presence]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PresenceSettings {
+    /// How long a user stays online after the last session ends. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        PresenceSettings {
+            grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[redis]`: cluster mode.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisSettings {
+    /// Redis URL (`redis://host:port/db`): puts the session directory, presence and the
+    /// cross-node relay on Redis. Default none: in memory.
+    pub url: Option<String>,
+    /// Prefix of every Redis key and channel; clusters sharing one Redis need different
+    /// prefixes. Default `messenger`.
+    pub key_prefix: String,
+    /// How long this node's claim on its id lives in Redis without a heartbeat. A killed
+    /// node's users go offline within about `4/3 * node_ttl + 2 s`; a crashed node's id
+    /// can be claimed again after this long. Heartbeat and reaper run every third of it.
+    /// Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_deref().map(crate::cluster::redact))
+            .field("key_prefix", &self.key_prefix)
+            .field("node_ttl", &self.node_ttl)
+            .finish()
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            key_prefix: "messenger".into(),
+            node_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `[hbase]`: the message and thread stores on HBase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HBaseSettings {
+    /// Thrift2 gateway `host:port`. Default none: in memory.
+    pub address: Option<String>,
+    /// Prefix of the HBase table names. Default `messenger_`.
+    pub table_prefix: String,
+    /// Most concurrent Thrift connections to the gateway. Default 16.
+    pub pool_size: usize,
+}
+
+impl Default for HBaseSettings {
+    fn default() -> Self {
+        HBaseSettings {
+            address: None,
+            table_prefix: "messenger_".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// `[kafka]` (feature `kafka`): the event log for `messenger-worker` and, with Redis,
+/// the cross-node relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KafkaSettings {
+    /// Bootstrap brokers `host:port[,host:port]`: the engine's event log (messages,
+    /// receipts, membership) is produced to Kafka. Default none: no event log.
+    pub brokers: Option<String>,
+    /// Cross-node relay in cluster mode: `kafka` (the default when `brokers` is set) or
+    /// `redis` (pub/sub).
+    pub relay: Option<String>,
+    /// Extra librdkafka properties for every Kafka client (`security.protocol`,
+    /// `sasl.*`, `ssl.*`, tuning). Default none.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Events kept in memory while Kafka is slow or down before the oldest are shed.
+    /// Default 100 000.
+    pub event_buffer: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: None,
+            relay: None,
+            properties: Default::default(),
+            event_buffer: 100_000,
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// Whether cross-node envelopes go over Kafka (brokers set, relay not `redis`).
+    pub fn relays(&self) -> bool {
+        self.brokers.is_some() && self.relay.as_deref() != Some("redis")
     }
 }
 
 /// A configuration the server refuses to run with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Dev auth on a non-loopback address without the insecure flag.
     #[error(
-        "refusing dev auth (token = user id) on non-loopback address {0}: set \
-         MESSENGER_JWT_SECRET or --jwt-secret-file, or pass --insecure-dev-auth"
+        "refusing dev auth (token = user id) on non-loopback address {0}: configure JWT \
+         (MESSENGER_JWT_SECRET, --jwt-secret-file, --jwt-public-key, --jwks-file or \
+         --jwks-url) or pass --insecure-dev-auth"
     )]
     InsecureDevAuth(SocketAddr),
     /// A value is out of range or unreadable.
@@ -182,45 +396,93 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
-    /// Checks the configuration against the address the server will listen on.
-    pub fn validate(&self, listen: SocketAddr) -> Result<(), ConfigError> {
-        if self.auth.is_dev() && !listen.ip().is_loopback() && !self.allow_insecure_dev_auth {
-            return Err(ConfigError::InsecureDevAuth(listen));
+    /// Checks the values (ranges, one JWT key source). The listen address is checked
+    /// separately by [`ServerConfig::check_listen`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.get() > NodeId::MAX {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is above {}",
+                self.node_id,
+                NodeId::MAX
+            )));
         }
-        if let AuthMode::Jwt { secret, .. } = &self.auth {
-            if secret.is_empty() {
+        if let Some(j) = &self.auth.jwt {
+            if j.sources() > 1 {
+                return Err(ConfigError::Invalid(
+                    "auth.jwt: give exactly one key source (secret, secret_file, \
+                     public_key_file, jwks_file or jwks_url)"
+                        .into(),
+                ));
+            }
+            if j.secret.as_deref() == Some("") {
                 return Err(ConfigError::Invalid("the JWT secret is empty".into()));
             }
         }
+        let l = &self.limits;
+        let w = &self.websocket;
         let positive = [
-            ("max_connections", self.max_connections),
-            ("max_frame_bytes", self.max_frame_bytes),
-            ("max_text_bytes", self.max_text_bytes),
-            ("outbound_queue", self.outbound_queue),
-            ("rate_limit_per_sec", self.rate_limit_per_sec as usize),
-            ("rate_limit_burst", self.rate_limit_burst as usize),
-            ("read_buffer_bytes", self.read_buffer_bytes),
-            ("hbase_pool_size", self.hbase_pool_size),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.max_text_bytes", l.max_text_bytes),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.rate_limit_per_sec", l.rate_limit_per_sec as usize),
+            ("limits.rate_limit_burst", l.rate_limit_burst as usize),
+            ("limits.max_headers", l.max_headers),
+            ("limits.max_head_bytes", l.max_head_bytes),
+            ("websocket.read_buffer_bytes", w.read_buffer_bytes),
+            ("hbase.pool_size", self.hbase.pool_size),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if self.redis_node_ttl < Duration::from_millis(300) {
+        if l.max_head_bytes < 8192 {
             return Err(ConfigError::Invalid(
-                "redis_node_ttl must be at least 300ms".into(),
+                "limits.max_head_bytes must be at least 8192".into(),
             ));
         }
-        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
+        if self.redis.node_ttl < Duration::from_millis(300) {
             return Err(ConfigError::Invalid(
-                "redis_key_prefix must be non-empty and without spaces".into(),
+                "redis.node_ttl must be at least 300ms".into(),
             ));
         }
-        if self.ping_interval.is_zero() {
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return Err(ConfigError::Invalid(
-                "ping_interval must be positive".into(),
+                "redis.key_prefix must be non-empty and without spaces".into(),
             ));
+        }
+        match (self.kafka.relay.as_deref(), &self.kafka.brokers) {
+            (None | Some("redis"), _) | (Some("kafka"), Some(_)) => {}
+            (Some("kafka"), None) => {
+                return Err(ConfigError::Invalid(
+                    "kafka.relay = kafka (--relay kafka) needs kafka.brokers (--kafka)".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka.relay is {other:?}: use `kafka` or `redis`"
+                )))
+            }
+        }
+        if self.kafka.event_buffer == 0 {
+            return Err(ConfigError::Invalid(
+                "kafka.event_buffer must be at least 1".into(),
+            ));
+        }
+        if w.ping_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "websocket.ping_interval must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses dev auth on a non-loopback `listen` address unless
+    /// `auth.insecure_dev_auth`.
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if self.auth.is_dev() && !listen.ip().is_loopback() && !self.auth.insecure_dev_auth {
+            return Err(ConfigError::InsecureDevAuth(listen));
         }
         Ok(())
     }
@@ -233,27 +495,52 @@ mod tests {
     #[test]
     fn dev_auth_only_on_loopback() {
         let c = ServerConfig::default();
-        assert!(c.validate("127.0.0.1:1".parse().expect("addr")).is_ok());
-        assert!(c.validate("[::1]:1".parse().expect("addr")).is_ok());
+        assert!(c.check_listen("127.0.0.1:1".parse().expect("addr")).is_ok());
+        assert!(c.check_listen("[::1]:1".parse().expect("addr")).is_ok());
         assert!(matches!(
-            c.validate("0.0.0.0:1".parse().expect("addr")),
+            c.check_listen("0.0.0.0:1".parse().expect("addr")),
             Err(ConfigError::InsecureDevAuth(_))
         ));
-        let c = ServerConfig {
-            allow_insecure_dev_auth: true,
-            ..Default::default()
-        };
-        assert!(c.validate("0.0.0.0:1".parse().expect("addr")).is_ok());
-        let c = ServerConfig {
-            auth: AuthMode::jwt("s"),
-            ..Default::default()
-        };
-        assert!(c.validate("0.0.0.0:1".parse().expect("addr")).is_ok());
+        let mut c = ServerConfig::default();
+        c.auth.insecure_dev_auth = true;
+        assert!(c.check_listen("0.0.0.0:1".parse().expect("addr")).is_ok());
+        let mut c = ServerConfig::default();
+        c.auth.jwt = Some(JwtConfig::hs256("s"));
+        assert!(c.check_listen("0.0.0.0:1".parse().expect("addr")).is_ok());
     }
 
     #[test]
-    fn secret_is_not_printed() {
-        let s = format!("{:?}", AuthMode::jwt("hunter2"));
-        assert!(!s.contains("hunter2"));
+    fn secret_is_not_printed_nor_serialized() {
+        let mut c = ServerConfig::default();
+        c.auth.jwt = Some(JwtConfig::hs256("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&c).expect("json").contains("hunter2"));
+    }
+
+    #[test]
+    fn one_key_source_only() {
+        let mut c = ServerConfig::default();
+        let mut j = JwtConfig::hs256("s");
+        j.jwks_url = Some("https://x/jwks".into());
+        c.auth.jwt = Some(j);
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid(m)) if m.contains("exactly one")));
+    }
+
+    #[test]
+    fn sections_deserialize_with_humantime_and_refuse_unknown_keys() {
+        let c: ServerConfig = serde_json::from_value(serde_json::json!({
+            "node_id": 3,
+            "websocket": {"ping_interval": "500ms"},
+            "limits": {"max_frame_bytes": 100},
+        }))
+        .expect("valid");
+        assert_eq!(c.websocket.ping_interval, Duration::from_millis(500));
+        assert_eq!(c.limits.max_frame_bytes, 100);
+        assert_eq!(c.limits.max_text_bytes, 16 * 1024, "defaults fill the rest");
+        let e = serde_json::from_value::<ServerConfig>(serde_json::json!({
+            "limits": {"max_frame_byte": 1}
+        }))
+        .expect_err("typo");
+        assert!(e.to_string().contains("max_frame_byte"), "{e}");
     }
 }

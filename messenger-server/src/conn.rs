@@ -53,7 +53,7 @@ pub(crate) struct ConnCtx {
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -62,7 +62,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket {
             rate: f64::from(rate_per_sec),
@@ -73,7 +73,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
@@ -116,7 +116,7 @@ where
     ctx.engine.disconnect(&handle).await;
     // A JoinHandle must not be polled again once it completed inside the reader.
     if !writer.is_finished() {
-        let wait = ctx.config.write_timeout + CLOSE_LINGER;
+        let wait = ctx.config.websocket.write_timeout + CLOSE_LINGER;
         if tokio::time::timeout(wait, &mut writer).await.is_err() {
             writer.abort();
         }
@@ -135,10 +135,10 @@ async fn read_loop<R>(
 where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let dead_after = ctx.config.ping_interval * 2;
+    let dead_after = ctx.config.websocket.ping_interval * 2;
     let mut bucket = TokenBucket::new(
-        ctx.config.rate_limit_per_sec,
-        ctx.config.rate_limit_burst,
+        ctx.config.limits.rate_limit_per_sec,
+        ctx.config.limits.rate_limit_burst,
         Instant::now(),
     );
     loop {
@@ -157,18 +157,14 @@ where
         };
         let msg = match next {
             Err(_) => {
-                ctx.metrics
-                    .heartbeat_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.heartbeat_timeouts.inc();
                 tracing::info!(session = %handle.id(), user = %handle.user(),
                     "peer silent for two ping intervals: closing");
                 return Some(Ctl::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout"));
             }
             Ok(None) => return Some(Ctl::PeerGone),
             Ok(Some(Err(WsError::Capacity(e)))) => {
-                ctx.metrics
-                    .oversized_frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.oversized_frames.inc();
                 tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
                 return Some(Ctl::Close(CLOSE_TOO_BIG, "frame too large"));
             }
@@ -254,7 +250,7 @@ async fn write_loop<W>(
     W: Sink<Message, Error = WsError> + Unpin,
 {
     let cfg = ctx.config.clone();
-    let interval = cfg.ping_interval;
+    let interval = cfg.websocket.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kinds: Vec<&'static str> = Vec::new();
@@ -264,7 +260,7 @@ async fn write_loop<W>(
             biased;
             c = &mut ctl => {
                 match c {
-                    Ok(Ctl::Close(code, reason)) => close(&mut sink, code, reason, cfg.write_timeout).await,
+                    Ok(Ctl::Close(code, reason)) => close(&mut sink, code, reason, cfg.websocket.write_timeout).await,
                     Ok(Ctl::PeerGone) | Err(_) => {
                         let _ = tokio::time::timeout(CLOSE_LINGER, sink.close()).await;
                     }
@@ -273,7 +269,7 @@ async fn write_loop<W>(
             }
             item = outbox.recv() => item,
             _ = ping.tick() => {
-                let sent = tokio::time::timeout(cfg.write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                let sent = tokio::time::timeout(cfg.websocket.write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
@@ -282,18 +278,22 @@ async fn write_loop<W>(
         };
         let first = match item {
             None => {
-                close(&mut sink, 1000, "session ended", cfg.write_timeout).await;
+                close(
+                    &mut sink,
+                    1000,
+                    "session ended",
+                    cfg.websocket.write_timeout,
+                )
+                .await;
                 return;
             }
             Some(OutboxItem::Close(CloseReason::SlowConsumer)) => {
-                ctx.metrics
-                    .slow_consumer_closes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.slow_consumer_closes.inc();
                 close(
                     &mut sink,
                     CLOSE_SLOW_CONSUMER,
                     "slow consumer: reconnect and catch up",
-                    cfg.write_timeout,
+                    cfg.websocket.write_timeout,
                 )
                 .await;
                 return;
@@ -303,7 +303,7 @@ async fn write_loop<W>(
                     &mut sink,
                     CLOSE_GOING_AWAY,
                     "server shutting down",
-                    cfg.write_timeout,
+                    cfg.websocket.write_timeout,
                 )
                 .await;
                 return;
@@ -335,7 +335,7 @@ async fn write_loop<W>(
             }
             sink.flush().await
         };
-        match tokio::time::timeout(cfg.write_timeout, batch).await {
+        match tokio::time::timeout(cfg.websocket.write_timeout, batch).await {
             Ok(Ok(())) => {
                 let now = Instant::now();
                 for k in &kinds {
@@ -351,9 +351,7 @@ async fn write_loop<W>(
                 return;
             }
             Err(_) => {
-                ctx.metrics
-                    .slow_consumer_closes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.slow_consumer_closes.inc();
                 tracing::info!("write blocked past the write timeout: dropping slow consumer");
                 return;
             }
@@ -414,9 +412,13 @@ mod session_tests {
             .connect(UserId::new("alice").expect("id"))
             .await
             .expect("connect");
+        let metrics = Metrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            engine.clone(),
+        );
         let ctx = ConnCtx {
             engine: engine.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             config: Arc::new(config),
             shutdown: watch::channel(false).1,
         };
@@ -439,10 +441,8 @@ mod session_tests {
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_gets_pings_then_4001_after_two_intervals() {
-        let config = ServerConfig {
-            ping_interval: Duration::from_secs(10),
-            ..Default::default()
-        };
+        let mut config = ServerConfig::default();
+        config.websocket.ping_interval = Duration::from_secs(10);
         let (_in, mut out, task, engine) = open(config).await;
         assert_eq!(next_text(&mut out).await["type"], "welcome");
         let t0 = tokio::time::Instant::now();
@@ -464,11 +464,9 @@ mod session_tests {
 
     #[tokio::test(start_paused = true)]
     async fn rate_limit_replies_without_processing() {
-        let config = ServerConfig {
-            rate_limit_per_sec: 1,
-            rate_limit_burst: 2,
-            ..Default::default()
-        };
+        let mut config = ServerConfig::default();
+        config.limits.rate_limit_per_sec = 1;
+        config.limits.rate_limit_burst = 2;
         let (mut inp, mut out, _task, _engine) = open(config).await;
         next_text(&mut out).await;
         for i in 0..3 {

@@ -1,26 +1,25 @@
 //! # messenger-server
 //!
-//! The messenger WebSocket server as a library, and the `messenger-server` binary.
+//! The messenger WebSocket server as a library, and the `messenger-server` binary
+//! (feature `cli`).
 //!
 //! - [`Server::builder`] composes the adapters (any [`Adapters`], or one
-//!   `Arc<dyn Trait>` at a time; with the default `mem` feature, unset ones are
-//!   in memory) and a [`ServerConfig`] into a [`Server`].
-//! - [`Server::serve`] runs on a bound `TcpListener` until a shutdown future completes,
-//!   inside the caller's tokio runtime, next to its other services.
-//! - One listener serves `GET /ws` (protocol v1, token in `Authorization: Bearer` or
-//!   `?token=`, 401 before the upgrade), `GET /healthz`, `GET /metrics` (Prometheus)
-//!   and the browser chat at `GET /` ([`web`]).
-//!
-//! - Cluster mode by configuration: `redis_url` puts the session directory, presence and
-//!   relay on Redis (feature `redis`, claims `node_id`, refused if another live node
-//!   holds it), `hbase` puts the message and thread stores on HBase (feature `hbase`).
-//!   Both features are on by default; see [`cluster`] and `docs/operations.md`.
-//!
-//! Layout: [`config`] (settings), [`auth`] (dev auth and JWT HS256), [`http`] (the
-//! request head and upgrade checks), `conn` (reader and writer task per session),
-//! [`metrics`], [`cli`] (the binary's file/env/flag configuration), [`cluster`] (the
-//! Redis and HBase adapters chosen by the configuration), [`web`] (the embedded browser
-//! chat).
+//!   `Arc<dyn Trait>` at a time; with the default `mem` feature, unset ones are in
+//!   memory), an [`Authenticator`](auth::Authenticator) and a [`ServerConfig`] into a
+//!   [`Server`].
+//! - [`Server::router`] (feature `axum`, on by default) is an axum `Router` serving
+//!   `GET /ws` (protocol v1; token checked before the upgrade, 401 otherwise),
+//!   `GET /healthz` and `GET /metrics` (OpenMetrics): nest or merge it into your own app,
+//!   with your own tower layers.
+//! - [`web`] (feature `axum`): the browser chat (`GET /`, `/chat.js`, `/chat.css`) as a
+//!   router of its own; the binary merges it next to [`Server::router`].
+//! - [`Server::serve`] runs that router on a bound `TcpListener` until a shutdown future
+//!   completes, inside the caller's tokio runtime.
+//! - [`Server::run_websocket`] / [`Server::run_upgraded`] run a session over a
+//!   WebSocket your own HTTP stack upgraded.
+//! - Cluster mode by configuration: `redis.url` puts the session directory, presence and
+//!   relay on Redis (feature `redis`), `hbase.address` puts the message and thread stores
+//!   on HBase (feature `hbase`). See `docs/operations.md`.
 //!
 //! ```no_run
 //! use messenger_server::{Server, ServerConfig};
@@ -39,25 +38,46 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `mem` | yes | in-memory adapters for whatever the builder is not given |
+//! | `axum` | yes | [`Server::router`] and [`Server::serve`] |
+//! | `jwks-url` | no | JWKS fetched over HTTPS (`auth.jwt.jwks_url`) |
+//! | `redis` | no | cluster mode on Redis |
+//! | `hbase` | no | message and thread stores on HBase |
+//! | `cli` | no | the `messenger-server` binary (all of the above, config layering, logging) |
+//!
+//! Layout: [`config`] (settings, one struct per concern), [`auth`] (the trait, dev auth,
+//! JWT), `server` (builder, server, session runner), `router` (axum), `conn` (reader and
+//! writer task per session), [`metrics`] (prometheus-client), `cluster` (the Redis and
+//! HBase adapters chosen by the configuration), `cli` (the binary's configuration).
+//!
 //! Close codes: 1001 shutdown, 1002 WebSocket protocol error, 1007 text frame not UTF-8,
-//! 1009 frame over `max_frame_bytes`,
-//! [`CLOSE_SLOW_CONSUMER`] (4000) slow consumer, [`CLOSE_HEARTBEAT_TIMEOUT`] (4001)
-//! silent peer. See `docs/protocol.md`.
+//! 1009 frame over `limits.max_frame_bytes`, [`CLOSE_SLOW_CONSUMER`] (4000) slow
+//! consumer, [`CLOSE_HEARTBEAT_TIMEOUT`] (4001) silent peer. See `docs/protocol.md`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
 mod conn;
-pub mod http;
 pub mod metrics;
+#[cfg(feature = "axum")]
+mod router;
 mod server;
 pub mod web;
 
-pub use config::{AuthMode, ConfigError, ServerConfig};
+pub use config::{ConfigError, ServerConfig};
 pub use conn::{
-    TokenBucket, CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_UTF8,
-    CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
+    CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_UTF8, CLOSE_PROTOCOL_ERROR,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
 };
 pub use messenger_core::engine::Adapters;
 pub use server::{Server, ServerBuilder, ServerError};
+/// The tungstenite version sessions run on (for [`Server::run_websocket`]).
+pub use tokio_tungstenite::tungstenite;

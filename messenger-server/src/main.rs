@@ -1,30 +1,36 @@
-//! The `messenger-server` binary: configuration from a TOML file, the environment and
-//! flags; adapters in memory, or on Redis (`--redis`) and HBase (`--hbase`) in cluster
-//! mode. Run `messenger-server --help`.
+//! The `messenger-server` binary (feature `cli`): configuration from a TOML file, the
+//! environment and flags; adapters in memory, or on Redis (`--redis`) and HBase
+//! (`--hbase`) in cluster mode. Run `messenger-server --help`.
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a refused configuration, 3 when the node
 //! id is claimed by another live node, 4 when Redis or HBase cannot be used at start,
 //! 5 when another instance took this node's id while running, 1 otherwise.
 
 use clap::Parser;
-use messenger_server::cli::{Cli, JWT_SECRET_ENV};
+use messenger_server::cli::{BinarySettings, Cli, JWT_SECRET_ENV};
 use messenger_server::{Server, ServerConfig, ServerError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = match cli.resolve(std::env::var(JWT_SECRET_ENV).ok()) {
+    let (config, bin) = match cli.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("messenger-server: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => match EnvFilter::try_new(&bin.log) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("messenger-server: invalid log filter `{}`: {e}", bin.log);
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,13 +41,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    match rt.block_on(run(config, bin)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "messenger-server stopped");
             eprintln!("messenger-server: {e}");
             std::process::ExitCode::from(match e {
-                ServerError::Config(_) => 2,
+                ServerError::Config(_) | ServerError::Auth(_) => 2,
                 ServerError::NodeIdConflict { .. } => 3,
                 ServerError::Backend { .. } => 4,
                 ServerError::LostNodeId(_) => 5,
@@ -51,11 +57,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+async fn run(config: ServerConfig, bin: BinarySettings) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(bin.listen)
         .await
         .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", bin.listen))
         })?;
     let addr = listener.local_addr()?;
     if config.auth.is_dev() {
@@ -63,15 +69,19 @@ async fn run(config: ServerConfig) -> Result<(), ServerError> {
             "\n  DEV AUTH IS ON: the token is the user id, anyone can be anyone.\n  \
              Connect:  ws://{addr}/ws?token=alice   (or header `Authorization: Bearer alice`)\n  \
              Chat:     open http://{addr}/ in two browser windows and sign in as two names\n  \
-             For real use set {JWT_SECRET_ENV} or --jwt-secret-file (HS256 JWTs, sub = user id).\n"
+             For real use set {JWT_SECRET_ENV}, --jwt-secret-file, --jwt-public-key or --jwks-url (JWTs, sub = user id).\n"
         );
         eprintln!("{notice}");
         tracing::warn!(%addr, "dev auth is on: the token is the user id");
     } else {
-        tracing::info!(%addr, "JWT HS256 auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>; browser chat at http://{addr}/");
+        tracing::info!(%addr, "JWT auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>; browser chat at http://{addr}/");
     }
     let server = Server::builder().config(config).build().await?;
-    server.serve(listener, shutdown_signal()).await?;
+    // The chat server's routes and the browser chat next to them, on one listener.
+    let routes = server.router().merge(messenger_server::web::router());
+    server
+        .serve_router(listener, routes, shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -1,42 +1,43 @@
-//! The builder, the server and its accept loop.
+//! The builder and the server: engine, authenticator, metrics and session runner.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Sink, Stream, StreamExt};
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
 use messenger_core::idgen::Snowflake;
 use messenger_core::{
     DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushSink, Relay,
-    SessionDirectory, ThreadStore,
+    SessionDirectory, ThreadStore, UserId,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator, JwtSetupError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{run_session, ConnCtx};
-use crate::http::{self, HeadError, RequestHead, UpgradeError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SharedRegistry};
 
 /// Why the server could not be built or could not serve.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// The configuration is refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The JWT keys could not be loaded.
+    #[error("JWT keys: {0}")]
+    Auth(#[from] JwtSetupError),
     /// An adapter is missing (only without the `mem` feature).
     #[error("no {0} adapter was given")]
     MissingAdapter(&'static str),
-    /// The engine could not start (an adapter is down).
-    #[error("engine failed to start: {0}")]
+    /// The engine could not start (an adapter is down), or refused a session.
+    #[error("engine: {0}")]
     Engine(#[from] messenger_core::Error),
     /// The listener failed.
     #[error(transparent)]
@@ -75,6 +76,9 @@ pub enum ServerError {
          Give every node its own --node-id"
     )]
     LostNodeId(NodeId),
+    /// The server is shutting down: no new session.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// Composes the adapters and the configuration into a [`Server`].
@@ -89,6 +93,8 @@ pub enum ServerError {
 #[must_use]
 pub struct ServerBuilder {
     config: ServerConfig,
+    auth: Option<Arc<dyn Authenticator>>,
+    registry: Option<SharedRegistry>,
     ids: Option<Arc<dyn IdGenerator>>,
     messages: Option<Arc<dyn MessageStore>>,
     threads: Option<Arc<dyn ThreadStore>>,
@@ -108,6 +114,21 @@ impl ServerBuilder {
     /// The configuration.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The authenticator of `/ws` requests (default: the one `config.auth` describes,
+    /// see [`auth::from_config`](crate::auth::from_config)).
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// Registers the server's metrics in this registry (under the `messenger_` prefix)
+    /// instead of a private one; `/metrics` then serves the whole registry, the
+    /// embedder's own series included.
+    pub fn metrics_registry(mut self, registry: SharedRegistry) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -205,27 +226,28 @@ impl ServerBuilder {
         Ok((self.config, adapters))
     }
 
-    /// Connects the backends the configuration names (HBase, then Redis, which claims
-    /// `node_id`) for the adapters not set explicitly, and starts the engine. Must run
-    /// inside a tokio runtime.
+    /// Loads the authenticator's keys, connects the backends the configuration names
+    /// (HBase, then Redis, which claims `node_id`) for the adapters not set explicitly,
+    /// and starts the engine. Must run inside a tokio runtime.
     ///
-    /// Errors: [`ServerError::Backend`] when Redis or HBase cannot be used,
-    /// [`ServerError::NodeIdConflict`] when another live node holds `node_id`.
+    /// Errors: [`ServerError::Config`] for a refused configuration, [`ServerError::Auth`]
+    /// when the JWT keys cannot be loaded, [`ServerError::Backend`] when Redis or HBase
+    /// cannot be used, [`ServerError::NodeIdConflict`] when another live node holds
+    /// `node_id`.
     pub async fn build(mut self) -> Result<Server, ServerError> {
-        self.config
-            .validate(self.config.listen)
-            .or_else(|e| match e {
-                // The listen address is checked by `serve` against the real listener.
-                ConfigError::InsecureDevAuth(_) => Ok(()),
-                e => Err(e),
-            })?;
+        self.config.validate()?;
+        let auth = match self.auth.take() {
+            Some(a) => a,
+            None => crate::auth::from_config(&self.config.auth).await?,
+        };
+        let registry = self.registry.take().unwrap_or_default();
         let need_stores = self.messages.is_none() || self.threads.is_none();
         let need_sessions =
             self.directory.is_none() || self.presence.is_none() || self.relay.is_none();
         // Only when this server makes its own in-memory directory and relay is it sure
         // to be the one node; an embedder's adapters may be shared with other engines.
         let single_node =
-            self.directory.is_none() && self.relay.is_none() && self.config.redis_url.is_none();
+            self.directory.is_none() && self.relay.is_none() && self.config.redis.url.is_none();
         let backends = crate::cluster::connect(&self.config, need_stores, need_sessions).await?;
         let stores = if self.messages.is_some() && self.threads.is_some() {
             "given by the embedder".to_string()
@@ -253,9 +275,9 @@ impl ServerBuilder {
         let started = async {
             let (config, adapters) = self.into_adapters()?;
             let mut ec = EngineConfig::with_node(config.node_id);
-            ec.max_text_bytes = config.max_text_bytes;
-            ec.outbound_queue = config.outbound_queue;
-            ec.presence_grace = config.presence_grace;
+            ec.max_text_bytes = config.limits.max_text_bytes;
+            ec.outbound_queue = config.limits.outbound_queue;
+            ec.presence_grace = config.presence.grace;
             ec.single_node = single_node;
             let engine = Engine::start(ec, adapters).await?;
             Ok::<_, ServerError>((config, engine))
@@ -278,39 +300,68 @@ impl ServerBuilder {
             sessions = %sessions,
             "adapters in use (stores: messages and threads; sessions: directory, presence, relay)"
         );
-        let metrics = Arc::new(Metrics::default());
-        #[cfg(feature = "kafka")]
-        if let Some(log) = &event_log {
-            let _ = metrics.event_log.set(log.clone());
-            tracing::info!(brokers = ?config.kafka, "event log: produced to Kafka");
-        }
+        let metrics = {
+            let mut reg = registry.write().unwrap_or_else(|p| p.into_inner());
+            #[cfg(feature = "kafka")]
+            if let Some(log) = &event_log {
+                reg.sub_registry_with_prefix("messenger")
+                    .register_collector(Box::new(crate::metrics::EventLogCollector(log.clone())));
+                tracing::info!(brokers = ?config.kafka.brokers, "event log: produced to Kafka");
+            }
+            Arc::new(Metrics::register(&mut reg, engine.clone()))
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let config = Arc::new(config);
         Ok(Server {
-            engine,
-            auth: Authenticator::new(config.auth.clone()),
-            config: Arc::new(config),
-            metrics,
-            #[cfg(feature = "redis")]
-            redis,
-            adapters_in_use: format!("stores: {stores}; sessions: {sessions}"),
+            inner: Arc::new(Inner {
+                ctx: ConnCtx {
+                    engine,
+                    metrics,
+                    config,
+                    shutdown: stop_rx,
+                },
+                auth,
+                registry,
+                stop: stop_tx,
+                sessions: Mutex::new(JoinSet::new()),
+                #[cfg(feature = "redis")]
+                redis: Mutex::new(redis),
+                #[cfg(feature = "kafka")]
+                event_log,
+                adapters_in_use: format!("stores: {stores}; sessions: {sessions}"),
+            }),
         })
     }
 }
 
-/// A built server: the engine plus the transport around it.
+/// A built server: the engine, the authenticator and the metrics, ready to run
+/// sessions. Cheap to clone (one `Arc`).
+///
+/// Run it with [`serve`](Server::serve) on a listener, mount [`router`](Server::router)
+/// in an axum app, or hand it WebSockets upgraded elsewhere with
+/// [`run_websocket`](Server::run_websocket) / [`run_upgraded`](Server::run_upgraded).
+#[derive(Clone)]
 pub struct Server {
-    engine: Engine,
-    auth: Authenticator,
-    config: Arc<ServerConfig>,
-    metrics: Arc<Metrics>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ctx: ConnCtx,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) registry: SharedRegistry,
+    stop: watch::Sender<bool>,
+    sessions: Mutex<JoinSet<()>>,
     #[cfg(feature = "redis")]
-    redis: Option<messenger_redis::RedisCluster>,
+    redis: Mutex<Option<messenger_redis::RedisCluster>>,
+    #[cfg(feature = "kafka")]
+    event_log: Option<Arc<messenger_kafka::KafkaEventLog>>,
     adapters_in_use: String,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("config", &self.config)
+            .field("config", &self.inner.ctx.config)
             .finish_non_exhaustive()
     }
 }
@@ -323,344 +374,248 @@ impl Server {
 
     /// The engine (for in-process sessions or stats).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.inner.ctx.engine
     }
 
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
-        &self.config
+        &self.inner.ctx.config
+    }
+
+    /// The authenticator of `/ws` requests.
+    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
+        &self.inner.auth
+    }
+
+    /// Runs the server's [`Authenticator`] on a request's parts, counting a refusal in
+    /// `messenger_unauthorized_total{reason}`: for hosts that upgrade `/ws` themselves
+    /// and then call [`run_websocket`](Server::run_websocket).
+    pub async fn authenticate(&self, request: &http::request::Parts) -> Result<UserId, AuthError> {
+        let r = self.inner.auth.authenticate(request).await;
+        if let Err(e) = &r {
+            self.inner.ctx.metrics.unauthorized(e.reason());
+            tracing::debug!(peer = ?crate::auth::peer_addr(request), reason = %e, "refused /ws");
+        }
+        r
     }
 
     /// Which adapters the server runs on, e.g.
     /// `stores: hbase 127.0.0.1:9090 (tables messenger_*); sessions: redis ...`.
     pub fn adapters_in_use(&self) -> &str {
-        &self.adapters_in_use
+        &self.inner.adapters_in_use
     }
 
     /// Whether this node still holds its node id in Redis (always true without Redis).
     pub fn holds_node_id(&self) -> bool {
         #[cfg(feature = "redis")]
-        if let Some(r) = &self.redis {
+        if let Some(r) = &*self.inner.redis.lock().unwrap_or_else(|p| p.into_inner()) {
             return r.claim_held();
         }
         true
     }
 
-    /// The `/metrics` text right now.
+    /// Completes when another instance takes this node's id in Redis (never without
+    /// Redis). [`serve`](Server::serve) stops then; an embedder serving
+    /// [`router`](Server::router) should stop too.
+    pub async fn node_id_lost(&self) {
+        #[cfg(feature = "redis")]
+        {
+            let claim = self
+                .inner
+                .redis
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|r| r.claim_receiver());
+            if let Some(mut rx) = claim {
+                if rx.wait_for(|held| !held).await.is_ok() {
+                    return;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// The metrics registry `/metrics` serves.
+    pub fn metrics_registry(&self) -> &SharedRegistry {
+        &self.inner.registry
+    }
+
+    /// The `/metrics` text (OpenMetrics) right now.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(self.engine.stats())
+        let reg = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        crate::metrics::encode(&reg)
     }
 
-    /// Serves `listener` until `shutdown` completes; then stops accepting, closes every
-    /// session with 1001, waits up to `drain_timeout` for them to finish and returns.
-    ///
-    /// Refuses dev auth on a non-loopback listener unless `allow_insecure_dev_auth`.
-    ///
-    /// In cluster mode (Redis) it also stops, and returns [`ServerError::LostNodeId`],
-    /// when another instance takes this node's id; on return it removes this node's
-    /// sessions from Redis (their users go offline at once) and releases the id.
-    pub async fn serve(
-        #[allow(unused_mut)] mut self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServerError> {
-        #[cfg(feature = "redis")]
-        let redis = self.redis.take();
-        #[cfg(feature = "redis")]
-        let result = {
-            let lost = async {
-                match &redis {
-                    Some(r) => r.lost_claim().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let node = self.config.node_id;
-            let lost_flag = std::sync::atomic::AtomicBool::new(false);
-            let stop = async {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = lost => {
-                        tracing::error!(%node, "node id taken over by another instance: shutting down");
-                        lost_flag.store(true, Relaxed);
-                    }
-                }
-            };
-            let r = self.serve_inner(listener, stop).await;
-            match r {
-                Ok(()) if lost_flag.load(Relaxed) => Err(ServerError::LostNodeId(node)),
-                r => r,
-            }
-        };
-        #[cfg(not(feature = "redis"))]
-        let result = self.serve_inner(listener, shutdown).await;
-        #[cfg(feature = "kafka")]
-        if let Some(log) = self.metrics.event_log.get() {
-            // Sessions are closed: no more events. Give the brokers a moment for the rest.
-            let left = log.close(Duration::from_secs(5)).await;
-            if left == 0 {
-                tracing::info!("event log flushed to Kafka");
-            }
-        }
-        #[cfg(feature = "redis")]
-        if let Some(r) = redis {
-            let lost = matches!(result, Err(ServerError::LostNodeId(_)));
-            match r.shutdown().await {
-                // The new holder's claim and sessions are left alone (token mismatch).
-                Ok(()) if lost => tracing::info!(
-                    "stopped the redis tasks; the node id belongs to the other instance"
-                ),
-                Ok(()) => tracing::info!(
-                    "left the cluster: sessions removed from redis, node id released"
-                ),
-                Err(e) => tracing::warn!(error = %e,
-                    "could not leave the cluster cleanly; other nodes reap this node after the node TTL"),
-            }
-        }
-        result
+    /// Whether [`shutdown`](Server::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.stop.borrow()
     }
 
-    async fn serve_inner(
-        &self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServerError> {
-        let local = listener.local_addr()?;
-        self.config.validate(local)?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = ConnCtx {
-            engine: self.engine.clone(),
-            metrics: self.metrics.clone(),
-            config: self.config.clone(),
-            shutdown: stop_rx,
-        };
-        let shared = Arc::new(Shared {
-            ctx,
-            auth: self.auth.clone(),
+    /// The tungstenite settings the server applies to its WebSockets (small buffers,
+    /// incoming size limits): use them when upgrading yourself.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        ws_config(&self.inner.ctx.config)
+    }
+
+    /// Runs a session for `user` over a WebSocket the caller upgraded (any
+    /// `Sink`/`Stream` of tungstenite messages, such as a
+    /// [`WebSocketStream`](tokio_tungstenite::WebSocketStream) built with
+    /// [`websocket_config`](Server::websocket_config)) until it ends. Authenticate the
+    /// user before calling this. The session counts in the metrics, closes with 1001 on
+    /// [`shutdown`](Server::shutdown) and is waited for by it.
+    ///
+    /// Errors: [`ServerError::ShuttingDown`], or [`ServerError::Engine`] when the engine
+    /// cannot register the session (an adapter is down).
+    pub async fn run_websocket<S>(&self, user: UserId, ws: S) -> Result<(), ServerError>
+    where
+        S: Sink<Message, Error = WsError>
+            + Stream<Item = Result<Message, WsError>>
+            + Unpin
+            + Send
+            + 'static,
+    {
+        if self.is_shutting_down() {
+            return Err(ServerError::ShuttingDown);
+        }
+        let session = self.inner.ctx.engine.connect(user).await?;
+        let ctx = self.inner.ctx.clone();
+        let task = self.track(async move { run_counted(ctx, session, ws).await });
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// Runs a session for `user` over raw upgraded I/O (the bytes after a `101
+    /// Switching Protocols` answer, for example hyper's `Upgraded` in `TokioIo`),
+    /// applying [`websocket_config`](Server::websocket_config). See
+    /// [`run_websocket`](Server::run_websocket).
+    pub async fn run_upgraded<IO>(&self, user: UserId, io: IO) -> Result<(), ServerError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ws =
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(self.websocket_config())).await;
+        self.run_websocket(user, ws).await
+    }
+
+    /// Spawns a session task the server waits for on shutdown. Returns a receiver
+    /// that resolves when it ends.
+    pub(crate) fn track<F>(&self, fut: F) -> tokio::sync::oneshot::Receiver<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut set = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Reap finished sessions so the set holds only live ones.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            fut.await;
+            let _ = tx.send(());
         });
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        tracing::info!(addr = %local, "listening");
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = &mut shutdown => break,
-            };
-            let (tcp, peer) = tokio::select! {
-                r = accept(&listener) => r,
-                _ = &mut shutdown => break,
-            };
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                handle_connection(&shared, tcp, peer).await;
-                drop(permit);
-            });
+        rx
+    }
+
+    /// Stops the server's sessions: every session is closed with 1001, the engine stops
+    /// taking work, sessions get `websocket.drain_timeout` to finish and are dropped
+    /// after it; in cluster mode this node's sessions leave Redis and its node id is
+    /// released. Idempotent. [`serve`](Server::serve) calls it on its way out; an
+    /// embedder serving [`router`](Server::router) calls it after its own server stopped
+    /// accepting.
+    pub async fn shutdown(&self) {
+        let first = !self.inner.stop.send_replace(true);
+        if first {
+            tracing::info!("shutting down: closing sessions");
         }
-        tracing::info!("shutting down: no longer accepting, closing sessions");
-        drop(listener);
-        let _ = stop_tx.send(true);
-        self.engine.shutdown();
-        let drained = tokio::time::timeout(self.config.drain_timeout, async {
-            while tasks.join_next().await.is_some() {}
+        self.inner.ctx.engine.shutdown();
+        let mut set = std::mem::take(
+            &mut *self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let drained = tokio::time::timeout(self.inner.ctx.config.websocket.drain_timeout, async {
+            while set.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
-                left = tasks.len(),
-                "drain timeout: dropping remaining connections"
+                left = set.len(),
+                "drain timeout: dropping remaining sessions"
             );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
+            set.abort_all();
+            while set.join_next().await.is_some() {}
         }
-        tracing::info!("shutdown complete");
-        Ok(())
-    }
-}
-
-struct Shared {
-    ctx: ConnCtx,
-    auth: Authenticator,
-}
-
-/// Accepts one connection, retrying errors (such as running out of file descriptors)
-/// with exponential backoff up to one second.
-async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    let mut backoff = Duration::from_millis(1);
-    loop {
-        match listener.accept().await {
-            Ok(c) => return c,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+        #[cfg(feature = "redis")]
+        {
+            let cluster = self
+                .inner
+                .redis
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(r) = cluster {
+                let lost = !r.claim_held();
+                match r.shutdown().await {
+                    // The new holder's claim and sessions are left alone (token mismatch).
+                    Ok(()) if lost => tracing::info!(
+                        "stopped the redis tasks; the node id belongs to the other instance"
+                    ),
+                    Ok(()) => tracing::info!(
+                        "left the cluster: sessions removed from redis, node id released"
+                    ),
+                    Err(e) => tracing::warn!(error = %e,
+                        "could not leave the cluster cleanly; other nodes reap this node after the node TTL"),
+                }
             }
         }
+        #[cfg(feature = "kafka")]
+        if let (true, Some(log)) = (first, &self.inner.event_log) {
+            // Sessions are closed: no more events. Give the brokers a moment for the rest.
+            if log.close(Duration::from_secs(5)).await == 0 {
+                tracing::info!("event log flushed to Kafka");
+            }
+        }
+        if first {
+            tracing::info!("shutdown complete");
+        }
     }
 }
 
-async fn handle_connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    let cfg = &shared.ctx.config;
-    let mut stop = shared.ctx.shutdown.clone();
-    let read = tokio::select! {
-        r = tokio::time::timeout(cfg.handshake_timeout, http::read_head(&mut tcp)) => r,
-        // On shutdown a connection still sending its request head is just dropped.
-        _ = stop.wait_for(|s| *s) => return,
-    };
-    let head = match read {
-        Err(_) => {
-            let _ = http::respond(&mut tcp, 408, "text/plain", "", b"request timeout\n").await;
-            return;
-        }
-        Ok(Err(HeadError::TooLarge)) => {
-            let _ =
-                http::respond(&mut tcp, 431, "text/plain", "", b"request head too large\n").await;
-            return;
-        }
-        Ok(Err(HeadError::Malformed(_))) => {
-            let _ = http::respond(&mut tcp, 400, "text/plain", "", b"bad request\n").await;
-            return;
-        }
-        Ok(Err(_)) => return,
-        Ok(Ok(h)) => h,
-    };
-    let (head, rest) = head;
-    let r = match (head.method.as_str(), head.path.as_str()) {
-        (_, "/ws") => return upgrade(shared, tcp, peer, head, rest).await,
-        ("GET", "/healthz") => http::respond(&mut tcp, 200, "text/plain", "", b"ok\n").await,
-        ("GET", "/metrics") => {
-            let body = shared.ctx.metrics.render(shared.ctx.engine.stats());
-            http::respond(
-                &mut tcp,
-                200,
-                "text/plain; version=0.0.4",
-                "",
-                body.as_bytes(),
-            )
-            .await
-        }
-        (_, "/healthz" | "/metrics") => {
-            http::respond(&mut tcp, 405, "text/plain", "allow: GET\r\n", b"use GET\n").await
-        }
-        (method, path) => match crate::web::asset(path) {
-            Some(a) if method == "GET" => {
-                http::respond(&mut tcp, 200, a.content_type, crate::web::HEADERS, a.body).await
-            }
-            Some(_) => {
-                http::respond(&mut tcp, 405, "text/plain", "allow: GET\r\n", b"use GET\n").await
-            }
-            None => http::respond(&mut tcp, 404, "text/plain", "", b"not found\n").await,
-        },
-    };
-    if let Err(e) = r {
-        tracing::debug!(%peer, error = %e, "http response failed");
-    }
-}
-
-async fn upgrade(
-    shared: &Shared,
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    head: RequestHead,
-    rest: Vec<u8>,
-) {
-    let ctx = &shared.ctx;
-    let user = match head
-        .token()
-        .ok_or(crate::auth::AuthError::Missing)
-        .and_then(|t| shared.auth.verify(&t))
-    {
-        Ok(u) => u,
-        Err(e) => {
-            ctx.metrics.unauthorized.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, reason = %e, "refused /ws: 401");
-            let _ = http::respond(
-                &mut tcp,
-                401,
-                "text/plain",
-                "www-authenticate: Bearer\r\n",
-                b"unauthorized\n",
-            )
-            .await;
-            return;
-        }
-    };
-    let key = match http::check_upgrade(&head) {
-        Ok(k) => k.to_string(),
-        Err(UpgradeError::Version) => {
-            let _ = http::respond(
-                &mut tcp,
-                426,
-                "text/plain",
-                "sec-websocket-version: 13\r\n",
-                b"websocket version 13 required\n",
-            )
-            .await;
-            return;
-        }
-        Err(_) => {
-            let _ = http::respond(
-                &mut tcp,
-                400,
-                "text/plain",
-                "",
-                b"expected a websocket upgrade\n",
-            )
-            .await;
-            return;
-        }
-    };
-    if *ctx.shutdown.borrow() {
-        let _ = http::respond(&mut tcp, 503, "text/plain", "", b"shutting down\n").await;
-        return;
-    }
-    let session = match ctx.engine.connect(user.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, user = %user, error = %e, "connect failed: 503");
-            let _ = http::respond(&mut tcp, 503, "text/plain", "", b"service unavailable\n").await;
-            return;
-        }
-    };
-    let answer = http::switching_protocols(&key);
-    // Nothing from the request outlives the handshake.
-    drop((head, key));
-    let wrote = tokio::time::timeout(ctx.config.write_timeout, async {
-        tcp.write_all(answer.as_bytes()).await?;
-        tcp.flush().await
-    })
-    .await;
-    drop(answer);
-    if !matches!(wrote, Ok(Ok(()))) {
-        ctx.engine.disconnect(&session.handle).await;
-        return;
-    }
-    let ws_config = ws_config(&ctx.config);
-    let ws = if rest.is_empty() {
-        WebSocketStream::from_raw_socket(tcp, Role::Server, Some(ws_config)).await
-    } else {
-        WebSocketStream::from_partially_read(tcp, rest, Role::Server, Some(ws_config)).await
-    };
-    tracing::debug!(%peer, user = %user, session = %session.handle.id(), "session open");
-    ctx.metrics.connections_open.fetch_add(1, Relaxed);
-    ctx.metrics.connections_total.fetch_add(1, Relaxed);
+/// Runs a session over `ws` with the connection metrics around it.
+pub(crate) async fn run_counted<S>(ctx: ConnCtx, session: messenger_core::engine::Session, ws: S)
+where
+    S: Sink<Message, Error = WsError>
+        + Stream<Item = Result<Message, WsError>>
+        + Unpin
+        + Send
+        + 'static,
+{
+    tracing::debug!(user = %session.handle.user(), session = %session.handle.id(), "session open");
+    ctx.metrics.connections_open.inc();
+    ctx.metrics.connections_total.inc();
+    let metrics = ctx.metrics.clone();
     let (sink, stream) = ws.split();
-    run_session(ctx.clone(), session, sink, stream).await;
-    ctx.metrics.connections_open.fetch_sub(1, Relaxed);
+    run_session(ctx, session, sink, stream).await;
+    metrics.connections_open.dec();
 }
 
 /// The tungstenite configuration: small buffers, incoming size limits.
-fn ws_config(c: &ServerConfig) -> WebSocketConfig {
+pub(crate) fn ws_config(c: &ServerConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes)
+        .read_buffer_size(c.websocket.read_buffer_bytes)
+        .write_buffer_size(c.websocket.write_buffer_bytes)
         // Outgoing frames can be large (a history page); writes are bounded by the
         // batch size and the bounded outbox instead.
         .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(c.max_frame_bytes))
-        .max_frame_size(Some(c.max_frame_bytes))
+        .max_message_size(Some(c.limits.max_frame_bytes))
+        .max_frame_size(Some(c.limits.max_frame_bytes))
 }

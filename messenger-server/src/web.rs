@@ -1,5 +1,6 @@
 //! The browser chat, built into the binary: `GET /` (the page), `/chat.js` and
-//! `/chat.css`.
+//! `/chat.css`, served by [`router`] (the binary merges it next to
+//! [`Server::router`](crate::Server::router); an embedder may do the same or not).
 //!
 //! The files under `assets/web/` are generated from `messenger-js/web/` and the
 //! TypeScript SDK (`npm run build:web` in `messenger-js/`) and committed, so the server
@@ -31,12 +32,36 @@ const STYLE: Asset = Asset {
 /// Headers sent with every asset: revalidate on each load (the binary may be
 /// upgraded in place), no sniffing, and a policy that lets the page load only its own
 /// script and style and connect only to its own origin.
-pub const HEADERS: &str = "cache-control: no-cache\r\n\
-    x-content-type-options: nosniff\r\n\
-    referrer-policy: no-referrer\r\n\
-    content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'; \
-    connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
-    frame-ancestors 'none'\r\n";
+pub const HEADERS: [(&str, &str); 4] = [
+    ("cache-control", "no-cache"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; \
+         connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'",
+    ),
+];
+
+/// A router serving the page and its files (`GET` only; other methods get 405).
+#[cfg(feature = "axum")]
+pub fn router() -> axum::Router {
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    fn serve(a: Asset) -> axum::response::Response {
+        let mut r = ([(http::header::CONTENT_TYPE, a.content_type)], a.body).into_response();
+        for (k, v) in HEADERS {
+            r.headers_mut().insert(k, http::HeaderValue::from_static(v));
+        }
+        r
+    }
+    axum::Router::new()
+        .route("/", get(|| async { serve(INDEX) }))
+        .route("/index.html", get(|| async { serve(INDEX) }))
+        .route("/chat.js", get(|| async { serve(SCRIPT) }))
+        .route("/chat.css", get(|| async { serve(STYLE) }))
+}
 
 /// The asset served at `path` (without the query), if any.
 pub fn asset(path: &str) -> Option<Asset> {

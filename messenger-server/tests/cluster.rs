@@ -3,8 +3,6 @@
 //! message and thread store, driven by real WebSocket clients.
 
 mod common;
-#[path = "support/redis.rs"]
-mod redis_harness;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,7 +14,7 @@ use futures::StreamExt;
 use messenger_core::{MessageStore, NodeId, ThreadStore};
 use messenger_server::{Server, ServerConfig, ServerError};
 use messenger_storage_mem::MemBackend;
-use redis_harness::{shared, unique_prefix, RedisServer};
+use messenger_test_support::redis::{shared, unique_prefix, RedisServer};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,9 +49,9 @@ impl Node {
 fn config(url: &str, prefix: &str, node: u16) -> ServerConfig {
     let mut c = test_config();
     c.node_id = NodeId::new(node).expect("node id");
-    c.redis_url = Some(url.to_string());
-    c.redis_key_prefix = prefix.to_string();
-    c.redis_node_ttl = NODE_TTL;
+    c.redis.url = Some(url.to_string());
+    c.redis.key_prefix = prefix.to_string();
+    c.redis.node_ttl = NODE_TTL;
     c
 }
 

@@ -9,19 +9,16 @@
 //! (or `HAPROXY`); scripts/test.sh installs it. Nothing is skipped: a missing tool fails
 //! the test with a message saying what to install.
 
-#[path = "support/redis.rs"]
-mod redis_harness;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use redis_harness::RedisServer;
+use messenger_test_support::process::{free_port, Proc};
+use messenger_test_support::redis::RedisServer;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,143 +30,17 @@ type Ws =
 const NODE_TTL: &str = "2s";
 const OFFLINE_BOUND: Duration = Duration::from_millis(2000 + 667 + 500);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("msgsrv-proc-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-/// The HBase Thrift2 gateway, started once per test binary.
-fn hbase() -> &'static str {
-    static H: OnceLock<String> = OnceLock::new();
-    H.get_or_init(|| {
-        if let Ok(addr) = std::env::var("MESSENGER_TEST_HBASE") {
-            return addr;
-        }
-        let script = root().join("scripts/hbase.sh");
-        // A run dir per test process: a previous run's watcher, still stopping its own
-        // HBase, can never stop this one.
-        let run_dir = root().join(format!("target/hbase-server-test-run-{}", std::process::id()));
-        let t0 = Instant::now();
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .env("HBASE_RUN_DIR", &run_dir)
-            .output()
-            .unwrap_or_else(|e| panic!("running scripts/hbase.sh start: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let addr = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("HBASE_THRIFT="))
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                panic!(
-                    "scripts/hbase.sh start failed ({}):\n{}\n{}",
-                    out.status,
-                    stdout,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        eprintln!("HBase started by the test harness in {:?} at {addr}", t0.elapsed());
-        let watcher = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; HBASE_RUN_DIR='{d}' bash '{}' stop; rm -rf '{d}'",
-            std::process::id(),
-            script.display(),
-            d = run_dir.display(),
-        );
-        // Deliberately never waited for: it outlives this process to stop HBase.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &watcher])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning the HBase stop watcher: {e}"));
-        addr
-    })
+    messenger_test_support::process::tmp_dir(&format!("proc-{name}"))
 }
 
 async fn hbase_addr() -> String {
-    tokio::task::spawn_blocking(|| hbase().to_string())
-        .await
-        .expect("hbase harness")
+    messenger_test_support::hbase::hbase_addr().await
 }
 
 /// Table prefix of this test process (fresh tables per run).
 fn table_prefix() -> String {
     format!("mproc{}_", std::process::id())
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    name: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits up to 15 s for a clean exit; returns the exit code.
-    fn sigterm(&mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "{} did not exit after SIGTERM; log {}",
-            self.name,
-            self.log.display()
-        );
-    }
-
-    /// Its stdout and stderr logs.
-    fn log_text(&self) -> String {
-        let mut t = std::fs::read_to_string(&self.log).unwrap_or_default();
-        t.push_str(&std::fs::read_to_string(self.log.with_extension("err")).unwrap_or_default());
-        t
-    }
-
-    /// Resident memory (VmRSS) in KiB from /proc.
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
 }
 
 /// A `messenger-server` process.

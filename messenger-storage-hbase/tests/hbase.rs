@@ -1,17 +1,16 @@
 //! Tests against a real HBase: the conformance suites, appenders in two processes, and a
 //! Thrift gateway killed and restarted mid-traffic.
 //!
-//! `MESSENGER_TEST_HBASE=host:port` points them at a running Thrift2 gateway; without it
-//! the first test starts one with `scripts/hbase.sh start` (run dir
-//! `target/hbase-test-run`) and a watcher stops it when this process exits. Nothing is
+//! HBase comes from messenger-test-support's harness: `MESSENGER_TEST_HBASE=host:port`
+//! points them at a running Thrift2 gateway; without it the first test starts one with
+//! `scripts/hbase.sh start` and a watcher stops it when this process exits. Nothing is
 //! ever skipped: no HBase means failing tests.
 //! The gateway-restart test needs the HBase run dir (`HBASE_RUN_DIR`, or the one this
 //! harness started) to run a gateway of its own.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use messenger_core::model::{HistoryQuery, NewMessage};
@@ -19,74 +18,7 @@ use messenger_core::time::now_ms;
 use messenger_core::{ErrorKind, MessageId, MessageStore, ThreadId, ThreadStore, UserId};
 use messenger_storage_hbase::{HBaseOptions, HBaseStore};
 
-struct Hbase {
-    addr: String,
-    run_dir: Option<PathBuf>,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn script() -> PathBuf {
-    root().join("scripts/hbase.sh")
-}
-
-fn hbase() -> &'static Hbase {
-    static H: OnceLock<Hbase> = OnceLock::new();
-    H.get_or_init(|| {
-        if let Ok(addr) = std::env::var("MESSENGER_TEST_HBASE") {
-            return Hbase {
-                addr,
-                run_dir: std::env::var("HBASE_RUN_DIR").ok().map(PathBuf::from),
-            };
-        }
-        let run_dir = root().join("target/hbase-test-run");
-        let t0 = Instant::now();
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .env("HBASE_RUN_DIR", &run_dir)
-            .output()
-            .unwrap_or_else(|e| panic!("running scripts/hbase.sh start: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let addr = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("HBASE_THRIFT="))
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                panic!(
-                    "scripts/hbase.sh start failed ({}):\n{}\n{}",
-                    out.status,
-                    stdout,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        eprintln!(
-            "HBase started by the test harness in {:?} at {addr}",
-            t0.elapsed()
-        );
-        // Stop it when this test process exits, whichever way it exits.
-        let watcher = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; HBASE_RUN_DIR='{}' bash '{}' stop",
-            std::process::id(),
-            run_dir.display(),
-            script().display()
-        );
-        // Deliberately never waited for: it outlives this process to stop HBase.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &watcher])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning the HBase stop watcher: {e}"));
-        Hbase {
-            addr,
-            run_dir: Some(run_dir),
-        }
-    })
-}
+use messenger_test_support::hbase::{hbase, script};
 
 fn options(addr: &str) -> HBaseOptions {
     HBaseOptions::new(addr).with_table_prefix("mtest_")

@@ -11,9 +11,6 @@
 //! `cargo build -p messenger-server` first when running this crate's tests alone.
 //! The tests run one at a time (they share the broker, and one restarts it).
 
-#[path = "../../messenger-server/tests/support/redis.rs"]
-mod redis_harness;
-
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -28,12 +25,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
-use messenger_kafka::harness::Broker;
 use messenger_push::webhook;
+use messenger_test_support::kafka::Broker;
+use messenger_test_support::redis::RedisServer;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::ClientConfig;
-use redis_harness::RedisServer;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

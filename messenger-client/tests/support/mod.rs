@@ -35,8 +35,8 @@ impl Running {
 
 pub fn server_config() -> ServerConfig {
     let mut c = ServerConfig::default();
-    c.drain_timeout = Duration::from_millis(500);
-    c.presence_grace = Duration::from_millis(200);
+    c.websocket.drain_timeout = Duration::from_millis(500);
+    c.presence.grace = Duration::from_millis(200);
     c
 }
 

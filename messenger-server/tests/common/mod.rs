@@ -27,10 +27,10 @@ pub struct TestServer {
 /// A config for tests: short presence grace, everything else default.
 pub fn test_config() -> ServerConfig {
     let mut c = ServerConfig::default();
-    c.presence_grace = Duration::from_millis(300);
-    c.drain_timeout = Duration::from_secs(3);
-    c.rate_limit_per_sec = 10_000;
-    c.rate_limit_burst = 10_000;
+    c.presence.grace = Duration::from_millis(300);
+    c.websocket.drain_timeout = Duration::from_secs(3);
+    c.limits.rate_limit_per_sec = 10_000;
+    c.limits.rate_limit_burst = 10_000;
     c
 }
 
@@ -84,7 +84,7 @@ impl TestServer {
 
 pub async fn http_get(addr: SocketAddr, path: &str, extra: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf))

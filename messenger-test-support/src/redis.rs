@@ -1,5 +1,4 @@
-//! Test harness: a real `redis-server` on a free 127.0.0.1 port, started by the tests
-//! (the same harness as `messenger-redis/tests/common/mod.rs`).
+//! A real `redis-server` on a free 127.0.0.1 port, started by the tests.
 //!
 //! [`shared()`] starts one server per test binary (on first use); it is killed when the
 //! test process exits, even on a panic or abort: the server is started by a small
@@ -7,15 +6,15 @@
 //! [`RedisServer::start()`] starts a dedicated one, for tests that stop and restart it.
 //! Set `REDIS_SERVER` to use another binary than `redis-server` from `PATH`.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::process::free_port;
 
 /// A redis-server child process on 127.0.0.1.
 pub struct RedisServer {
@@ -27,11 +26,6 @@ pub struct RedisServer {
 
 fn binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
 }
 
 impl RedisServer {
@@ -53,7 +47,7 @@ impl RedisServer {
             binary()
         );
         let dir = std::env::temp_dir().join(format!(
-            "messenger-server-redis-test-{}-{}",
+            "messenger-redis-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));

@@ -1,5 +1,5 @@
-//! A real single-node Kafka for tests (feature `harness`): `scripts/kafka.sh` runs it
-//! from Maven Central jars on free ports.
+//! A real single-node Kafka for tests: `scripts/kafka.sh` runs it from Maven Central
+//! jars on free ports.
 //!
 //! [`shared`] is one broker per test process: `MESSENGER_TEST_KAFKA=host:port` points
 //! it at a running broker (and `KAFKA_RUN_DIR` at its run dir, for the SASL address);
@@ -25,7 +25,7 @@ pub struct Broker {
     pub run_dir: PathBuf,
 }
 
-/// The workspace root (the harness lives in `messenger-kafka/`).
+/// The workspace root (this crate lives in `messenger-test-support/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
