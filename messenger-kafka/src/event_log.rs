@@ -215,6 +215,9 @@ impl KafkaEventLog {
                 ("message.timeout.ms", "0"),
                 ("queue.buffering.max.messages", &librdkafka_queue),
                 ("socket.nagle.disable", "true"),
+                // Back within a second of the brokers (librdkafka's default backs off
+                // up to 10 s between reconnects).
+                ("reconnect.backoff.max.ms", "1000"),
             ])
             .create_with_context(LogContext {
                 shared: shared.clone(),

@@ -90,6 +90,7 @@ impl KafkaRelay {
                 ("linger.ms", "1"),
                 ("message.timeout.ms", "5000"),
                 ("socket.nagle.disable", "true"),
+                ("reconnect.backoff.max.ms", "1000"),
             ])
             .create_with_context(RelayContext { down: down.clone() })
             .map_err(|e| Error::bad_request(format!("bad Kafka producer configuration: {e}")))?;
@@ -161,6 +162,7 @@ impl Relay for KafkaRelay {
                 ("enable.partition.eof", "false"),
                 ("fetch.wait.max.ms", "100"),
                 ("socket.nagle.disable", "true"),
+                ("reconnect.backoff.max.ms", "1000"),
             ])
             .create()
             .map_err(|e| Error::bad_request(format!("bad Kafka consumer configuration: {e}")))?;

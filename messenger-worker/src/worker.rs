@@ -496,6 +496,7 @@ pub async fn run(
             ("enable.partition.eof", "false"),
             ("fetch.wait.max.ms", "100"),
             ("socket.nagle.disable", "true"),
+            ("reconnect.backoff.max.ms", "1000"),
         ])
         .create_with_context(Ctx {
             metrics: metrics.clone(),
