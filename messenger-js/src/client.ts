@@ -634,7 +634,7 @@ export class MessengerClient {
       this.endSession = end;
       this.ws = ws;
       this.lastRx = Date.now();
-      this.lastPing = this.lastRx;
+      this.lastPing = 0;
       ws.onmessage = (ev) => {
         this.lastRx = Date.now();
         if (typeof ev.data === "string") this.onText(ev.data);
@@ -643,7 +643,10 @@ export class MessengerClient {
       ws.onerror = () => {};
       const tick = setInterval(() => {
         const now = Date.now();
-        if (now - this.lastRx > this.opts.heartbeatMs * 2) {
+        // Dead when a heartbeat ping got nothing back for a whole interval. Judged from
+        // the ping, not from the last frame alone: a background tab's timers may fire
+        // only once a minute, and a quiet but healthy connection must survive that.
+        if (this.lastPing > this.lastRx && now - this.lastPing > this.opts.heartbeatMs) {
           end({ lost: "heartbeat timeout" });
           return;
         }

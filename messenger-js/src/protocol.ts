@@ -11,6 +11,7 @@ import type {
   HistoryPage,
   Message,
   PresenceStatus,
+  Receipt,
   ReceiptSummary,
   ThreadKind,
   ThreadSummary,
@@ -38,15 +39,7 @@ export type ServerFrame =
   | { type: "welcome"; userId: string; sessionId: string; serverTime: number }
   | { type: "message_sent"; reqId?: ReqId; threadId: string; tempId: string; messageId: string; seq: number; sentAt: number }
   | { type: "receive_message"; message: Message }
-  | {
-      type: "message_ack";
-      threadId: string;
-      messageId: string;
-      seq: number;
-      status: AckStatus;
-      userId: string;
-      at: number;
-    }
+  | ({ type: "message_ack" } & Receipt)
   | { type: "thread"; reqId?: ReqId; threadId: string; kind: ThreadKind; title?: string; members: string[] }
   | { type: "threads"; reqId?: ReqId; threads: ThreadSummary[] }
   | { type: "history"; reqId?: ReqId; page: HistoryPage }

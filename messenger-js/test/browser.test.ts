@@ -12,7 +12,7 @@ import { after, before, test } from "node:test";
 
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 
-import { connected, freePort, repoRoot, startServer, type Server } from "./support.js";
+import { connected, freePort, repoRoot, startServer, waitFor, type Server } from "./support.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 /** The flags that work on a machine with no network but loopback. */
@@ -210,6 +210,14 @@ test("two users chat in Chromium: marks, presence, typing, offline and catch-up,
   await until(alice, "start reached", () => document.querySelector("#history-state")?.textContent === "Start of the conversation");
   assert.equal(await text(alice, "#messages li.msg:first-child .text"), "c1");
   assert.equal(await text(alice, "#conv-sub"), "2 members, 1 online");
+  // In a group, who read my message is spelled out.
+  await alice.fill("#compose", "thanks carol");
+  await alice.press("#compose", "Enter");
+  await waitFor("carol gets alice's message", () => carol.messages(group.threadId).some((m) => m.text === "thanks carol"));
+  const thanks = carol.messages(group.threadId).find((m) => m.text === "thanks carol");
+  await carol.client.markRead(group.threadId, thanks?.messageId ?? "");
+  await until(alice, "read by carol", (seq) => document.querySelector(`#messages li[data-seq="${seq}"] .readby`)?.textContent === "Read by carol", thanks?.seq);
+  await alice.screenshot({ path: path.join(SHOTS, "alice-group.png") });
   await carol.client.close();
 
   // A refused token is reported on the sign-in form (the page cannot see the 401

@@ -229,6 +229,25 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await proxy.close();
   });
 
+  test("a connection that stops answering is replaced; a quiet healthy one is kept", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "hb-alice", { heartbeatMs: 200 });
+    const pongs = () => proxy.seen.filter((f) => f.token === "hb-alice" && f.text.includes('"heartbeat"')).length;
+    await waitFor("three heartbeat round trips", () => pongs() >= 3);
+    assert.equal(alice.events.state.filter((s) => s.kind === "disconnected").length, 0, "quiet is not dead");
+    // The server side goes silent while the TCP connection stays up.
+    let silent = true;
+    proxy.filter = (t, c) => (silent && c.token === "hb-alice" ? [] : [t]);
+    await waitFor("heartbeat timeout", () =>
+      alice.events.state.some((s) => s.kind === "disconnected" && s.reason === "heartbeat timeout"),
+    );
+    silent = false;
+    await waitFor("a new connection", () => alice.events.state.filter((s) => s.kind === "connected").length === 2);
+    assert.ok((await alice.client.ping()) >= 0);
+    await closeAll(alice);
+    await proxy.close();
+  });
+
   test("receipts, presence, typing and threads arrive as events; DELIVERED is automatic", { timeout: TEST_TIMEOUT }, async () => {
     const alice = await connected(server.wsUrl, "e-alice");
     const bob = await connected(server.wsUrl, "e-bob");

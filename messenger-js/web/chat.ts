@@ -213,7 +213,7 @@ function renderHead(): void {
     typing.length === 0 ? "" : typing.length === 1 ? `${typing[0]} is typing\u2026` : `${typing.join(", ")} are typing\u2026`;
 }
 
-function messageItem(t: ThreadView, m: Message): HTMLLIElement {
+function messageItem(t: ThreadView, m: Message, newestMine: number): HTMLLIElement {
   const mine = m.senderId === me;
   const meta = h("span", { class: "meta" }, h("time", { datetime: new Date(m.sentAt).toISOString() }, time(m.sentAt)));
   const li = h("li", { class: `msg${mine ? " mine" : ""}`, "data-seq": String(m.seq) });
@@ -223,7 +223,11 @@ function messageItem(t: ThreadView, m: Message): HTMLLIElement {
     const s = status(t, m.seq);
     li.dataset.status = s.status;
     meta.append(h("span", { class: "mark", title: s.label, "aria-label": s.label }, s.mark));
-    if (t.kind === "group" && s.status !== "sent") meta.append(h("span", { class: "sr-only" }, s.label));
+    // Groups: who read it, spelled out under my newest message.
+    const readBy = others(t).filter((u) => (t.receipts.get(u)?.read ?? 0) >= m.seq);
+    if (t.kind === "group" && m.seq === newestMine && readBy.length > 0) {
+      li.append(h("span", { class: "readby" }, `Read by ${readBy.join(", ")}`));
+    }
   }
   return li;
 }
@@ -255,7 +259,9 @@ function renderMessages(stickToBottom: boolean): void {
     return;
   }
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
-  const items = [...t.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => messageItem(t, m));
+  const sorted = [...t.messages.values()].sort((a, b) => a.seq - b.seq);
+  const newestMine = sorted.reduce((n, m) => (m.senderId === me ? m.seq : n), 0);
+  const items = sorted.map((m) => messageItem(t, m, newestMine));
   ol.replaceChildren(...items, ...t.pending.map(pendingItem));
   $("history-state").textContent = t.pager?.hasMore === false ? "Start of the conversation" : t.loadingOlder ? "Loading\u2026" : "";
   if (stickToBottom || atBottom) scroller.scrollTop = scroller.scrollHeight;

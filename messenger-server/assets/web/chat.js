@@ -832,7 +832,7 @@ var MessengerClient = class _MessengerClient {
       this.endSession = end;
       this.ws = ws;
       this.lastRx = Date.now();
-      this.lastPing = this.lastRx;
+      this.lastPing = 0;
       ws.onmessage = (ev) => {
         this.lastRx = Date.now();
         if (typeof ev.data === "string") this.onText(ev.data);
@@ -842,7 +842,7 @@ var MessengerClient = class _MessengerClient {
       };
       const tick = setInterval(() => {
         const now = Date.now();
-        if (now - this.lastRx > this.opts.heartbeatMs * 2) {
+        if (this.lastPing > this.lastRx && now - this.lastPing > this.opts.heartbeatMs) {
           end({ lost: "heartbeat timeout" });
           return;
         }
@@ -1418,7 +1418,7 @@ function renderHead() {
   const typing = [...t.typing].filter(([, until]) => until > now).map(([u]) => u);
   $("typing").textContent = typing.length === 0 ? "" : typing.length === 1 ? `${typing[0]} is typing…` : `${typing.join(", ")} are typing…`;
 }
-function messageItem(t, m) {
+function messageItem(t, m, newestMine) {
   const mine = m.senderId === me;
   const meta = h("span", { class: "meta" }, h("time", { datetime: new Date(m.sentAt).toISOString() }, time(m.sentAt)));
   const li = h("li", { class: `msg${mine ? " mine" : ""}`, "data-seq": String(m.seq) });
@@ -1428,7 +1428,10 @@ function messageItem(t, m) {
     const s = status(t, m.seq);
     li.dataset.status = s.status;
     meta.append(h("span", { class: "mark", title: s.label, "aria-label": s.label }, s.mark));
-    if (t.kind === "group" && s.status !== "sent") meta.append(h("span", { class: "sr-only" }, s.label));
+    const readBy = others(t).filter((u) => (t.receipts.get(u)?.read ?? 0) >= m.seq);
+    if (t.kind === "group" && m.seq === newestMine && readBy.length > 0) {
+      li.append(h("span", { class: "readby" }, `Read by ${readBy.join(", ")}`));
+    }
   }
   return li;
 }
@@ -1458,7 +1461,9 @@ function renderMessages(stickToBottom) {
     return;
   }
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
-  const items = [...t.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => messageItem(t, m));
+  const sorted = [...t.messages.values()].sort((a, b) => a.seq - b.seq);
+  const newestMine = sorted.reduce((n, m) => m.senderId === me ? m.seq : n, 0);
+  const items = sorted.map((m) => messageItem(t, m, newestMine));
   ol.replaceChildren(...items, ...t.pending.map(pendingItem));
   $("history-state").textContent = t.pager?.hasMore === false ? "Start of the conversation" : t.loadingOlder ? "Loading…" : "";
   if (stickToBottom || atBottom) scroller.scrollTop = scroller.scrollHeight;
