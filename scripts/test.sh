@@ -115,7 +115,7 @@ step "messenger-js: SDK tests against the real server binary"
 
 step "messenger-js: the browser chat in headless Chromium (screenshots in target/web-chat/)"
 # (`npm test` above compiled the tests into build-test/.)
-(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server node --test build-test/test/browser.test.js)
+(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server node --test --test-reporter=spec build-test/test/browser.test.js)
 echo "messenger-js steps took $(( $(date +%s) - web_started ))s"
 
 step "cargo test: doc tests"

@@ -220,6 +220,25 @@ test("two users chat in Chromium: marks, presence, typing, offline and catch-up,
   await alice.screenshot({ path: path.join(SHOTS, "alice-group.png") });
   await carol.client.close();
 
+  // Bob, on his conversation list, misses two messages while offline: after the
+  // catch-up the unread badge counts each of them once.
+  await bob.click("#back");
+  await bobCtx.setOffline(true);
+  await bobLink.down();
+  await until(bob, "bob offline again", () => document.querySelector("#conn")?.getAttribute("data-state") !== "connected");
+  await alice.click(bobRow);
+  await until(alice, "the 1:1 reloaded from history", () => document.querySelector('#messages li[data-seq="4"]') !== null);
+  for (const t of ["one more", "and another"]) {
+    await alice.fill("#compose", t);
+    await alice.press("#compose", "Enter");
+  }
+  await msgStatus(alice, 6, "sent", "stored while bob is away");
+  await bobLink.up();
+  await bobCtx.setOffline(false);
+  await until(bob, "bob back again", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
+  await until(bob, "the preview caught up", (s) => (document.querySelector(`${s} .last`)?.textContent ?? "").includes("and another"), bobRow);
+  assert.equal(await text(bob, `${bobRow} .unread`), "2");
+
   // A refused token is reported on the sign-in form (the page cannot see the 401
   // itself; the SDK asks with a plain GET).
   const evil = await browser.newContext();

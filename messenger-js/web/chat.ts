@@ -26,7 +26,10 @@ interface ThreadView {
   title?: string;
   members: string[];
   lastSeq: number;
+  /** Unread messages from others; the server's count at `listedSeq`, then kept live. */
   unread: number;
+  /** The thread's last seq when the server last counted `unread` (list_threads). */
+  listedSeq: number;
   /** Watermarks by member. */
   receipts: Map<string, { delivered: number; read: number }>;
   /** Messages known here, by seq. */
@@ -75,6 +78,7 @@ function view(id: string): ThreadView {
       members: [],
       lastSeq: 0,
       unread: 0,
+      listedSeq: 0,
       receipts: new Map(),
       messages: new Map(),
       pending: [],
@@ -150,8 +154,9 @@ function renderConn(s: ConnectionState): void {
   el.textContent = t;
   el.dataset.state = s.kind;
   const online = s.kind === "connected";
-  for (const id of ["compose"]) ($(id) as HTMLTextAreaElement).disabled = !open;
-  $("composer").querySelector("button")!.disabled = !open;
+  // Writing works offline too: sends wait in the outbox.
+  ($("compose") as HTMLTextAreaElement).disabled = !open;
+  ($("composer").querySelector("button") as HTMLButtonElement).disabled = !open;
   document.body.dataset.online = String(online);
 }
 
@@ -300,6 +305,7 @@ function mergeThread(t: Thread | ThreadSummary): ThreadView {
   v.members = t.members;
   if ("lastSeq" in t) {
     v.lastSeq = Math.max(v.lastSeq, t.lastSeq);
+    v.listedSeq = t.lastSeq;
     v.unread = t.threadId === open && document.visibilityState === "visible" ? v.unread : t.unread;
     for (const [u, w] of Object.entries(t.receipts)) {
       const mine = watermark(v, u);
@@ -346,7 +352,10 @@ function addMessage(v: ThreadView, m: Message, live: boolean): void {
   if (live && m.senderId !== me) {
     v.typing.delete(m.senderId);
     const w = watermark(v, me);
-    if (m.seq > w.read && !(v.id === open && document.visibilityState === "visible")) v.unread += 1;
+    // Messages up to `listedSeq` (catch-up after a reconnect) are in the server's count.
+    if (m.seq > w.read && m.seq > v.listedSeq && !(v.id === open && document.visibilityState === "visible")) {
+      v.unread += 1;
+    }
   }
 }
 

@@ -1297,6 +1297,7 @@ function view(id) {
       members: [],
       lastSeq: 0,
       unread: 0,
+      listedSeq: 0,
       receipts: /* @__PURE__ */ new Map(),
       messages: /* @__PURE__ */ new Map(),
       pending: [],
@@ -1360,7 +1361,7 @@ function renderConn(s) {
   el.textContent = t;
   el.dataset.state = s.kind;
   const online = s.kind === "connected";
-  for (const id of ["compose"]) $(id).disabled = !open;
+  $("compose").disabled = !open;
   $("composer").querySelector("button").disabled = !open;
   document.body.dataset.online = String(online);
 }
@@ -1496,6 +1497,7 @@ function mergeThread(t) {
   v.members = t.members;
   if ("lastSeq" in t) {
     v.lastSeq = Math.max(v.lastSeq, t.lastSeq);
+    v.listedSeq = t.lastSeq;
     v.unread = t.threadId === open && document.visibilityState === "visible" ? v.unread : t.unread;
     for (const [u, w] of Object.entries(t.receipts)) {
       const mine = watermark(v, u);
@@ -1537,7 +1539,9 @@ function addMessage(v, m, live) {
   if (live && m.senderId !== me) {
     v.typing.delete(m.senderId);
     const w = watermark(v, me);
-    if (m.seq > w.read && !(v.id === open && document.visibilityState === "visible")) v.unread += 1;
+    if (m.seq > w.read && m.seq > v.listedSeq && !(v.id === open && document.visibilityState === "visible")) {
+      v.unread += 1;
+    }
   }
 }
 var readTimer;
