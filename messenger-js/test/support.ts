@@ -25,7 +25,7 @@ export function serverBin(): string {
   const bin = process.env.MESSENGER_SERVER_BIN ?? path.join(repoRoot, "target", "debug", "messenger-server");
   if (!existsSync(bin)) {
     throw new Error(
-      `${bin} does not exist: build it with \`cargo build -p messenger-server --bin messenger-server\` ` +
+      `${bin} does not exist: build it with \`cargo build -p messenger-server --features cli --bin messenger-server\` ` +
         "(or point MESSENGER_SERVER_BIN at one)",
     );
   }

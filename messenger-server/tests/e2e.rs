@@ -769,7 +769,22 @@ async fn jwt_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_chat_is_served_and_a_plain_get_tells_a_bad_token() {
-    let srv = start(test_config()).await;
+    // As the binary does: the chat server's routes and the browser chat's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = messenger_server::Server::builder()
+        .config(test_config())
+        .build()
+        .await
+        .expect("build");
+    let routes = server.router().merge(messenger_server::web::router());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_router(listener, routes, async move {
+        let _ = stopped.await;
+    }));
+    let srv = Http { addr };
     let (status, page) = srv.get("/", "").await;
     assert_eq!(status, 200);
     assert!(page.contains(r#"<script type="module" src="chat.js"></script>"#));
@@ -785,7 +800,7 @@ async fn the_browser_chat_is_served_and_a_plain_get_tells_a_bad_token() {
     let mut s = tokio::net::TcpStream::connect(srv.addr)
         .await
         .expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
     let mut raw = Vec::new();
@@ -802,6 +817,19 @@ async fn the_browser_chat_is_served_and_a_plain_get_tells_a_bad_token() {
     assert_eq!(srv.get("/ws?token=not%20a%20user", "").await.0, 401);
     assert_eq!(srv.get("/ws", "").await.0, 401);
     assert_eq!(srv.get("/ws?token=alice", "").await.0, 400);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// Raw HTTP to a server started by hand.
+struct Http {
+    addr: std::net::SocketAddr,
+}
+
+impl Http {
+    async fn get(&self, path: &str, extra: &str) -> (u16, String) {
+        http_get(self.addr, path, extra).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
