@@ -95,7 +95,7 @@ pub enum ClientError {
     /// affected: they wait in the outbox.
     #[error("not connected")]
     Disconnected,
-    /// No reply within [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
+    /// No reply within [`ClientBuilder::request_timeout`](crate::ClientBuilder::request_timeout).
     #[error("request timed out")]
     Timeout,
     /// The client was closed ([`Client::close`](crate::Client::close)) or its background
