@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use messenger_core::ThreadId;
 
-use crate::auth::{StaticToken, TokenProvider};
+use crate::auth::{StaticToken, TokenError, TokenProvider};
 use crate::client::Client;
 use crate::config::{BackoffConfig, InitialSync, Settings};
 use crate::error::ClientError;
@@ -216,7 +216,11 @@ impl ClientBuilder {
             return Err(ClientError::InvalidUrl("no url: call .url(..)".into()));
         }
         crate::driver::connect::request(&self.settings.url)?;
-        let token = self.token.ok_or(ClientError::InvalidToken)?;
+        let token = self.token.ok_or_else(|| {
+            ClientError::Token(TokenError::permanent(
+                "no token: call .token(..) or .token_provider(..)",
+            ))
+        })?;
         let tls = self.tls.build()?;
         let store: Arc<dyn ClientStore> = match self.store {
             Some(s) => s,

@@ -69,6 +69,31 @@ pub(crate) enum Command {
     Close { reply: oneshot::Sender<()> },
 }
 
+impl Command {
+    /// The client is stopping: the caller hears `err` (a close is simply done).
+    pub fn refuse(self, err: &ClientError) {
+        match self {
+            Command::Send { reply, stored, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(err.clone()));
+                }
+                if let Some(r) = stored {
+                    let _ = r.send(Err(err.clone()));
+                }
+            }
+            Command::Request { reply, .. } => reply.fail(err.clone()),
+            Command::Fire { reply, .. } | Command::Flush { reply } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Command::Ping { reply } => drop(reply.send(Err(err.clone()))),
+            // Dropped: the caller hears `Closed`, not an empty outbox.
+            Command::Outbox { reply } => drop(reply),
+            Command::Close { reply } => drop(reply.send(())),
+            Command::Suspend | Command::Reconnect { .. } => {}
+        }
+    }
+}
+
 /// The reply a request waits for.
 #[derive(Debug)]
 pub(crate) enum Want {

@@ -189,13 +189,14 @@ impl Driver {
         }
     }
 
-    /// Handles one command while offline; `Some` when it interrupts the wait.
-    async fn offline_command(&mut self, cmd: Option<Command>) -> Option<Interrupt> {
+    /// Handles one command (`None`: every handle is gone); `Some` when it interrupts
+    /// the connection or the wait. `online`: a live connection that a non-forced
+    /// reconnect leaves as it is.
+    async fn handle_command(&mut self, cmd: Option<Command>, online: bool) -> Option<Interrupt> {
         let Some(cmd) = cmd else {
             return Some(Interrupt::Close(None));
         };
         let flow = self.core.command(cmd, Instant::now());
-        self.save_sends().await;
         match flow {
             Flow::Continue => None,
             Flow::Flush(reply) => {
@@ -205,8 +206,16 @@ impl Driver {
             }
             Flow::Close(r) => Some(Interrupt::Close(Some(r))),
             Flow::Suspend => Some(Interrupt::Suspend),
+            Flow::Reconnect { force: false } if online => None,
             Flow::Reconnect { .. } => Some(Interrupt::Reconnect),
         }
+    }
+
+    /// Handles one command while offline; `Some` when it interrupts the wait.
+    async fn offline_command(&mut self, cmd: Option<Command>) -> Option<Interrupt> {
+        let interrupt = self.handle_command(cmd, false).await;
+        self.save_sends().await;
+        interrupt
     }
 
     /// Serves commands until `fut` completes or a command interrupts.
@@ -330,12 +339,11 @@ impl Driver {
                 ClientError::Closed
             }
         };
-        // Refuse what is still queued, keep what the store must keep.
+        // Refuse what is still queued (a send made now is not stored: its caller
+        // hears the error), keep what the store must keep.
         self.cmds.close();
         while let Ok(c) = self.cmds.try_recv() {
-            if let Flow::Close(r) = self.core.command(c, Instant::now()) {
-                let _ = r.send(());
-            }
+            c.refuse(&fail);
         }
         self.persist().await;
         self.core.stop(&fail);
@@ -427,22 +435,7 @@ impl Driver {
                     }
                 }
                 cmd = self.cmds.recv() => {
-                    let interrupt = match cmd {
-                        None => Some(Interrupt::Close(None)),
-                        Some(c) => match self.core.command(c, Instant::now()) {
-                            Flow::Continue => None,
-                            Flow::Flush(reply) => {
-                                self.persist().await;
-                                let _ = reply.send(Ok(()));
-                                None
-                            }
-                            Flow::Close(r) => Some(Interrupt::Close(Some(r))),
-                            Flow::Suspend => Some(Interrupt::Suspend),
-                            Flow::Reconnect { force: true } => Some(Interrupt::Reconnect),
-                            Flow::Reconnect { force: false } => None,
-                        },
-                    };
-                    if let Some(i) = interrupt {
+                    if let Some(i) = self.handle_command(cmd, true).await {
                         // Owed acks and positions go out before a deliberate close.
                         self.persist().await;
                         self.core.tick(Instant::now());
