@@ -14,7 +14,8 @@
 //! Commands (one per line; anything else is sent to the current thread):
 //! - `/dm bob`: open the direct thread with bob (and watch his presence)
 //! - `/group bob,carol Weekend plans`: create a group with a title
-//! - `/threads`: list threads with unread counts; `/open N` switches to thread N
+//! - `/threads`: list threads with unread counts; `/open N` switches to thread N (or
+//!   `/open THREAD_ID`, offline too)
 //! - `/history [N]`: the last N (default 20) messages of the current thread
 //! - `/add dave,erin`, `/leave`: change a group's members
 //! - `/who bob,carol`: watch presence
@@ -79,8 +80,8 @@ struct Ui {
     listed: Vec<ThreadId>,
 }
 
-fn show(m: &Message, me: &UserId) {
-    let who = if &m.sender_id == me {
+fn show(m: &Message, me: Option<&UserId>) {
+    let who = if Some(&m.sender_id) == me {
         "me"
     } else {
         m.sender_id.as_str()
@@ -128,8 +129,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
-                let me = client.user_id().ok_or("no user id")?;
-                on_event(&client, &mut ui, &me, event);
+                // Known from the store, or from the first `welcome`.
+                let me = client.user_id();
+                on_event(&client, &mut ui, me.as_ref(), event);
             }
         }
     }
@@ -137,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
+fn on_event(client: &Client, ui: &mut Ui, me: Option<&UserId>, event: Event) {
     match event {
         Event::Message(m) => {
             if ui.current.is_none() {
@@ -145,14 +147,14 @@ fn on_event(client: &Client, ui: &mut Ui, me: &UserId, event: Event) {
                 ui.current = Some(m.thread_id.clone());
             }
             show(&m, me);
-            if &m.sender_id != me && ui.current.as_ref() == Some(&m.thread_id) {
+            if Some(&m.sender_id) != me && ui.current.as_ref() == Some(&m.thread_id) {
                 let (client, thread, id) = (client.clone(), m.thread_id.clone(), m.message_id);
                 tokio::spawn(async move { client.mark_read(&thread, id).await });
             }
         }
         Event::Sent(s) => println!("  ✓ #{} sent", s.seq),
         Event::SendFailed(f) => println!("  ✗ not sent in {}: {}", f.thread_id, f.error),
-        Event::Receipt(r) if &r.user_id != me => {
+        Event::Receipt(r) if Some(&r.user_id) != me => {
             let mark = match r.status {
                 AckStatus::Delivered => "✓✓ delivered to",
                 AckStatus::Read => "read by",
@@ -224,10 +226,17 @@ async fn command(
             }
         }
         "/open" => {
-            let i: usize = rest.trim().parse()?;
-            let t = ui.listed.get(i).ok_or("no such thread; /threads first")?;
-            ui.current = Some(t.clone());
+            // A number from /threads, or a thread id (works offline too).
+            let t = match rest.trim().parse::<usize>() {
+                Ok(i) => ui
+                    .listed
+                    .get(i)
+                    .cloned()
+                    .ok_or("no such thread; /threads first")?,
+                Err(_) => ThreadId::new(rest.trim())?,
+            };
             println!("now in {t}");
+            ui.current = Some(t);
         }
         "/history" => {
             let t = ui.current.clone().ok_or("no current thread")?;
@@ -237,9 +246,9 @@ async fn command(
                 rest.trim().parse()?
             };
             let page = client.fetch_history(&t, Cursor::Latest, Some(n)).await?;
-            let me = client.user_id().ok_or("no user id")?;
+            let me = client.user_id();
             for m in &page.messages {
-                show(m, &me);
+                show(m, me.as_ref());
             }
             if let Some(last) = page.messages.last() {
                 client.mark_read(&t, last.message_id).await?;
