@@ -57,8 +57,8 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let mut config = ServerConfig::default();
-        config.rate_limit_per_sec = 1_000_000;
-        config.rate_limit_burst = 1_000_000;
+        config.limits.rate_limit_per_sec = 1_000_000;
+        config.limits.rate_limit_burst = 1_000_000;
         let server = Server::builder()
             .adapters(messenger_storage_mem::adapters())
             .config(config)
