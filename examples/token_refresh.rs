@@ -4,7 +4,7 @@
 //! plays the app's backend and mints the tokens itself):
 //!
 //! ```sh
-//! MESSENGER_JWT_SECRET=change-me cargo run -p messenger-server
+//! MESSENGER_JWT_SECRET=change-me cargo run -p messenger-server --features cli
 //! MESSENGER_JWT_SECRET=change-me cargo run -p examples --example token_refresh -- \
 //!     --url ws://127.0.0.1:8080/ws --user alice --ttl 5 --rounds 6
 //! ```

@@ -1,7 +1,7 @@
 //! TLS for `wss://`: rustls (feature `rustls`, the default) with Mozilla's roots or a
 //! custom root store, or the platform's TLS (feature `native-tls`).
 
-#[cfg(any(feature = "rustls", feature = "native-tls"))]
+#[cfg(feature = "rustls")]
 use std::sync::Arc;
 
 #[cfg(any(feature = "rustls", feature = "native-tls"))]

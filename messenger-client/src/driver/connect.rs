@@ -71,10 +71,15 @@ async fn open(settings: &Settings, token: &str, tls: &Tls) -> Result<Opened, Cli
         }
     };
     let connect = async {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector)
-                .await
-                .map_err(map_ws_error)?;
+        #[cfg(any(feature = "rustls", feature = "native-tls"))]
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector);
+        #[cfg(not(any(feature = "rustls", feature = "native-tls")))]
+        let connecting = {
+            let _: Option<()> = connector;
+            tokio_tungstenite::connect_async_with_config(req, None, true)
+        };
+        let (mut ws, _) = connecting.await.map_err(map_ws_error)?;
         loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Text(text))) => {
