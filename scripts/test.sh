@@ -111,11 +111,14 @@ web_started=$(date +%s)
 )
 
 step "messenger-js: SDK tests against the real server binary"
-(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server npm run -s test)
+# Bounded: --test-force-exit ends the run when the tests are done even if something
+# they opened is still alive, and `timeout` bounds the whole step.
+(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server timeout 600 npm run -s test)
 
 step "messenger-js: the browser chat in headless Chromium (screenshots in target/web-chat/)"
 # (`npm test` above compiled the tests into build-test/.)
-(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server node --test --test-reporter=spec build-test/test/browser.test.js)
+(cd messenger-js && MESSENGER_SERVER_BIN=../target/debug/messenger-server timeout 300 \
+  node --test --test-force-exit --test-reporter=spec build-test/test/browser.test.js)
 echo "messenger-js steps took $(( $(date +%s) - web_started ))s"
 
 step "cargo test: doc tests"

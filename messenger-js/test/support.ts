@@ -17,6 +17,17 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const pkgRoot = path.resolve(here, "..", "..");
 export const repoRoot = path.resolve(pkgRoot, "..");
 
+/** What the tests opened, closed by {@link cleanup} even when a test failed. */
+const opened = { clients: new Set<MessengerClient>(), proxies: new Set<Proxy>() };
+
+/** Closes every client, proxy and server a test opened and did not close. */
+export async function cleanup(): Promise<void> {
+  await Promise.all([...opened.clients].map((c) => c.close().catch(() => {})));
+  await Promise.all([...opened.proxies].map((p) => p.close().catch(() => {})));
+  opened.clients.clear();
+  opened.proxies.clear();
+}
+
 /** Every wait in the tests is bounded by this. */
 export const WAIT_MS = 8000;
 
@@ -154,6 +165,7 @@ export class Proxy {
   static async start(upstreamPort: number): Promise<Proxy> {
     const p = new Proxy(await freePort(), upstreamPort);
     await p.up();
+    opened.proxies.add(p);
     return p;
   }
 
@@ -285,6 +297,7 @@ export function testClient(url: string, token: ClientOptions["token"], extra: Pa
     logger: { debug() {}, warn() {} },
     ...extra,
   });
+  opened.clients.add(client);
   const events = { message: [], sent: [], receipt: [], presence: [], typing: [], thread: [], state: [] } as TestClient["events"];
   for (const k of Object.keys(events) as (keyof ClientEvents)[]) {
     client.on(k, (ev) => (events[k] as unknown[]).push(ev));
