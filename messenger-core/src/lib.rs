@@ -35,6 +35,7 @@ pub mod idgen;
 pub mod ids;
 pub mod model;
 pub mod protocol;
+#[doc(hidden)]
 pub mod sync;
 pub mod time;
 pub mod traits;

@@ -39,6 +39,7 @@ pub struct CreateThread {
 
 /// Every frame a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Send a message.
@@ -286,6 +287,7 @@ pub struct ThreadSummary {
 
 /// Every frame the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame on a connection.

@@ -308,6 +308,17 @@ async fn write_loop<W>(
                 .await;
                 return;
             }
+            // A reason added later: close as on shutdown, the client reconnects.
+            Some(OutboxItem::Close(_)) => {
+                close(
+                    &mut sink,
+                    CLOSE_GOING_AWAY,
+                    "session closed by the server",
+                    cfg.websocket.write_timeout,
+                )
+                .await;
+                return;
+            }
             Some(OutboxItem::Frame(f)) => f,
         };
         kinds.clear();

@@ -128,7 +128,12 @@ async fn pem_keys_of_every_type_and_their_refusals() {
             .await
             .expect("query token");
         assert_eq!(Client::from_ws(ws).await.welcome["user_id"], "bob");
-        refused(&srv, &other.sign(None, &claims("alice")), "another key's token").await;
+        refused(
+            &srv,
+            &other.sign(None, &claims("alice")),
+            "another key's token",
+        )
+        .await;
         refused(
             &srv,
             &s.sign(None, &json!({"sub":"alice","exp":now() - 3600})),
@@ -137,12 +142,25 @@ async fn pem_keys_of_every_type_and_their_refusals() {
         .await;
         refused(
             &srv,
-            &s.sign(None, &json!({"sub":"alice","exp":now() + 300,"nbf":now() + 3600})),
+            &s.sign(
+                None,
+                &json!({"sub":"alice","exp":now() + 300,"nbf":now() + 3600}),
+            ),
             "a token not yet valid",
         )
         .await;
-        refused(&srv, &s.sign(None, &json!({"sub":"alice"})), "a token without exp").await;
-        refused(&srv, &s.sign(None, &json!({"exp":now() + 300})), "a token without sub").await;
+        refused(
+            &srv,
+            &s.sign(None, &json!({"sub":"alice"})),
+            "a token without exp",
+        )
+        .await;
+        refused(
+            &srv,
+            &s.sign(None, &json!({"exp":now() + 300})),
+            "a token without sub",
+        )
+        .await;
         refused(
             &srv,
             &s.sign(None, &json!({"sub":"not a user id","exp":now() + 300})),
@@ -167,7 +185,13 @@ async fn pem_keys_of_every_type_and_their_refusals() {
         } else {
             "algorithm"
         };
-        for reason in [wrong_key, "expired", "not_yet_valid", "missing_claim", "bad_user"] {
+        for reason in [
+            wrong_key,
+            "expired",
+            "not_yet_valid",
+            "missing_claim",
+            "bad_user",
+        ] {
             assert!(
                 !m.contains(&format!(
                     "messenger_unauthorized_total{{reason=\"{reason}\"}} 0"
@@ -196,7 +220,10 @@ async fn audience_and_issuer_are_checked_when_configured() {
             json!({"sub":"a","exp":exp,"aud":"other","iss":"https://idp.test/"}),
             "wrong aud",
         ),
-        (json!({"sub":"a","exp":exp,"iss":"https://idp.test/"}), "no aud"),
+        (
+            json!({"sub":"a","exp":exp,"iss":"https://idp.test/"}),
+            "no aud",
+        ),
         (
             json!({"sub":"a","exp":exp,"aud":"chat","iss":"https://evil.test/"}),
             "wrong iss",
@@ -222,7 +249,11 @@ async fn jwks_file_picks_keys_by_kid_and_follows_rotation() {
     let mut j = JwtConfig::default();
     j.jwks_file = Some(file.clone());
     let srv = start(jwt_config(j)).await;
-    for (s, kid) in [(Signer::Rsa, "rsa-1"), (Signer::Ec, "ec-1"), (Signer::Ed, "ed-1")] {
+    for (s, kid) in [
+        (Signer::Rsa, "rsa-1"),
+        (Signer::Ec, "ec-1"),
+        (Signer::Ed, "ed-1"),
+    ] {
         accepted(&srv, &s.sign(Some(kid), &claims("alice")), "alice").await;
     }
     refused(
@@ -236,7 +267,12 @@ async fn jwks_file_picks_keys_by_kid_and_follows_rotation() {
     // Rotation: the file now holds rsa-2 and ec-1. A token naming the new kid makes
     // the server reload at once.
     std::fs::copy(key_path("jwks-rotated.json"), &file).expect("rotate");
-    accepted(&srv, &Signer::Rsa2.sign(Some("rsa-2"), &claims("bob")), "bob").await;
+    accepted(
+        &srv,
+        &Signer::Rsa2.sign(Some("rsa-2"), &claims("bob")),
+        "bob",
+    )
+    .await;
     refused(
         &srv,
         &Signer::Rsa.sign(Some("rsa-1"), &claims("alice")),
@@ -300,14 +336,32 @@ async fn jwks_url_is_fetched_cached_and_refreshed() {
     let mut j = JwtConfig::default();
     j.jwks_url = Some(idp.url.clone());
     let srv = start(jwt_config(j)).await;
-    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1, "fetched once at start");
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once at start"
+    );
     for _ in 0..3 {
-        accepted(&srv, &Signer::Ec.sign(Some("ec-1"), &claims("alice")), "alice").await;
+        accepted(
+            &srv,
+            &Signer::Ec.sign(Some("ec-1"), &claims("alice")),
+            "alice",
+        )
+        .await;
     }
-    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1, "cached between refreshes");
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        1,
+        "cached between refreshes"
+    );
     // The issuer rotates: a token naming the new kid triggers one fetch.
     *idp.doc.lock().unwrap_or_else(|p| p.into_inner()) = read_key("jwks-rotated.json");
-    accepted(&srv, &Signer::Rsa2.sign(Some("rsa-2"), &claims("bob")), "bob").await;
+    accepted(
+        &srv,
+        &Signer::Rsa2.sign(Some("rsa-2"), &claims("bob")),
+        "bob",
+    )
+    .await;
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 2);
     // Unknown kids do not make the server hammer the issuer.
     for i in 0..5 {
@@ -394,8 +448,7 @@ async fn an_embedders_own_authenticator() {
         let mut r = format!("ws://{addr}/ws")
             .into_client_request()
             .expect("request");
-        r.headers_mut()
-            .insert("cookie", c.parse().expect("cookie"));
+        r.headers_mut().insert("cookie", c.parse().expect("cookie"));
         r
     };
     let (ws, _) = tokio_tungstenite::connect_async(with_cookie("theme=dark; sid=s3cr3t"))
@@ -420,7 +473,13 @@ async fn an_embedders_own_authenticator() {
         "an authenticator that cannot decide answers 503"
     );
     let m = server.metrics_text();
-    assert!(m.contains("messenger_unauthorized_total{reason=\"refused\"} 1"), "{m}");
-    assert!(m.contains("messenger_unauthorized_total{reason=\"unavailable\"} 1"), "{m}");
+    assert!(
+        m.contains("messenger_unauthorized_total{reason=\"refused\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("messenger_unauthorized_total{reason=\"unavailable\"} 1"),
+        "{m}"
+    );
     serving.abort();
 }

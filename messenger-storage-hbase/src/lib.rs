@@ -34,6 +34,7 @@
 //! Development HBase: `scripts/hbase.sh start` prints `HBASE_THRIFT=127.0.0.1:PORT`.
 
 mod client;
+#[doc(hidden)]
 pub mod gen;
 mod messages;
 mod schema;

@@ -720,6 +720,8 @@ impl Core {
                 code,
                 message,
             } => self.on_error(req_id, &code, message, now),
+            // Frames added to the protocol later: a client ignores what it does not know.
+            other => tracing::debug!(kind = other.type_name(), "ignoring an unknown frame"),
         }
     }
 

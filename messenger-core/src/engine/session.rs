@@ -24,6 +24,7 @@ pub struct Outbound {
 
 /// Why the engine asks the transport to close a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The outbound queue overflowed: the client reads too slowly. It should reconnect
     /// and catch up from history.
