@@ -10,8 +10,6 @@
 //! know nothing was accepted).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -140,34 +138,11 @@ fn store() -> Arc<dyn MessageStore> {
     Arc::new(VecStore::new())
 }
 
-type Check = fn(Arc<dyn MessageStore>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-
-macro_rules! checks {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|s| Box::pin(checks::$name(s))) as Check)),*]
-    };
-}
-
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // 1. The conformance suite, check by check.
-    let all = checks![
-        append_assigns_seq_from_one_in_order,
-        append_keeps_the_fields,
-        concurrent_appends_are_gapless,
-        duplicate_temp_id_returns_original,
-        same_temp_id_other_sender_or_thread_is_new,
-        concurrent_duplicates_store_one,
-        get_finds_by_id_within_thread,
-        last_seqs_in_input_order,
-        count_unread_skips_own_messages,
-        fetch_empty_or_unknown_thread,
-        fetch_latest,
-        fetch_before,
-        fetch_after,
-        fetch_between,
-        paging_walks_every_message_once,
-    ];
+    // The same list `message_store_tests!` runs, exported once by the testkit.
+    let all = checks::all();
     for (name, check) in all {
         // A failing check panics; run it in a task so the report names it.
         tokio::spawn(messenger_core::testkit::bounded(name, check(store())))

@@ -452,3 +452,5 @@ pub async fn paging_walks_every_message_once(store: Arc<dyn MessageStore>) {
     }
     assert_eq!(seen, (1..=23).collect::<Vec<_>>(), "backward");
 }
+
+crate::message_store_tests!(@checks __testkit_list (MessageStore));

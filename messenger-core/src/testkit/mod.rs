@@ -156,6 +156,29 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// One check of a suite: called with the subject, it panics on a failure.
+pub type Check<T> = fn(std::sync::Arc<T>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Expands to `pub fn all()`, every check of a suite by name. Used by the per-trait
+/// macros; not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __testkit_list {
+    ($trait:ident, [$($check:ident),* $(,)?]) => {
+        /// Every check of this suite with its name, in the order the macro runs them:
+        /// for a runner of your own (an example, a smoke binary). Each is bounded by
+        /// [`bounded`](crate::testkit::bounded) when you wrap it.
+        pub fn all() -> Vec<(&'static str, $crate::testkit::Check<dyn $crate::$trait>)> {
+            vec![$(
+                (
+                    stringify!($check),
+                    (|s| Box::pin($check(s))) as $crate::testkit::Check<dyn $crate::$trait>,
+                )
+            ),*]
+        }
+    };
+}
+
 /// Expands to one test per check. Used by the per-trait macros; not public API.
 #[doc(hidden)]
 #[macro_export]
@@ -186,11 +209,10 @@ macro_rules! __testkit_suite {
 /// `Arc<dyn messenger_core::MessageStore>`.
 #[macro_export]
 macro_rules! message_store_tests {
-    ($factory:expr $(,)?) => {
-        $crate::__testkit_suite!(
-            message_store_conformance,
-            message_store,
-            $factory,
+    // The list of checks, kept once: the tests above and `message_store::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
             [
                 append_assigns_seq_from_one_in_order,
                 append_keeps_the_fields,
@@ -210,6 +232,9 @@ macro_rules! message_store_tests {
             ]
         );
     };
+    ($factory:expr $(,)?) => {
+        $crate::message_store_tests!(@checks __testkit_suite (message_store_conformance, message_store, $factory));
+    };
 }
 
 /// Generates the [`ThreadStore`](crate::ThreadStore) conformance tests (module
@@ -219,11 +244,10 @@ macro_rules! message_store_tests {
 /// `Arc<dyn messenger_core::ThreadStore>`.
 #[macro_export]
 macro_rules! thread_store_tests {
-    ($factory:expr $(,)?) => {
-        $crate::__testkit_suite!(
-            thread_store_conformance,
-            thread_store,
-            $factory,
+    // The list of checks, kept once: the tests above and `thread_store::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
             [
                 create_and_get,
                 create_is_idempotent,
@@ -239,6 +263,9 @@ macro_rules! thread_store_tests {
             ]
         );
     };
+    ($factory:expr $(,)?) => {
+        $crate::thread_store_tests!(@checks __testkit_suite (thread_store_conformance, thread_store, $factory));
+    };
 }
 
 /// Generates the [`SessionDirectory`](crate::SessionDirectory) conformance tests (module
@@ -248,11 +275,10 @@ macro_rules! thread_store_tests {
 /// `Arc<dyn messenger_core::SessionDirectory>`.
 #[macro_export]
 macro_rules! session_directory_tests {
-    ($factory:expr $(,)?) => {
-        $crate::__testkit_suite!(
-            session_directory_conformance,
-            session_directory,
-            $factory,
+    // The list of checks, kept once: the tests above and `session_directory::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
             [
                 unknown_user_has_no_sessions,
                 sessions_on_several_nodes,
@@ -263,6 +289,9 @@ macro_rules! session_directory_tests {
             ]
         );
     };
+    ($factory:expr $(,)?) => {
+        $crate::session_directory_tests!(@checks __testkit_suite (session_directory_conformance, session_directory, $factory));
+    };
 }
 
 /// Generates the [`Presence`](crate::Presence) conformance tests (module
@@ -272,11 +301,10 @@ macro_rules! session_directory_tests {
 /// `Arc<dyn messenger_core::Presence>`.
 #[macro_export]
 macro_rules! presence_tests {
-    ($factory:expr $(,)?) => {
-        $crate::__testkit_suite!(
-            presence_conformance,
-            presence,
-            $factory,
+    // The list of checks, kept once: the tests above and `presence::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
             [
                 unknown_user_is_offline,
                 online_then_offline_with_last_seen,
@@ -288,6 +316,9 @@ macro_rules! presence_tests {
             ]
         );
     };
+    ($factory:expr $(,)?) => {
+        $crate::presence_tests!(@checks __testkit_suite (presence_conformance, presence, $factory));
+    };
 }
 
 /// Generates the [`Relay`](crate::Relay) conformance tests (module `relay_conformance`),
@@ -297,11 +328,10 @@ macro_rules! presence_tests {
 /// `Arc<dyn messenger_core::Relay>`.
 #[macro_export]
 macro_rules! relay_tests {
-    ($factory:expr $(,)?) => {
-        $crate::__testkit_suite!(
-            relay_conformance,
-            relay,
-            $factory,
+    // The list of checks, kept once: the tests above and `relay::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
             [
                 delivers_to_the_addressed_node_only,
                 send_without_subscriber_is_ok,
@@ -309,5 +339,8 @@ macro_rules! relay_tests {
                 delivers_every_envelope_once,
             ]
         );
+    };
+    ($factory:expr $(,)?) => {
+        $crate::relay_tests!(@checks __testkit_suite (relay_conformance, relay, $factory));
     };
 }

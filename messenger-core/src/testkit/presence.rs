@@ -219,3 +219,5 @@ pub async fn every_subscriber_gets_changes(p: Arc<dyn Presence>) {
     assert_eq!(next_event_for(&mut first, &[&u]).await, online(&u));
     assert_eq!(next_event_for(&mut second, &[&u]).await, online(&u));
 }
+
+crate::presence_tests!(@checks __testkit_list (Presence));

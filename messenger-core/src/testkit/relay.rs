@@ -178,3 +178,5 @@ pub async fn delivers_every_envelope_once(relay: Arc<dyn Relay>) {
         "a duplicate arrived"
     );
 }
+
+crate::relay_tests!(@checks __testkit_list (Relay));

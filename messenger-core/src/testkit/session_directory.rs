@@ -154,3 +154,5 @@ pub async fn concurrent_registrations(dir: Arc<dyn SessionDirectory>) {
     }
     assert_eq!(lookup(&*dir, &[a]).await, vec![all]);
 }
+
+crate::session_directory_tests!(@checks __testkit_list (SessionDirectory));

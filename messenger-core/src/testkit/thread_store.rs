@@ -394,3 +394,5 @@ pub async fn concurrent_watermarks_keep_the_max(store: Arc<dyn ThreadStore>) {
     let listed = list(&*store, &a).await;
     assert_eq!(listed[0].receipts, vec![(a, wm(max_any, max_read))]);
 }
+
+crate::thread_store_tests!(@checks __testkit_list (ThreadStore));
