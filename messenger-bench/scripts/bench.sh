@@ -17,8 +17,14 @@ shift 2 2>/dev/null || shift $#
 SCENARIOS=${*:-idle pairs pairs-rate pairs-rate-low group reconnect}
 PORT=${PORT:-18090}
 MAX_LOAD=${MAX_LOAD:-2.5}
-SERVER=target/release/messenger-server
-BENCH=target/release/messenger-bench
+# SERVER / BENCH: the binaries (another build of the server to compare, for example).
+# SERVER_CPUS / BENCH_CPUS: pin each to cores with taskset (e.g. 0 and 1).
+# EXTRA_ARGS: more generator arguments (e.g. `--floor off` when comparing two servers).
+# SERVER_ARGS: more server arguments (e.g. `--read-buffer-bytes 512`).
+SERVER=${SERVER:-target/release/messenger-server}
+BENCH=${BENCH:-target/release/messenger-bench}
+SERVER_PIN=(); [ -n "${SERVER_CPUS:-}" ] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+BENCH_PIN=(); [ -n "${BENCH_CPUS:-}" ] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 mkdir -p "$OUT"
 
 wait_for_quiet() {
@@ -34,12 +40,14 @@ run() { # name run-number bench-args...
   wait_for_quiet
   # Limits raised so the server's own protections do not cap the load generator:
   # the default per-session rate limit is 50 frames/s and max connections 10 000.
-  RUST_LOG=warn "$SERVER" --listen "127.0.0.1:$PORT" --max-connections 1000000 \
-    --rate-limit 100000000 --rate-burst 100000000 >"$OUT/$name-$n.server.log" 2>&1 &
+  # taskset execs the server, so $! is the server's pid.
+  RUST_LOG=warn "${SERVER_PIN[@]}" "$SERVER" --listen "127.0.0.1:$PORT" --max-connections 1000000 \
+    --rate-limit 100000000 --rate-burst 100000000 ${SERVER_ARGS:-} >"$OUT/$name-$n.server.log" 2>&1 &
   local pid=$!
   sleep 1
   echo "== $name run $n (load $(cut -d' ' -f1 /proc/loadavg))" >&2
-  "$BENCH" "$@" --url "ws://127.0.0.1:$PORT/ws" --server-pid "$pid" \
+  # shellcheck disable=SC2086
+  "${BENCH_PIN[@]}" "$BENCH" "$@" ${EXTRA_ARGS:-} --url "ws://127.0.0.1:$PORT/ws" --server-pid "$pid" \
     --json "$OUT/$name-$n.json" >"$OUT/$name-$n.txt" 2>"$OUT/$name-$n.progress" || echo "run failed" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
   sed -n '/results/,$p' "$OUT/$name-$n.txt" >&2

@@ -94,3 +94,33 @@ async fn message_and_presence_cross_nodes_through_redis() {
         c.shutdown().await.unwrap();
     }
 }
+
+/// The engine-level checks with the session directory, presence and relay on Redis
+/// (the stores in memory), one key prefix per check.
+mod engine_checks {
+    use super::common;
+    use messenger_redis::RedisCluster;
+    use messenger_storage_mem::MemBackend;
+
+    messenger_core::engine_tests!(|| async {
+        let backend = MemBackend::new();
+        let opts = common::fast_options("engine");
+        let url = tokio::task::spawn_blocking(|| common::shared().url())
+            .await
+            .unwrap_or_else(|e| panic!("redis harness: {e}"));
+        messenger_core::testkit::engine::node_adapters(move |node| {
+            let (backend, opts, url) = (backend.clone(), opts.clone(), url.clone());
+            async move {
+                // The adapters keep the cluster's tasks alive.
+                let c = RedisCluster::connect(&url, node, opts)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis: {e}"));
+                let mut a = backend.adapters(node);
+                a.directory = c.directory();
+                a.presence = c.presence();
+                a.relay = c.relay();
+                a
+            }
+        })
+    });
+}

@@ -54,3 +54,14 @@ mod shared_backend {
         Arc::new(backend().relay().clone()) as Arc<dyn Relay>
     });
 }
+
+/// The engine-level checks over a fresh in-memory backend per check.
+mod engine {
+    messenger_core::engine_tests!(|| async {
+        let backend = messenger_storage_mem::MemBackend::new();
+        messenger_core::testkit::engine::node_adapters(move |node| {
+            let b = backend.clone();
+            async move { b.adapters(node) }
+        })
+    });
+}

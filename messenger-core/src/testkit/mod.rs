@@ -10,6 +10,7 @@
 //! | [`SessionDirectory`](crate::SessionDirectory) | [`session_directory`] | [`session_directory_tests!`](crate::session_directory_tests) |
 //! | [`Presence`](crate::Presence) | [`presence`] | [`presence_tests!`](crate::presence_tests) |
 //! | [`Relay`](crate::Relay) | [`relay`] | [`relay_tests!`](crate::relay_tests) |
+//! | the [`Engine`](crate::engine::Engine) over a whole backend | [`engine`] | [`engine_tests!`](crate::engine_tests) |
 //!
 //! An adapter crate enables the feature in its dev-dependencies
 //! (`messenger-core = { ..., features = ["testkit"] }`, plus `tokio` with `macros` and
@@ -34,6 +35,7 @@
 //! shared backend (Redis, HBase) do concurrently. Each check is bounded in time
 //! ([`CHECK_TIMEOUT`]) and in work (concurrent checks use 8 tasks x 25 operations).
 
+pub mod engine;
 pub mod message_store;
 pub mod presence;
 pub mod relay;
@@ -342,5 +344,42 @@ macro_rules! relay_tests {
     };
     ($factory:expr $(,)?) => {
         $crate::relay_tests!(@checks __testkit_suite (relay_conformance, relay, $factory));
+    };
+}
+
+/// Generates the engine-level tests (module `engine_conformance`), one per check in
+/// [`engine`]: the protocol's rules through a real engine over your backend.
+///
+/// `$factory`: called with no arguments, returns a future of a
+/// [`NodeAdapters`](crate::testkit::engine::NodeAdapters) (the adapters of one fresh
+/// backend for a node id; called twice with different ids by the cross-node check):
+///
+/// ```ignore
+/// messenger_core::engine_tests!(|| async {
+///     let backend = messenger_storage_mem::MemBackend::new();
+///     messenger_core::testkit::engine::node_adapters(move |node| {
+///         let b = backend.clone();
+///         async move { b.adapters(node) }
+///     })
+/// });
+/// ```
+#[macro_export]
+macro_rules! engine_tests {
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
+            [
+                send_reaches_every_session_once_in_order,
+                resend_returns_the_original_and_delivers_once,
+                concurrent_senders_are_gapless_and_ordered,
+                acks_only_move_forward,
+                history_pages_by_range,
+                offline_members_get_a_push,
+                two_nodes_deliver_to_each_other,
+            ]
+        );
+    };
+    ($factory:expr $(,)?) => {
+        $crate::engine_tests!(@checks __testkit_suite (engine_conformance, engine, $factory));
     };
 }
