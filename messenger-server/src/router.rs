@@ -376,7 +376,7 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
                 run_counted(ctx, session, ws).await;
             }
             _ => {
-                tracing::debug!(user = %user, "upgrade did not complete");
+                tracing::debug!(user = %session.handle.user(), "upgrade did not complete");
                 ctx.engine.disconnect(&session.handle).await;
             }
         }

@@ -484,8 +484,12 @@ impl Server {
         }
         let session = self.inner.ctx.engine.connect(user).await?;
         let ctx = self.inner.ctx.clone();
-        let task = self.track(async move { run_counted(ctx, session, ws).await });
-        let _ = task.await;
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        self.track(async move {
+            run_counted(ctx, session, ws).await;
+            let _ = done_tx.send(());
+        });
+        let _ = done.await;
         Ok(())
     }
 
@@ -502,13 +506,11 @@ impl Server {
         self.run_websocket(user, ws).await
     }
 
-    /// Spawns a session task the server waits for on shutdown. Returns a receiver
-    /// that resolves when it ends.
-    pub(crate) fn track<F>(&self, fut: F) -> tokio::sync::oneshot::Receiver<()>
+    /// Spawns a session task the server waits for on shutdown.
+    pub(crate) fn track<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let mut set = self
             .inner
             .sessions
@@ -516,11 +518,7 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner());
         // Reap finished sessions so the set holds only live ones.
         while set.try_join_next().is_some() {}
-        set.spawn(async move {
-            fut.await;
-            let _ = tx.send(());
-        });
-        rx
+        set.spawn(fut);
     }
 
     /// Stops the server's sessions: every session is closed with 1001, the engine stops
