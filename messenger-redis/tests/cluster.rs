@@ -152,15 +152,11 @@ async fn presence_transitions_across_two_nodes() {
     let mut events_a = pa.changes().await.unwrap();
     pa.set_online(&u, &s1, node(1)).await.unwrap();
     assert_eq!(
-        next_for(&mut events, &u, EVENT_BOUND)
-            .await
-            .status,
+        next_for(&mut events, &u, EVENT_BOUND).await.status,
         PresenceStatus::Online
     );
     assert_eq!(
-        next_for(&mut events_a, &u, EVENT_BOUND)
-            .await
-            .status,
+        next_for(&mut events_a, &u, EVENT_BOUND).await.status,
         PresenceStatus::Online
     );
 
@@ -252,9 +248,7 @@ async fn killed_node_users_go_offline_within_the_bound() {
     assert_eq!(got[1].status, PresenceStatus::Online);
     b.presence().set_offline(&v, &sv2, now_ms()).await.unwrap();
     assert_eq!(
-        next_for(&mut events, &v, EVENT_BOUND)
-            .await
-            .status,
+        next_for(&mut events, &v, EVENT_BOUND).await.status,
         PresenceStatus::Offline
     );
     b.shutdown().await.unwrap();
