@@ -44,10 +44,10 @@ impl VecStore {
     }
 }
 
-#[async_trait]
-impl MessageStore for VecStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended> {
-        let mut g = self.lock();
+impl Inner {
+    /// One append, under the store's lock.
+    fn append(&mut self, msg: NewMessage) -> Result<Appended> {
+        let g = self;
         let key = (
             msg.thread_id.clone(),
             msg.sender_id.clone(),
@@ -82,6 +82,25 @@ impl MessageStore for VecStore {
             message: stored,
             duplicate: false,
         })
+    }
+}
+
+#[async_trait]
+impl MessageStore for VecStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+        self.lock().append(msg)
+    }
+
+    async fn append_batch(
+        &self,
+        thread: &ThreadId,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>> {
+        messenger_core::model::check_batch(thread, &batch)?;
+        // The whole batch under one lock: consecutive seqs, nothing in between. A
+        // database adapter would use one transaction here.
+        let mut g = self.lock();
+        batch.into_iter().map(|m| g.append(m)).collect()
     }
 
     async fn fetch(&self, thread: &ThreadId, q: HistoryQuery) -> Result<HistoryPage> {

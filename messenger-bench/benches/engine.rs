@@ -109,9 +109,11 @@ fn engine_send_with(c: &mut Criterion, name: &str, single_node: bool) {
             rt.block_on(async {
                 let start = Instant::now();
                 for f in &frames {
+                    // The send is admitted, then committed by the thread's committer
+                    // task: wait for both frames.
                     engine.handle_text(&alice.handle, f).await;
-                    let sent = alice.outbox.try_recv().expect("message_sent");
-                    let recv = bob.outbox.try_recv().expect("receive_message");
+                    let sent = alice.outbox.recv().await.expect("message_sent");
+                    let recv = bob.outbox.recv().await.expect("receive_message");
                     std::hint::black_box((sent, recv));
                 }
                 start.elapsed()

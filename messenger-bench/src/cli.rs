@@ -68,6 +68,12 @@ pub struct Args {
     #[arg(long, short = 'g', default_value_t = 10)]
     pub group_size: usize,
 
+    /// group: how many members of each group send (the first K; the others only
+    /// receive). Default: every member. `group -n 200 -g 200 --senders 20` is one hot
+    /// thread with 200 members online and 20 senders.
+    #[arg(long)]
+    pub senders: Option<usize>,
+
     /// Total send rate in messages per second over all senders; absent or 0 means full
     /// speed (each sender pipelines up to `--window` unacknowledged sends).
     #[arg(long, short = 'r')]
@@ -150,6 +156,17 @@ impl Args {
     pub fn validate(&self) -> Result<(), String> {
         if self.scenario == Scenario::Group && self.group_size < 2 {
             return Err("--group-size must be at least 2".into());
+        }
+        if let Some(k) = self.senders {
+            if self.scenario != Scenario::Group {
+                return Err("--senders applies to the group scenario only".into());
+            }
+            if k == 0 || k > self.group_size {
+                return Err(format!(
+                    "--senders must be 1 to --group-size ({})",
+                    self.group_size
+                ));
+            }
         }
         if self.scenario == Scenario::Pairs && self.pairs == 0 {
             return Err("--pairs must be at least 1".into());

@@ -345,7 +345,14 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
             threads.push(Arc::<str>::from(r?));
         }
     }
-    let senders = conns.len();
+    let connections = conns.len();
+    // Members of each thread that send: all of them, or the first --senders of a group.
+    let senders_per_thread = if group {
+        a.senders.unwrap_or(size).min(size)
+    } else {
+        size
+    };
+    let senders = n_threads * senders_per_thread;
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let drained = CancellationToken::new();
@@ -356,16 +363,33 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut writers = Vec::with_capacity(senders);
     let mut readers = Vec::with_capacity(senders);
+    let mut sender_index = 0;
     for (i, ws) in conns.into_iter().enumerate() {
         let thread = threads[i / size].clone();
         let (sink, stream) = ws.split();
         let window = Arc::new(Semaphore::new(a.window));
+        let stamps = Stamps::default();
         readers.push(tokio::spawn(reader(
             stream,
             window.clone(),
+            stamps.clone(),
             counters.clone(),
             hard.clone(),
         )));
+        if i % size >= senders_per_thread {
+            // A receive-only member: its writer only keeps the connection open.
+            writers.push(tokio::spawn({
+                let drained = drained.clone();
+                let mut sink = sink;
+                async move {
+                    drained.cancelled().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+                }
+            }));
+            continue;
+        }
+        let k = sender_index;
+        sender_index += 1;
         let w = Writer {
             sink,
             thread,
@@ -376,11 +400,12 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
             drained: drained.clone(),
             text_bytes: a.text_bytes,
             batch: a.window,
+            stamps,
         };
         writers.push(tokio::spawn(match period {
             None => w.full_speed().boxed(),
             Some(p) => {
-                let offset = p.mul_f64(i as f64 / senders as f64);
+                let offset = p.mul_f64(k as f64 / senders as f64);
                 w.fixed_rate(start + offset, p).boxed()
             }
         }));
@@ -461,9 +486,11 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         })
     };
     let mut hist = Latency::new();
+    let mut sent_hist = Latency::new();
     for r in readers {
-        if let Ok(h) = r.await {
+        if let Ok((h, s)) = r.await {
             hist.merge(&h);
+            sent_hist.merge(&s);
         }
     }
     hard_timer.abort();
@@ -474,7 +501,8 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     Ok(obj(json!({
-        "connections": senders,
+        "connections": connections,
+        "senders": senders,
         "threads": n_threads,
         "group_size": size,
         "rate": a.fixed_rate(),
@@ -484,6 +512,8 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         "delivered_per_sec": (delivered as f64 / window_secs).round(),
         "latency_us": pct,
         "latency_samples": hist.count(),
+        "sent_latency_us": sent_hist.percentiles(),
+        "sent_latency_samples": sent_hist.count(),
         "target_cpu_pct": cpu_pct(cpu0.0, cpu1.0),
         "target_cpu_us_per_delivered": cpu_us_per_msg(cpu0.0, cpu1.0),
         "generator_cpu_pct": cpu_pct(cpu0.1, cpu1.1),
@@ -495,13 +525,53 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
     })))
 }
 
+/// The send instants of one connection's sends not yet answered, oldest first, by
+/// their number `n` (the temp_id is `<prefix><n>`), so the reader can time
+/// send -> `message_sent`. A connection's sends all go to one thread, so their replies
+/// come in send order.
+#[derive(Clone, Default)]
+struct Stamps(Arc<Mutex<std::collections::VecDeque<(u64, u64)>>>);
+
+impl Stamps {
+    fn push(&self, n: u64, stamp: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((n, stamp));
+    }
+
+    /// The stamp of send `n`, dropping older unanswered ones (answered by an error).
+    fn take(&self, n: u64) -> Option<u64> {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(&(m, stamp)) = q.front() {
+            if m > n {
+                return None;
+            }
+            q.pop_front();
+            if m == n {
+                return Some(stamp);
+            }
+        }
+        None
+    }
+}
+
+/// The number at the end of a temp_id made by [`Writer::frame`].
+fn temp_number(temp_id: &str) -> Option<u64> {
+    temp_id.rsplit('-').next()?.parse().ok()
+}
+
+/// Reads one connection: counts and times deliveries (send -> receive) and replies
+/// (send -> `message_sent`), and frees window slots.
 async fn reader(
     mut stream: SplitStream<Ws>,
     window: Arc<Semaphore>,
+    stamps: Stamps,
     c: Arc<Counters>,
     hard: CancellationToken,
-) -> Latency {
+) -> (Latency, Latency) {
     let mut hist = Latency::new();
+    let mut sent_hist = Latency::new();
     loop {
         let m = tokio::select! {
             _ = hard.cancelled() => break,
@@ -539,6 +609,16 @@ async fn reader(
             "message_sent" => {
                 c.acked.fetch_add(1, Ordering::Relaxed);
                 window.add_permits(1);
+                let stamp = f
+                    .temp_id
+                    .as_deref()
+                    .and_then(temp_number)
+                    .and_then(|n| stamps.take(n));
+                if let Some(sent) = stamp {
+                    if c.measuring.load(Ordering::Relaxed) {
+                        sent_hist.record(now.saturating_sub(sent));
+                    }
+                }
             }
             "error" => {
                 c.error(format!("server error: {}", t.as_str()));
@@ -548,7 +628,7 @@ async fn reader(
         }
     }
     window.close();
-    hist
+    (hist, sent_hist)
 }
 
 struct Writer {
@@ -561,10 +641,12 @@ struct Writer {
     drained: CancellationToken,
     text_bytes: usize,
     batch: usize,
+    stamps: Stamps,
 }
 
 impl Writer {
     fn frame(&self, n: u64, stamp: u64) -> Message {
+        self.stamps.push(n, stamp);
         let temp = format!("{}{n}", self.temp_prefix);
         let text = proto::stamped_text(stamp, self.text_bytes);
         Message::text(proto::send_message(&self.thread, &temp, &text))

@@ -42,6 +42,19 @@ pub struct NewMessage {
     pub sent_at: Millis,
 }
 
+/// Checks the one precondition of
+/// [`MessageStore::append_batch`](crate::traits::MessageStore::append_batch): every
+/// message belongs to `thread`. Adapters call it before writing anything.
+pub fn check_batch(thread: &ThreadId, batch: &[NewMessage]) -> crate::Result<()> {
+    match batch.iter().find(|m| m.thread_id != *thread) {
+        None => Ok(()),
+        Some(m) => Err(crate::Error::bad_request(format!(
+            "a batch for thread {thread} holds a message for thread {}",
+            m.thread_id
+        ))),
+    }
+}
+
 /// The result of [`MessageStore::append`](crate::traits::MessageStore::append).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

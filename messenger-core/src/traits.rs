@@ -35,6 +35,32 @@ pub trait MessageStore: Send + Sync {
     /// comes back with `duplicate: true`. Returns only once the message is durable.
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
 
+    /// Appends a batch of messages to one thread as one unit: the outcome is that of
+    /// calling [`append`](Self::append) on each message in input order while no other
+    /// append to `thread` runs in between. This is the engine's write path (group
+    /// commit: a thread's sends that queued while the previous call was in flight).
+    ///
+    /// - Returns one [`Appended`] per input message, in input order.
+    /// - The messages this call stores get consecutive seqs in input order, starting right
+    ///   after the thread's last seq, atomically: no other append's seq falls between
+    ///   them, and no gap is left behind, even when the call fails.
+    /// - A message whose (thread, sender, temp_id) was appended before, by an earlier call
+    ///   or by an earlier message of this batch, writes nothing and comes back as the
+    ///   original with `duplicate: true`.
+    /// - Returns only once every message it stored is durable.
+    ///
+    /// An empty batch returns an empty `Vec` and touches nothing. A message whose
+    /// `thread_id` is not `thread` fails the whole call with
+    /// [`ErrorKind::BadRequest`](crate::ErrorKind::BadRequest) before anything is
+    /// written. An `Err` fails the whole batch: after a transient error some of its
+    /// messages may have been stored, and appending them again with the same temp_ids
+    /// returns the originals.
+    async fn append_batch(
+        &self,
+        thread: &ThreadId,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>>;
+
     /// A page of a thread by seq range; see [`HistoryQuery`] and [`HistoryPage`].
     /// An unknown thread is an empty page.
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage>;

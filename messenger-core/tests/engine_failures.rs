@@ -35,8 +35,8 @@ async fn unavailable_store_gives_unavailable_and_delivers_nothing() {
     let mut adapters = backend.adapters(node(1));
     let mut store = MockMessageStore::new();
     store
-        .expect_append()
-        .returning(|_| Err(Error::unavailable("message store down")));
+        .expect_append_batch()
+        .returning(|_, _| Err(Error::unavailable("message store down")));
     store
         .expect_fetch()
         .returning(|_, _| Err(Error::unavailable("message store down")));

@@ -89,12 +89,18 @@ async fn history_seqs(c: &mut Client, thread: &str) -> Vec<u64> {
     let mut out = Vec::new();
     let mut after = 0u64;
     for page in 0..1000 {
-        let r = c
-            .request(
-                json!({"type":"fetch_history","thread_id":thread,"after_seq":after,"limit":200}),
-                json!(format!("h{page}")),
-            )
+        let req_id = json!(format!("h{page}"));
+        c.send(json!({"type":"fetch_history","thread_id":thread,"after_seq":after,"limit":200,"req_id":req_id}))
             .await;
+        // A message sent just before this session connected may still reach it live
+        // (fan-out to other nodes runs after `message_sent`): skip it.
+        let r = loop {
+            let r = c.recv().await;
+            if r["type"] != "receive_message" {
+                break r;
+            }
+        };
+        assert_eq!(r["req_id"], req_id, "{r}");
         assert_eq!(r["type"], "history", "{r}");
         let msgs = r["messages"].as_array().expect("messages");
         for m in msgs {

@@ -120,6 +120,8 @@ pub(crate) struct Inner {
     pub(crate) hints: std::sync::Mutex<std::collections::HashMap<messenger_core::ThreadId, u64>>,
     pub(crate) tables: Tables,
     pub(crate) opts: HBaseOptions,
+    /// Serialises one thread's appends within this process (striped by thread hash).
+    pub(crate) append_stripes: Box<[tokio::sync::Mutex<()>]>,
 }
 
 /// Both stores over one connection pool. Cheap to clone.
@@ -150,6 +152,7 @@ impl HBaseStore {
                 hints: Default::default(),
                 tables: Tables::new(&opts.table_prefix),
                 opts,
+                append_stripes: messages::append_stripes(),
             }),
         };
         store

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use messenger_core::model::{Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage};
+use messenger_core::model::{
+    check_batch, Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage,
+};
 use messenger_core::time::now_ms;
 use messenger_core::{Error, ErrorKind, MessageId, MessageStore, Result, ThreadId, UserId};
 
@@ -352,9 +354,24 @@ impl HBaseStore {
     }
 }
 
-#[async_trait]
-impl MessageStore for HBaseStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+/// Appends of one thread in this process run one at a time (striped by thread), so a
+/// batch's seqs are consecutive with respect to this process's other appends.
+const APPEND_STRIPES: usize = 256;
+
+pub(crate) fn append_stripes() -> Box<[tokio::sync::Mutex<()>]> {
+    (0..APPEND_STRIPES)
+        .map(|_| tokio::sync::Mutex::new(()))
+        .collect()
+}
+
+impl HBaseStore {
+    fn stripe(&self, t: &ThreadId) -> &tokio::sync::Mutex<()> {
+        let h = u32::from_be_bytes(hash4(t.as_str())) as usize;
+        &self.inner.append_stripes[h % APPEND_STRIPES]
+    }
+
+    /// One append; the caller holds the thread's stripe lock.
+    async fn append_one(&self, msg: NewMessage) -> Result<Appended> {
         let t = msg.thread_id.clone();
         let dkey = dedup_key(&t, &msg.sender_id, &msg.temp_id);
         let hkey = head_key(&t);
@@ -466,6 +483,31 @@ impl MessageStore for HBaseStore {
             }
             return self.store_claimed(msg, hint).await;
         }
+    }
+}
+
+#[async_trait]
+impl MessageStore for HBaseStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+        let _one_at_a_time = self.stripe(&msg.thread_id).lock().await;
+        self.append_one(msg).await
+    }
+
+    async fn append_batch(
+        &self,
+        thread: &ThreadId,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>> {
+        check_batch(thread, &batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _one_at_a_time = self.stripe(thread).lock().await;
+        let mut out = Vec::with_capacity(batch.len());
+        for msg in batch {
+            out.push(self.append_one(msg).await?);
+        }
+        Ok(out)
     }
 
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {

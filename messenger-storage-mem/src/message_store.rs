@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use messenger_core::model::{Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage};
+use messenger_core::model::{
+    check_batch, Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage,
+};
 use messenger_core::{MessageId, MessageStore, Result, ThreadId, UserId};
 
 use messenger_core::sync::{lock, Sharded};
@@ -92,21 +94,19 @@ fn page(log: &ThreadLog, query: HistoryQuery) -> HistoryPage {
     HistoryPage { messages, has_more }
 }
 
-#[async_trait]
-impl MessageStore for MemMessageStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended> {
-        let log = self.log_or_create(&msg.thread_id);
-        let mut log = lock(&log);
+impl ThreadLog {
+    /// Appends one message under the thread's lock (see [`MessageStore::append`]).
+    fn append(&mut self, msg: NewMessage) -> Appended {
         let key = (msg.sender_id, msg.temp_id);
-        if let Some(&seq) = log.by_temp.get(&key) {
-            if let Some(original) = log.at(seq) {
-                return Ok(Appended {
+        if let Some(&seq) = self.by_temp.get(&key) {
+            if let Some(original) = self.at(seq) {
+                return Appended {
                     message: original.clone(),
                     duplicate: true,
-                });
+                };
             }
         }
-        let seq = log.last_seq() + 1;
+        let seq = self.last_seq() + 1;
         let (sender_id, temp_id) = key;
         let stored = StoredMessage {
             thread_id: msg.thread_id,
@@ -117,13 +117,37 @@ impl MessageStore for MemMessageStore {
             text: msg.text,
             sent_at: msg.sent_at,
         };
-        log.by_temp.insert((sender_id, temp_id), seq);
-        log.by_id.insert(stored.message_id, seq);
-        log.messages.push(stored.clone());
-        Ok(Appended {
+        self.by_temp.insert((sender_id, temp_id), seq);
+        self.by_id.insert(stored.message_id, seq);
+        self.messages.push(stored.clone());
+        Appended {
             message: stored,
             duplicate: false,
-        })
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemMessageStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+        let log = self.log_or_create(&msg.thread_id);
+        let mut log = lock(&log);
+        Ok(log.append(msg))
+    }
+
+    async fn append_batch(
+        &self,
+        thread: &ThreadId,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>> {
+        check_batch(thread, &batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One lock for the whole batch: its seqs are consecutive and nothing interleaves.
+        let log = self.log_or_create(thread);
+        let mut log = lock(&log);
+        Ok(batch.into_iter().map(|m| log.append(m)).collect())
     }
 
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {

@@ -6,6 +6,7 @@
 //! the connection ends. Direct replies and fan-out share the one bounded outbox, so a
 //! session sees its frames in the order the engine produced them.
 
+mod commit;
 mod order;
 mod session;
 
@@ -74,6 +75,14 @@ pub struct EngineConfig {
     /// its own session table (default false). Set it only when the directory and relay
     /// are not shared with another engine.
     pub single_node: bool,
+    /// Most messages handed to the store in one
+    /// [`append_batch`](crate::MessageStore::append_batch) call (default 256); a thread's
+    /// further queued sends go in its next call.
+    pub max_send_batch: usize,
+    /// Most sends one session may have admitted and not yet answered (default 64). The
+    /// session's next `send_message` waits for one to be answered, so its later frames
+    /// wait too.
+    pub max_sends_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +101,8 @@ impl Default for EngineConfig {
             outbound_queue: 1024,
             reorder_window: Duration::from_millis(50),
             single_node: false,
+            max_send_batch: 256,
+            max_sends_in_flight: 64,
         }
     }
 }
@@ -149,6 +160,10 @@ pub struct EngineStats {
     pub slow_consumers: AtomicU64,
     /// Events handed to the event sink.
     pub events_published: AtomicU64,
+    /// `append_batch` calls made by the send path (group commits).
+    pub store_batches: AtomicU64,
+    /// Messages handed to those calls; divided by `store_batches`, the mean batch size.
+    pub store_batch_messages: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -176,8 +191,10 @@ pub(crate) struct Delivery {
     accepted_at: Option<Instant>,
 }
 
+/// Per-thread state on this node: the queue of sends waiting for the store and the
+/// delivery order.
 struct ThreadSlot {
-    send_lock: tokio::sync::Mutex<()>,
+    commit: commit::CommitQueue,
     order: Mutex<order::OrderState>,
 }
 
@@ -189,7 +206,7 @@ struct Inner {
     sessions: Sharded<UserId, Vec<Arc<SessionShared>>>,
     /// Local presence subscribers by watched user.
     watchers: Sharded<UserId, Vec<Arc<SessionShared>>>,
-    /// Per-thread send lock and delivery order.
+    /// Per-thread commit queue and delivery order.
     slots: Sharded<ThreadId, Arc<ThreadSlot>>,
     /// Last push per (user, thread) in large groups.
     push_throttle: Sharded<(UserId, ThreadId), Instant>,
@@ -316,6 +333,7 @@ impl Engine {
             session_id.clone(),
             user.clone(),
             inner.config.outbound_queue,
+            inner.config.max_sends_in_flight,
         ));
         let entry = SessionEntry {
             user_id: user.clone(),
@@ -423,7 +441,7 @@ impl Engine {
                 temp_id,
                 text,
             } => {
-                self.send_message(s, req_id.clone(), thread_id, temp_id, text)
+                self.send_message(s, &req_id, thread_id, temp_id, text)
                     .await
             }
             ClientFrame::MessageAck {
@@ -476,21 +494,21 @@ impl Engine {
             }
         };
         if let Err(e) = result {
-            let code = e.kind().code();
-            self.inner.stats.error(code);
-            if matches!(e.kind(), ErrorKind::Internal) {
-                tracing::error!(session = %s.id, error = %e, "internal error");
-            } else if e.is_transient() {
-                tracing::warn!(session = %s.id, error = %e, "backend unavailable");
-            }
-            let message = match e.kind() {
-                ErrorKind::Unavailable | ErrorKind::Conflict => {
-                    format!("{}; nothing was accepted, retry later", e.message())
-                }
-                _ => e.message().to_string(),
-            };
-            self.reply(s, ServerFrame::error(req_id, code, message));
+            let code = self.error_code(s, &e);
+            self.reply(s, ServerFrame::error(req_id, code, error_message(&e)));
         }
+    }
+
+    /// The protocol code for an error answered to `s`; counts and logs it.
+    fn error_code(&self, s: &SessionShared, e: &Error) -> &'static str {
+        let code = e.kind().code();
+        self.inner.stats.error(code);
+        if matches!(e.kind(), ErrorKind::Internal) {
+            tracing::error!(session = %s.id, error = %e, "internal error");
+        } else if e.is_transient() {
+            tracing::warn!(session = %s.id, error = %e, "backend unavailable");
+        }
+        code
     }
 
     fn reply(&self, s: &SessionShared, frame: ServerFrame) {
@@ -536,17 +554,20 @@ impl Engine {
             .entry(thread.clone())
             .or_insert_with(|| {
                 Arc::new(ThreadSlot {
-                    send_lock: tokio::sync::Mutex::new(()),
+                    commit: commit::CommitQueue::default(),
                     order: Mutex::new(order::OrderState::new()),
                 })
             })
             .clone()
     }
 
+    /// Admits a send: validates it, checks membership, waits for one of the session's
+    /// in-flight slots, and queues it on its thread (see [`commit`]). The reply comes when
+    /// the thread's batch is durable. On an error nothing is queued and the caller replies.
     async fn send_message(
         &self,
-        s: &SessionShared,
-        req_id: Option<ReqId>,
+        s: &Arc<SessionShared>,
+        req_id: &Option<ReqId>,
         thread_id: ThreadId,
         temp_id: String,
         text: String,
@@ -572,132 +593,19 @@ impl Engine {
             return Err(Error::bad_request("text must not be empty"));
         }
         let thread = self.member_thread(&thread_id, &s.user).await?;
-        let slot = self.slot(&thread_id);
-        let appended = {
-            let _order_guard = slot.send_lock.lock().await;
-            let msg = NewMessage {
-                thread_id: thread_id.clone(),
-                message_id: self.inner.a.ids.next_id(),
-                sender_id: s.user.clone(),
-                temp_id,
-                text,
-                sent_at: now_ms(),
-            };
-            let appended = self.inner.a.messages.append(msg).await?;
-            let frame = if appended.duplicate {
-                Bytes::new()
-            } else {
-                let frame = receive_frame(&appended.message);
-                self.deliver_ordered(
-                    &slot,
-                    appended.message.seq,
-                    Delivery {
-                        users: thread.members.clone(),
-                        except: Some(s.id.clone()),
-                        frame: frame.clone(),
-                        kind: "receive_message",
-                        accepted_at: Some(Instant::now()),
-                    },
-                );
-                frame
-            };
-            (appended, frame)
+        s.take_send_slot().await;
+        let reply = commit::ReplyTo::new(s.clone(), req_id.clone());
+        let msg = NewMessage {
+            thread_id,
+            message_id: self.inner.a.ids.next_id(),
+            sender_id: s.user.clone(),
+            temp_id,
+            text,
+            sent_at: now_ms(),
         };
-        let (appended, frame) = appended;
-        let m = &appended.message;
-        self.reply(
-            s,
-            ServerFrame::MessageSent {
-                req_id,
-                thread_id: m.thread_id.clone(),
-                temp_id: m.temp_id.clone(),
-                message_id: m.message_id,
-                seq: m.seq,
-                sent_at: m.sent_at,
-            },
-        );
-        if appended.duplicate {
-            self.inner
-                .stats
-                .duplicate_sends
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        self.inner
-            .stats
-            .messages_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        self.fan_out_remote(&thread, &appended.message, frame, s)
-            .await;
+        let slot = self.slot(&msg.thread_id);
+        self.enqueue_send(&slot, commit::PendingSend { msg, thread, reply });
         Ok(())
-    }
-
-    /// After local delivery: one relay envelope per remote node, push for members
-    /// with no session anywhere. Failures here are logged: the message is stored and
-    /// every member gets it on catch-up.
-    async fn fan_out_remote(
-        &self,
-        thread: &ThreadInfo,
-        m: &StoredMessage,
-        frame: Bytes,
-        sender: &SessionShared,
-    ) {
-        let inner = &self.inner;
-        let members = &thread.members;
-        if inner.config.single_node {
-            let offline: Vec<UserId> = members
-                .iter()
-                .filter(|u| **u != m.sender_id && !inner.sessions.shard(*u).contains_key(*u))
-                .cloned()
-                .collect();
-            self.accepted(thread, m, Some(offline));
-            return;
-        }
-        let sessions = match inner.a.directory.lookup(members).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(thread = %thread.thread_id, error = %e,
-                    "directory lookup failed: remote members get this message on catch-up");
-                self.accepted(thread, m, None);
-                return;
-            }
-        };
-        let me = inner.config.node_id;
-        let mut by_node: HashMap<NodeId, Vec<UserId>> = HashMap::new();
-        let mut offline = Vec::new();
-        for (user, entries) in members.iter().zip(sessions.iter()) {
-            if entries.is_empty() {
-                if *user != m.sender_id {
-                    offline.push(user.clone());
-                }
-                continue;
-            }
-            let mut nodes: Vec<NodeId> = entries
-                .iter()
-                .map(|e| e.node)
-                .filter(|n| *n != me)
-                .collect();
-            nodes.sort_unstable();
-            nodes.dedup();
-            for n in nodes {
-                by_node.entry(n).or_default().push(user.clone());
-            }
-        }
-        if !by_node.is_empty() {
-            let frame = String::from_utf8_lossy(&frame).into_owned();
-            let sends = by_node.into_iter().map(|(node, users)| {
-                let env = Envelope {
-                    from_node: me,
-                    users,
-                    except_session: Some(sender.id.clone()),
-                    order: Some((m.thread_id.clone(), m.seq)),
-                    frame: frame.clone(),
-                };
-                self.relay_send(node, env)
-            });
-            futures::future::join_all(sends).await;
-        }
-        self.accepted(thread, m, Some(offline));
     }
 
     /// A stored message's last steps: the event log, and push for the members with no
@@ -1399,6 +1307,16 @@ impl Engine {
         self.inner
             .push_throttle
             .for_each_shard(|m| m.retain(|_, t| now.duration_since(*t) < every));
+    }
+}
+
+/// The text of an `error` frame: transient failures say that nothing was accepted.
+fn error_message(e: &Error) -> String {
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::Conflict => {
+            format!("{}; nothing was accepted, retry later", e.message())
+        }
+        _ => e.message().to_string(),
     }
 }
 

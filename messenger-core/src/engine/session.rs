@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::ids::{SessionId, UserId};
 
@@ -58,13 +58,21 @@ pub(crate) struct SessionShared {
     ended: AtomicBool,
     /// Users whose presence this session follows.
     pub(crate) subscriptions: Mutex<HashSet<UserId>>,
+    /// Free in-flight send slots: a send takes one when admitted and gives it back when
+    /// answered, so a session's sends waiting for the store stay bounded.
+    send_slots: Semaphore,
 }
 
 /// Queues shrink back when drained after growing past this many slots.
 const SHRINK_ABOVE: usize = 64;
 
 impl SessionShared {
-    pub(crate) fn new(id: SessionId, user: UserId, capacity: usize) -> Self {
+    pub(crate) fn new(
+        id: SessionId,
+        user: UserId,
+        capacity: usize,
+        sends_in_flight: usize,
+    ) -> Self {
         SessionShared {
             id,
             user,
@@ -74,7 +82,22 @@ impl SessionShared {
             close: OnceLock::new(),
             ended: AtomicBool::new(false),
             subscriptions: Mutex::new(HashSet::new()),
+            send_slots: Semaphore::new(sends_in_flight.max(1)),
         }
+    }
+
+    /// Waits for a free in-flight send slot (the session's reader waits here, which
+    /// pushes back on a client that sends faster than its thread commits).
+    pub(crate) async fn take_send_slot(&self) {
+        // The semaphore is never closed, so acquiring only waits.
+        if let Ok(permit) = self.send_slots.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Gives back a slot taken by [`take_send_slot`](Self::take_send_slot).
+    pub(crate) fn release_send_slot(&self) {
+        self.send_slots.add_permits(1);
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {

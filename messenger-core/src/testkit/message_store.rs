@@ -453,4 +453,329 @@ pub async fn paging_walks_every_message_once(store: Arc<dyn MessageStore>) {
     assert_eq!(seen, (1..=23).collect::<Vec<_>>(), "backward");
 }
 
+// ---- The batch path: `MessageStore::append_batch` ----
+
+async fn append_batch(
+    store: &dyn MessageStore,
+    thread: &ThreadId,
+    batch: Vec<NewMessage>,
+) -> Vec<Appended> {
+    let n = batch.len();
+    let out = store
+        .append_batch(thread, batch)
+        .await
+        .unwrap_or_else(|e| panic!("append_batch failed: {e}"));
+    assert_eq!(out.len(), n, "append_batch returns one result per message");
+    out
+}
+
+/// Asserts that the stored (non-duplicate) results of one batch have consecutive seqs.
+fn assert_consecutive(results: &[Appended], what: &str) {
+    let new: Vec<u64> = results
+        .iter()
+        .filter(|a| !a.duplicate)
+        .map(|a| a.message.seq)
+        .collect();
+    assert!(
+        new.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: the messages one batch stores get consecutive seqs, got {new:?}"
+    );
+}
+
+/// A batch gets consecutive seqs in input order, keeps every field, and comes back one
+/// result per message in input order; an empty batch is a no-op.
+pub async fn append_batch_assigns_consecutive_seqs(store: Arc<dyn MessageStore>) {
+    let thread = unique_thread("batch");
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let empty = append_batch(&*store, &thread, Vec::new()).await;
+    assert!(empty.is_empty());
+    assert_eq!(
+        store.last_seqs(std::slice::from_ref(&thread)).await.ok(),
+        Some(vec![0]),
+        "an empty batch writes nothing"
+    );
+    let first: Vec<NewMessage> = (1..=5)
+        .map(|i| {
+            let s = if i % 2 == 0 { &bob } else { &alice };
+            new_message(&thread, s, &format!("t{i}"), &format!("m{i}"))
+        })
+        .collect();
+    let got = append_batch(&*store, &thread, first.clone()).await;
+    for (i, (a, m)) in got.iter().zip(&first).enumerate() {
+        assert!(!a.duplicate, "message {i} is new");
+        let want = StoredMessage {
+            thread_id: thread.clone(),
+            seq: i as u64 + 1,
+            message_id: m.message_id,
+            sender_id: m.sender_id.clone(),
+            temp_id: m.temp_id.clone(),
+            text: m.text.clone(),
+            sent_at: m.sent_at,
+        };
+        assert_eq!(
+            a.message,
+            want,
+            "result {i} is message {i}, stored at seq {}",
+            i + 1
+        );
+    }
+    // A single append and a second batch continue where the first batch ended.
+    let single = append(&*store, new_message(&thread, &alice, "t6", "m6")).await;
+    assert_eq!(single.message.seq, 6);
+    let second: Vec<NewMessage> = (7..=9)
+        .map(|i| new_message(&thread, &bob, &format!("t{i}"), &format!("m{i}")))
+        .collect();
+    let got = append_batch(&*store, &thread, second).await;
+    assert_eq!(
+        got.iter().map(|a| a.message.seq).collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    expect_page(&*store, &thread, HistoryQuery::latest(100), 1..=9, false).await;
+    let id = got[1].message.message_id;
+    assert_eq!(
+        store.get(&thread, id).await.ok().flatten(),
+        Some(got[1].message.clone()),
+        "a batch's messages are found by id"
+    );
+}
+
+/// A batch holding a message of another thread is refused whole with `bad_request`,
+/// before anything is written.
+pub async fn append_batch_refuses_another_thread(store: Arc<dyn MessageStore>) {
+    let thread = unique_thread("batch-mixed");
+    let other = unique_thread("batch-mixed-other");
+    let alice = unique_user("alice");
+    let batch = vec![
+        new_message(&thread, &alice, "a", "mine"),
+        new_message(&other, &alice, "b", "not this thread"),
+    ];
+    let err = store
+        .append_batch(&thread, batch)
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(crate::ErrorKind::BadRequest));
+    assert_eq!(
+        store.last_seqs(&[thread, other]).await.ok(),
+        Some(vec![0, 0]),
+        "nothing was written"
+    );
+}
+
+/// A batch holding a duplicate of an earlier message and a duplicate of one of its own
+/// messages stores each (sender, temp_id) once: the duplicates come back as the
+/// originals, the other messages get consecutive seqs.
+pub async fn append_batch_with_duplicates(store: Arc<dyn MessageStore>) {
+    let thread = unique_thread("batch-dup");
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let earlier = append(&*store, new_message(&thread, &alice, "a", "earlier")).await;
+    let batch = vec![
+        new_message(&thread, &alice, "b", "m2"),
+        new_message(&thread, &alice, "a", "retry of the earlier one"),
+        new_message(&thread, &bob, "a", "m3: bob's own temp_id a"),
+        new_message(&thread, &alice, "b", "retry of the batch's first"),
+        new_message(&thread, &alice, "c", "m4"),
+    ];
+    let got = append_batch(&*store, &thread, batch.clone()).await;
+    let shape: Vec<(u64, bool)> = got.iter().map(|a| (a.message.seq, a.duplicate)).collect();
+    assert_eq!(
+        shape,
+        vec![(2, false), (1, true), (3, false), (2, true), (4, false)],
+        "(seq, duplicate) per message"
+    );
+    assert_eq!(
+        got[1].message, earlier.message,
+        "the earlier original comes back"
+    );
+    assert_eq!(
+        got[3].message, got[0].message,
+        "the in-batch original comes back"
+    );
+    assert_eq!(got[0].message.message_id, batch[0].message_id);
+    assert_eq!(got[0].message.text, "m2");
+    assert_consecutive(&got, "batch with duplicates");
+    // A whole batch of retries writes nothing.
+    let again = append_batch(&*store, &thread, batch).await;
+    assert!(
+        again.iter().all(|a| a.duplicate),
+        "every retry is a duplicate"
+    );
+    let seqs_again: Vec<u64> = again.iter().map(|a| a.message.seq).collect();
+    assert_eq!(seqs_again, vec![2, 1, 3, 2, 4]);
+    let page = fetch(&*store, &thread, HistoryQuery::latest(10)).await;
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4]);
+    let texts: Vec<&str> = page.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        vec!["earlier", "m2", "m3: bob's own temp_id a", "m4"]
+    );
+}
+
+/// Two writers, as two engines would, append batches of 1 to 7 messages to one thread
+/// at once (see [`concurrent_batches_two_stores`]).
+pub async fn concurrent_batches_are_gapless(store: Arc<dyn MessageStore>) {
+    concurrent_batches_two_stores(store.clone(), store).await;
+}
+
+/// Two writers append batches to one thread at once, each through its own store
+/// handle, with several tasks per writer (an engine has one batch in flight per thread,
+/// so several tasks stand for several engines' worth of contention). Every task also
+/// resends a few temp_ids it sent before. The thread ends with seqs exactly 1..=N, one
+/// message per (sender, temp_id), each batch's new messages at consecutive seqs, and
+/// what each call returned is what is stored.
+///
+/// The conformance macro passes the same store twice. An adapter whose instances share
+/// a backend (two processes on one database) should also call this with two instances.
+pub async fn concurrent_batches_two_stores(a: Arc<dyn MessageStore>, b: Arc<dyn MessageStore>) {
+    let thread = unique_thread("batch-race");
+    let per_writer = CONCURRENT_TASKS / 2;
+    let mut tasks = Vec::new();
+    for t in 0..CONCURRENT_TASKS {
+        let store = if t < per_writer { a.clone() } else { b.clone() };
+        let thread = thread.clone();
+        tasks.push(tokio::spawn(async move {
+            let sender = unique_user(&format!("w{t}"));
+            let mut sent = 0usize;
+            let mut round = 0usize;
+            let mut results = Vec::new();
+            while sent < OPS_PER_TASK {
+                round += 1;
+                let size = (1 + (t + round) % 7).min(OPS_PER_TASK - sent);
+                let mut batch: Vec<NewMessage> = (sent..sent + size)
+                    .map(|i| new_message(&thread, &sender, &format!("t{i}"), &format!("{t}/{i}")))
+                    .collect();
+                if sent > 0 && round.is_multiple_of(3) {
+                    // A retry of an earlier temp_id rides along.
+                    let i = (round * 7) % sent;
+                    batch.insert(
+                        size / 2,
+                        new_message(&thread, &sender, &format!("t{i}"), "retry"),
+                    );
+                }
+                let got = append_batch(&*store, &thread, batch.clone()).await;
+                assert_consecutive(&got, &format!("task {t} round {round}"));
+                for (m, r) in batch.iter().zip(&got) {
+                    assert_eq!(r.message.temp_id, m.temp_id);
+                    assert_eq!(r.message.sender_id, m.sender_id);
+                    assert_eq!(
+                        r.duplicate,
+                        m.text == "retry",
+                        "only retries are duplicates"
+                    );
+                }
+                sent += size;
+                results.extend(got);
+            }
+            results
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let mine = task
+            .await
+            .unwrap_or_else(|e| panic!("batch writer task: {e}"));
+        let new: Vec<u64> = mine
+            .iter()
+            .filter(|r| !r.duplicate)
+            .map(|r| r.message.seq)
+            .collect();
+        assert!(
+            new.windows(2).all(|w| w[0] < w[1]),
+            "one task's sequential batches got increasing seqs: {new:?}"
+        );
+        all.extend(mine);
+    }
+    let n = (CONCURRENT_TASKS * OPS_PER_TASK) as u64;
+    let mut got: Vec<u64> = all
+        .iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| r.message.seq)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=n).collect::<Vec<_>>(), "seqs are exactly 1..=N");
+
+    let page = fetch(&*a, &thread, HistoryQuery::latest(n as usize + 10)).await;
+    assert_eq!(seqs(&page), (1..=n).collect::<Vec<_>>());
+    let keys: HashSet<(&UserId, &str)> = page
+        .messages
+        .iter()
+        .map(|m| (&m.sender_id, m.temp_id.as_str()))
+        .collect();
+    assert_eq!(keys.len() as u64, n, "no (sender, temp_id) is stored twice");
+    let by_seq: std::collections::HashMap<u64, &StoredMessage> =
+        page.messages.iter().map(|m| (m.seq, m)).collect();
+    for r in &all {
+        assert_eq!(
+            by_seq.get(&r.message.seq).copied(),
+            Some(&r.message),
+            "each result (new or duplicate) is what is stored at its seq"
+        );
+    }
+    assert_eq!(store_last(&*b, &thread).await, n);
+}
+
+async fn store_last(store: &dyn MessageStore, thread: &ThreadId) -> u64 {
+    store
+        .last_seqs(std::slice::from_ref(thread))
+        .await
+        .unwrap_or_else(|e| panic!("last_seqs: {e}"))
+        .first()
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Two writers send batches holding the same (sender, temp_id)s at once (a client's
+/// retry reaching a second server while the first attempt is in flight): each is
+/// stored once, every result for a key names the same message, and exactly one of them
+/// has `duplicate: false`.
+pub async fn concurrent_duplicate_batches_store_one(store: Arc<dyn MessageStore>) {
+    let thread = unique_thread("batch-dup-race");
+    let alice = unique_user("alice");
+    append(&*store, new_message(&thread, &alice, "before", "m0")).await;
+    let keys = 6usize;
+    let mut tasks = Vec::new();
+    for t in 0..CONCURRENT_TASKS {
+        let store = store.clone();
+        let (thread, alice) = (thread.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each task sends the same keys, rotated, in two batches.
+            let order: Vec<usize> = (0..keys).map(|k| (k + t) % keys).collect();
+            let mut out = Vec::new();
+            for half in order.chunks(keys / 2) {
+                let batch: Vec<NewMessage> = half
+                    .iter()
+                    .map(|k| new_message(&thread, &alice, &format!("k{k}"), &format!("try {t}")))
+                    .collect();
+                out.extend(append_batch(&*store, &thread, batch).await);
+            }
+            out
+        }));
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<Appended>> = Default::default();
+    for task in tasks {
+        for r in task.await.unwrap_or_else(|e| panic!("sender task: {e}")) {
+            by_key.entry(r.message.temp_id.clone()).or_default().push(r);
+        }
+    }
+    assert_eq!(by_key.len(), keys);
+    for (key, results) in &by_key {
+        let originals = results.iter().filter(|r| !r.duplicate).count();
+        assert_eq!(
+            originals, 1,
+            "exactly one send of {key} stores it: {results:?}"
+        );
+        let first = &results[0].message;
+        assert!(
+            results.iter().all(|r| r.message == *first),
+            "every send of {key} gets the same message"
+        );
+    }
+    let total = 1 + keys as u64;
+    assert_eq!(store_last(&*store, &thread).await, total);
+    let page = fetch(&*store, &thread, HistoryQuery::latest(100)).await;
+    assert_eq!(seqs(&page), (1..=total).collect::<Vec<_>>());
+}
+
 crate::message_store_tests!(@checks __testkit_list (MessageStore));

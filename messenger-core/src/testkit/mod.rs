@@ -231,6 +231,11 @@ macro_rules! message_store_tests {
                 fetch_after,
                 fetch_between,
                 paging_walks_every_message_once,
+                append_batch_assigns_consecutive_seqs,
+                append_batch_refuses_another_thread,
+                append_batch_with_duplicates,
+                concurrent_batches_are_gapless,
+                concurrent_duplicate_batches_store_one,
             ]
         );
     };

@@ -124,3 +124,15 @@ impl Client {
         self.engine.disconnect(&self.handle).await;
     }
 }
+
+/// Polls `cond` every millisecond until it holds; fails after 5 s.
+pub async fn eventually(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

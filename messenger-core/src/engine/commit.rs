@@ -1,0 +1,368 @@
+//! Group commit of sends: the engine's write path.
+//!
+//! `send_message` is admitted in the session's reader (validated, membership checked,
+//! given a message id) and queued on its thread's [`CommitQueue`]; [`Engine::handle`]
+//! then returns, so a session may have several sends in flight (at most
+//! [`EngineConfig::max_sends_in_flight`](super::EngineConfig::max_sends_in_flight)).
+//!
+//! Each thread has at most one store call in flight on this node. The first send that
+//! finds its thread idle starts a committer task for it; the committer hands everything
+//! queued to [`MessageStore::append_batch`](crate::MessageStore::append_batch), and
+//! sends that arrive while that call is in flight wait and go together in the next call.
+//! There is no timer: an idle thread's send goes to the store at once, and batches grow
+//! only as much as the store is slow. When the queue is empty the committer ends.
+//!
+//! When a batch returns (durable, seqs assigned), for each message in seq order:
+//! local delivery (through the thread's order state), then `message_sent` to its sender
+//! (duplicates get the original's `message_sent` and deliver nothing). Remote fan-out of
+//! the batch (directory lookup, relay envelopes, push) then runs while the next batch's
+//! store call is in flight, so the store never waits for the relay and the relay sees
+//! a thread's batches in order.
+//!
+//! Every admitted send gets exactly one reply: `message_sent`, or an `error` when the
+//! store call fails, and an `internal` error if its [`PendingSend`] is dropped without
+//! one (a store that panicked; the runtime shutting down).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::session::SessionShared;
+use super::{receive_frame, Delivery, Engine, ThreadSlot};
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, UserId};
+use crate::model::{Appended, Envelope, NewMessage, StoredMessage, ThreadInfo};
+use crate::protocol::{ReqId, ServerFrame};
+use crate::sync::lock;
+
+/// One thread's queue of admitted sends.
+#[derive(Default)]
+pub(super) struct CommitQueue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Admitted sends not yet handed to the store, in admission order.
+    waiting: VecDeque<PendingSend>,
+    /// Whether a committer task is running for this thread.
+    running: bool,
+}
+
+impl CommitQueue {
+    /// Queues `send`; true if the caller must start the committer.
+    fn push(&self, send: PendingSend) -> bool {
+        let mut st = lock(&self.state);
+        st.waiting.push_back(send);
+        !std::mem::replace(&mut st.running, true)
+    }
+
+    /// Takes up to `max` queued sends. When there are none and `may_stop`, the
+    /// committer is marked stopped under the same lock, so a send queued right after
+    /// starts a new one.
+    fn take(&self, max: usize, may_stop: bool) -> Vec<PendingSend> {
+        let mut st = lock(&self.state);
+        if st.waiting.is_empty() && may_stop {
+            st.running = false;
+        }
+        let n = st.waiting.len().min(max);
+        st.waiting.drain(..n).collect()
+    }
+
+    fn stop(&self) {
+        lock(&self.state).running = false;
+    }
+}
+
+/// An admitted send waiting for its store call.
+pub(super) struct PendingSend {
+    pub(super) msg: NewMessage,
+    /// The thread as the membership check saw it: who gets the message.
+    pub(super) thread: ThreadInfo,
+    pub(super) reply: ReplyTo,
+}
+
+/// Where a send's one reply goes. Holds one of the session's in-flight send slots
+/// (taken by [`SessionShared::take_send_slot`]) and gives it back when dropped; dropped
+/// without a reply, it queues an `internal` error so no admitted send goes unanswered.
+pub(super) struct ReplyTo {
+    pub(super) session: Arc<SessionShared>,
+    req_id: Option<ReqId>,
+    replied: bool,
+}
+
+impl ReplyTo {
+    /// The reply target of a send whose in-flight slot has been taken.
+    pub(super) fn new(session: Arc<SessionShared>, req_id: Option<ReqId>) -> Self {
+        ReplyTo {
+            session,
+            req_id,
+            replied: false,
+        }
+    }
+
+    /// Answers the send with `frame` (built around the request's `req_id`).
+    fn answer(mut self, engine: &Engine, frame: impl FnOnce(Option<ReqId>) -> ServerFrame) {
+        self.replied = true;
+        engine.reply(&self.session, frame(self.req_id.take()));
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if !self.replied {
+            let frame = ServerFrame::error(
+                self.req_id.take(),
+                "internal",
+                "the send was abandoned before the store answered; retry with the same temp_id",
+            );
+            self.session.push(super::Outbound {
+                frame: Bytes::from(frame.encode()),
+                kind: "error",
+                accepted_at: None,
+            });
+        }
+        self.session.release_send_slot();
+    }
+}
+
+/// A message stored by a batch, on its way to other nodes and the push sink.
+struct Committed {
+    thread: ThreadInfo,
+    message: StoredMessage,
+    frame: Bytes,
+    sender: Arc<SessionShared>,
+}
+
+/// Marks the committer stopped if its task ends without doing so (a panic in a store).
+struct RunningGuard(Arc<ThreadSlot>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.commit.stop();
+        }
+    }
+}
+
+impl Engine {
+    /// Queues an admitted send on its thread and starts the thread's committer if none
+    /// is running.
+    pub(super) fn enqueue_send(&self, slot: &Arc<ThreadSlot>, send: PendingSend) {
+        if slot.commit.push(send) {
+            let engine = self.clone();
+            let slot = slot.clone();
+            tokio::spawn(async move { engine.run_commits(slot).await });
+        }
+    }
+
+    /// The committer of one thread: one store call at a time, each taking everything
+    /// queued meanwhile (up to `max_send_batch`); ends when the queue is empty.
+    async fn run_commits(self, slot: Arc<ThreadSlot>) {
+        let _guard = RunningGuard(slot.clone());
+        let max = self.inner.config.max_send_batch.max(1);
+        let mut fan_out = None;
+        loop {
+            let batch = slot.commit.take(max, fan_out.is_none());
+            if batch.is_empty() {
+                match fan_out.take() {
+                    // Finish the last batch's fan-out, then look at the queue again.
+                    Some(f) => {
+                        f.await;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let Some(thread_id) = batch.first().map(|p| p.msg.thread_id.clone()) else {
+                continue;
+            };
+            let msgs: Vec<NewMessage> = batch.iter().map(|p| p.msg.clone()).collect();
+            let stats = &self.inner.stats;
+            stats.store_batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .store_batch_messages
+                .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            let append = self.inner.a.messages.append_batch(&thread_id, msgs);
+            let result = match fan_out.take() {
+                Some(f) => futures::future::join(append, f).await.0,
+                None => append.await,
+            };
+            let committed = self.complete_batch(&slot, batch, result);
+            fan_out = Some(self.fan_out_batch(committed));
+        }
+    }
+
+    /// A batch came back from the store: for each message in seq order, local delivery
+    /// and then the sender's reply. Returns the new messages for remote fan-out.
+    fn complete_batch(
+        &self,
+        slot: &Arc<ThreadSlot>,
+        batch: Vec<PendingSend>,
+        result: Result<Vec<Appended>>,
+    ) -> Vec<Committed> {
+        let results = match result {
+            Ok(r) if r.len() == batch.len() => r,
+            Ok(r) => {
+                let e = Error::internal(format!(
+                    "the message store answered {} results for a batch of {}",
+                    r.len(),
+                    batch.len()
+                ));
+                for p in batch {
+                    self.fail_send(p.reply, &e);
+                }
+                return Vec::new();
+            }
+            Err(e) => {
+                for p in batch {
+                    self.fail_send(p.reply, &e);
+                }
+                return Vec::new();
+            }
+        };
+        // Durable from here on: whatever must happen only after durability goes here.
+        let stats = &self.inner.stats;
+        let mut committed = Vec::with_capacity(batch.len());
+        for (p, appended) in batch.into_iter().zip(results) {
+            let m = appended.message;
+            let sent = |req_id| ServerFrame::MessageSent {
+                req_id,
+                thread_id: m.thread_id.clone(),
+                temp_id: m.temp_id.clone(),
+                message_id: m.message_id,
+                seq: m.seq,
+                sent_at: m.sent_at,
+            };
+            if appended.duplicate {
+                stats.duplicate_sends.fetch_add(1, Ordering::Relaxed);
+                p.reply.answer(self, sent);
+                continue;
+            }
+            stats.messages_accepted.fetch_add(1, Ordering::Relaxed);
+            let frame = receive_frame(&m);
+            self.deliver_ordered(
+                slot,
+                m.seq,
+                Delivery {
+                    users: p.thread.members.clone(),
+                    except: Some(p.reply.session.id.clone()),
+                    frame: frame.clone(),
+                    kind: "receive_message",
+                    accepted_at: Some(Instant::now()),
+                },
+            );
+            let sender = p.reply.session.clone();
+            p.reply.answer(self, sent);
+            committed.push(Committed {
+                thread: p.thread,
+                message: m,
+                frame,
+                sender,
+            });
+        }
+        committed
+    }
+
+    fn fail_send(&self, reply: ReplyTo, e: &Error) {
+        let code = self.error_code(&reply.session, e);
+        let message = super::error_message(e);
+        reply.answer(self, |req_id| ServerFrame::error(req_id, code, message));
+    }
+
+    /// Remote fan-out of a batch's new messages: one directory lookup per distinct
+    /// member list (one per batch unless membership changed inside it), one relay
+    /// envelope per remote node per message, then for each message
+    /// [`accepted`](Engine::accepted) (the event log, push for members with no session
+    /// anywhere). Failures are logged: the messages are stored and members get them on
+    /// catch-up.
+    async fn fan_out_batch(&self, batch: Vec<Committed>) {
+        if batch.is_empty() {
+            return;
+        }
+        let inner = &self.inner;
+        if inner.config.single_node {
+            for c in &batch {
+                let offline: Vec<UserId> = c
+                    .thread
+                    .members
+                    .iter()
+                    .filter(|u| {
+                        **u != c.message.sender_id && !inner.sessions.shard(*u).contains_key(*u)
+                    })
+                    .cloned()
+                    .collect();
+                self.accepted(&c.thread, &c.message, Some(offline));
+            }
+            return;
+        }
+        let me = inner.config.node_id;
+        let mut sends = Vec::new();
+        let mut start = 0;
+        while start < batch.len() {
+            let members = &batch[start].thread.members;
+            let end = batch[start..]
+                .iter()
+                .position(|c| c.thread.members != *members)
+                .map_or(batch.len(), |k| start + k);
+            let group = &batch[start..end];
+            start = end;
+            let sessions = match inner.a.directory.lookup(members).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(thread = %group[0].thread.thread_id, error = %e,
+                        "directory lookup failed: remote members get these messages on catch-up");
+                    for c in group {
+                        self.accepted(&c.thread, &c.message, None);
+                    }
+                    continue;
+                }
+            };
+            let mut by_node: HashMap<NodeId, Vec<UserId>> = HashMap::new();
+            let mut no_session: Vec<&UserId> = Vec::new();
+            for (user, entries) in members.iter().zip(sessions.iter()) {
+                if entries.is_empty() {
+                    no_session.push(user);
+                    continue;
+                }
+                let mut nodes: Vec<NodeId> = entries
+                    .iter()
+                    .map(|e| e.node)
+                    .filter(|n| *n != me)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                for n in nodes {
+                    by_node.entry(n).or_default().push(user.clone());
+                }
+            }
+            for c in group {
+                if !by_node.is_empty() {
+                    let frame = String::from_utf8_lossy(&c.frame).into_owned();
+                    for (node, users) in &by_node {
+                        let env = Envelope {
+                            from_node: me,
+                            users: users.clone(),
+                            except_session: Some(c.sender.id.clone()),
+                            order: Some((c.message.thread_id.clone(), c.message.seq)),
+                            frame: frame.clone(),
+                        };
+                        sends.push(self.relay_send(*node, env));
+                    }
+                }
+                let offline: Vec<UserId> = no_session
+                    .iter()
+                    .filter(|u| ***u != c.message.sender_id)
+                    .map(|u| (*u).clone())
+                    .collect();
+                self.accepted(&c.thread, &c.message, Some(offline));
+            }
+        }
+        // Polled in order, so each relay connection sees a thread's envelopes in seq
+        // order; receivers restore order anyway (see `order`).
+        futures::future::join_all(sends).await;
+    }
+}
