@@ -350,14 +350,11 @@ impl Engine {
             let _ = inner.a.directory.unregister(&entry).await;
             return Err(e);
         }
-        inner
-            .sessions
-            .shard(&user)
-            .entry(user.clone())
-            .or_default()
-            .push(shared.clone());
+        // `welcome` is queued before the session becomes visible to delivery, so it is
+        // the session's first frame even while other sessions' messages are being
+        // delivered on other tasks.
         let welcome = ServerFrame::Welcome {
-            user_id: user,
+            user_id: user.clone(),
             session_id,
             server_time: now_ms(),
         };
@@ -366,6 +363,12 @@ impl Engine {
             kind: "welcome",
             accepted_at: None,
         });
+        inner
+            .sessions
+            .shard(&user)
+            .entry(user)
+            .or_default()
+            .push(shared.clone());
         Ok(Session {
             outbox: Outbox::new(shared.clone()),
             handle: SessionHandle { shared },
