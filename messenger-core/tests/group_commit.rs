@@ -194,7 +194,7 @@ async fn sends_queued_during_a_store_call_go_as_one_batch() {
 }
 
 #[tokio::test]
-async fn one_session_pipelines_its_sends_in_order() {
+async fn one_session_pipelines_its_sends_and_replies_stay_in_request_order() {
     let backend = MemBackend::new();
     let (e, store) = gated_engine(&backend, false, config(1)).await;
     let mut alice = Client::connect(&e, "alice").await;
@@ -206,26 +206,29 @@ async fn one_session_pipelines_its_sends_in_order() {
     for i in 0..40 {
         alice.send(send_frame(&t, &format!("m{i:02}"))).await;
     }
-    alice.send(json!({"type":"ping","req_id":"p"})).await;
+    // Any other frame waits until the sends before it are answered: run the ping in a
+    // task, it cannot finish while the store holds the batch.
+    let ping = {
+        let (e, h) = (e.clone(), alice.handle.clone());
+        tokio::spawn(async move {
+            e.handle_text(&h, r#"{"type":"ping","req_id":"p"}"#).await;
+        })
+    };
+    let mut ping = ping;
+    store.wait_batches(1).await;
+    assert!(
+        (&mut ping).now_or_never().is_none(),
+        "the ping waits for the sends"
+    );
     store.gate.add_permits(Semaphore::MAX_PERMITS);
-    // The ping's pong is not held behind the sends; the sends' replies and deliveries
-    // come in send order.
-    let mut seqs = Vec::new();
-    let mut pong = false;
-    while seqs.len() < 40 {
-        match alice.recv().await {
-            ServerFrame::MessageSent { temp_id, seq, .. } => {
-                assert_eq!(temp_id, format!("m{:02}", seqs.len()));
-                seqs.push(seq);
-            }
-            ServerFrame::Pong { .. } => pong = true,
-            f => panic!("unexpected {f:?}"),
-        }
+    ping.await.expect("ping handled");
+    for i in 0..40u64 {
+        assert_eq!(sent(&mut alice).await, (format!("m{i:02}"), i + 1));
     }
-    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
-    if !pong {
-        assert!(matches!(alice.recv().await, ServerFrame::Pong { .. }));
-    }
+    assert!(
+        matches!(alice.recv().await, ServerFrame::Pong { .. }),
+        "the pong comes after every earlier send's message_sent"
+    );
     for i in 0..40u64 {
         assert_eq!(received(&mut bob).await, (format!("text m{i:02}"), i + 1));
     }
@@ -239,6 +242,60 @@ async fn one_session_pipelines_its_sends_in_order() {
         temps,
         (0..40).map(|i| format!("m{i:02}")).collect::<Vec<_>>()
     );
+}
+
+/// A send to a slow thread, then a send to an idle one, then a history request: the
+/// replies come in request order, and the history includes both messages.
+#[tokio::test]
+async fn replies_never_overtake_an_earlier_send() {
+    let backend = MemBackend::new();
+    let (e, store) = gated_engine(&backend, false, config(1)).await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let slow = group(&mut alice, &["bob"]).await;
+    let fast = group(&mut alice, &["carol"]).await;
+    alice.send(send_frame(&slow, "a")).await;
+    store.wait_batches(1).await;
+    alice.send(send_frame(&fast, "b")).await;
+    // "b" goes to the store on its own thread and is answered there, but its reply
+    // waits behind "a"'s.
+    store.gate.add_permits(1);
+    store.wait_batches(2).await;
+    store.gate.add_permits(Semaphore::MAX_PERMITS);
+    alice
+        .send(json!({"type":"fetch_history","req_id":"h","thread_id":slow}))
+        .await;
+    assert_eq!(sent(&mut alice).await, ("a".into(), 1));
+    assert_eq!(sent(&mut alice).await, ("b".into(), 1));
+    match alice.recv().await {
+        ServerFrame::History { messages, .. } => {
+            assert_eq!(messages.len(), 1, "the history sees the send before it");
+        }
+        f => panic!("expected history, got {f:?}"),
+    }
+}
+
+/// An error for a send rejected at admission (not a member) also waits its turn.
+#[tokio::test]
+async fn an_admission_error_keeps_its_place_among_the_replies() {
+    let backend = MemBackend::new();
+    let (e, store) = gated_engine(&backend, false, config(1)).await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let t = group(&mut alice, &["bob"]).await;
+    bob.recv().await;
+    let theirs = group(&mut bob, &["carol"]).await;
+    alice.send(send_frame(&t, "first")).await;
+    store.wait_batches(1).await;
+    alice.send(send_frame(&theirs, "not-mine")).await;
+    store.gate.add_permits(Semaphore::MAX_PERMITS);
+    assert_eq!(sent(&mut alice).await, ("first".into(), 1));
+    match alice.recv().await {
+        ServerFrame::Error { code, req_id, .. } => {
+            assert_eq!(code, "forbidden");
+            assert!(req_id.is_some());
+        }
+        f => panic!("expected the forbidden error second, got {f:?}"),
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! Group commit of sends: the engine's write path.
 //!
 //! `send_message` is admitted in the session's reader (validated, membership checked,
-//! given a message id) and queued on its thread's [`CommitQueue`]; [`Engine::handle`]
-//! then returns, so a session may have several sends in flight (at most
-//! [`EngineConfig::max_sends_in_flight`](super::EngineConfig::max_sends_in_flight)).
+//! given a message id and a reply ticket) and queued on its thread's [`CommitQueue`];
+//! [`Engine::handle`] then returns, so a session may have several sends in flight (at
+//! most [`EngineConfig::max_sends_in_flight`](super::EngineConfig::max_sends_in_flight)).
+//! Replies still leave the session in request order: each fills its ticket, and the
+//! session releases replies from the front only (`SessionShared::fill_reply`).
 //!
 //! Each thread has at most one store call in flight on this node. The first send that
 //! finds its thread idle starts a committer task for it; the committer hands everything
@@ -85,20 +87,24 @@ pub(super) struct PendingSend {
     pub(super) reply: ReplyTo,
 }
 
-/// Where a send's one reply goes. Holds one of the session's in-flight send slots
-/// (taken by [`SessionShared::take_send_slot`]) and gives it back when dropped; dropped
-/// without a reply, it queues an `internal` error so no admitted send goes unanswered.
+/// Where a send's one reply goes: its session and its reply ticket (see
+/// [`SessionShared::reserve_reply`]: replies leave in request order). Holds one of the
+/// session's in-flight send slots (taken by [`SessionShared::take_send_slot`]) and gives
+/// it back when dropped; dropped without a reply, it answers with an `internal` error so
+/// no admitted send goes unanswered.
 pub(super) struct ReplyTo {
     pub(super) session: Arc<SessionShared>,
+    ticket: u64,
     req_id: Option<ReqId>,
     replied: bool,
 }
 
 impl ReplyTo {
-    /// The reply target of a send whose in-flight slot has been taken.
-    pub(super) fn new(session: Arc<SessionShared>, req_id: Option<ReqId>) -> Self {
+    /// The reply target of a send holding `ticket`, whose in-flight slot has been taken.
+    pub(super) fn new(session: Arc<SessionShared>, ticket: u64, req_id: Option<ReqId>) -> Self {
         ReplyTo {
             session,
+            ticket,
             req_id,
             replied: false,
         }
@@ -107,7 +113,7 @@ impl ReplyTo {
     /// Answers the send with `frame` (built around the request's `req_id`).
     fn answer(mut self, engine: &Engine, frame: impl FnOnce(Option<ReqId>) -> ServerFrame) {
         self.replied = true;
-        engine.reply(&self.session, frame(self.req_id.take()));
+        engine.fill_reply(&self.session, self.ticket, frame(self.req_id.take()));
     }
 }
 
@@ -119,11 +125,14 @@ impl Drop for ReplyTo {
                 "internal",
                 "the send was abandoned before the store answered; retry with the same temp_id",
             );
-            self.session.push(super::Outbound {
-                frame: Bytes::from(frame.encode()),
-                kind: "error",
-                accepted_at: None,
-            });
+            self.session.fill_reply(
+                self.ticket,
+                super::Outbound {
+                    frame: Bytes::from(frame.encode()),
+                    kind: "error",
+                    accepted_at: None,
+                },
+            );
         }
         self.session.release_send_slot();
     }

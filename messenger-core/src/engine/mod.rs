@@ -435,18 +435,38 @@ impl Engine {
     }
 
     /// Handles one decoded request from `session`.
+    ///
+    /// Replies leave in request order. A `send_message` is admitted and queued on its
+    /// thread (see [`commit`]): several sends of a session may wait for the store at
+    /// once, and this returns before the send's reply. Any other frame first waits until
+    /// the session's earlier sends are answered, so it sees their effects (a
+    /// `fetch_history` after a send includes it) and its reply comes after theirs.
     pub async fn handle(&self, session: &SessionHandle, req: Request) {
         let s = &session.shared;
         let req_id = req.req_id;
-        let result = match req.frame {
+        let frame = match req.frame {
             ClientFrame::SendMessage {
                 thread_id,
                 temp_id,
                 text,
             } => {
-                self.send_message(s, &req_id, thread_id, temp_id, text)
-                    .await
+                let ticket = s.reserve_reply();
+                let admitted = self
+                    .send_message(s, ticket, &req_id, thread_id, temp_id, text)
+                    .await;
+                if let Err(e) = admitted {
+                    let code = self.error_code(s, &e);
+                    let error = ServerFrame::error(req_id, code, error_message(&e));
+                    self.fill_reply(s, ticket, error);
+                }
+                return;
             }
+            other => other,
+        };
+        s.wait_sends_settled().await;
+        let result = match frame {
+            // Handled above; a frame is never both.
+            ClientFrame::SendMessage { .. } => Ok(()),
             ClientFrame::MessageAck {
                 thread_id,
                 message_id,
@@ -514,16 +534,36 @@ impl Engine {
         code
     }
 
+    /// Queues a direct reply on `s`, behind the session's replies still pending.
     fn reply(&self, s: &SessionShared, frame: ServerFrame) {
         let kind = frame.type_name();
-        self.push_to(
-            s,
-            Outbound {
-                frame: Bytes::from(frame.encode()),
-                kind,
-                accepted_at: None,
-            },
-        );
+        let out = Outbound {
+            frame: Bytes::from(frame.encode()),
+            kind,
+            accepted_at: None,
+        };
+        if s.reply_in_order(out) == session::Pushed::KickedNow {
+            self.inner
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers the request that holds `ticket` (see [`SessionShared::reserve_reply`]).
+    fn fill_reply(&self, s: &SessionShared, ticket: u64, frame: ServerFrame) {
+        let kind = frame.type_name();
+        let out = Outbound {
+            frame: Bytes::from(frame.encode()),
+            kind,
+            accepted_at: None,
+        };
+        if s.fill_reply(ticket, out) == session::Pushed::KickedNow {
+            self.inner
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn push_to(&self, s: &SessionShared, out: Outbound) {
@@ -565,11 +605,13 @@ impl Engine {
     }
 
     /// Admits a send: validates it, checks membership, waits for one of the session's
-    /// in-flight slots, and queues it on its thread (see [`commit`]). The reply comes when
-    /// the thread's batch is durable. On an error nothing is queued and the caller replies.
+    /// in-flight slots, and queues it on its thread (see [`commit`]). Its reply fills
+    /// `ticket` when the thread's batch is durable. On an error nothing is queued and the
+    /// caller answers the ticket.
     async fn send_message(
         &self,
         s: &Arc<SessionShared>,
+        ticket: u64,
         req_id: &Option<ReqId>,
         thread_id: ThreadId,
         temp_id: String,
@@ -597,7 +639,7 @@ impl Engine {
         }
         let thread = self.member_thread(&thread_id, &s.user).await?;
         s.take_send_slot().await;
-        let reply = commit::ReplyTo::new(s.clone(), req_id.clone());
+        let reply = commit::ReplyTo::new(s.clone(), ticket, req_id.clone());
         let msg = NewMessage {
             thread_id,
             message_id: self.inner.a.ids.next_id(),

@@ -61,6 +61,23 @@ pub(crate) struct SessionShared {
     /// Free in-flight send slots: a send takes one when admitted and gives it back when
     /// answered, so a session's sends waiting for the store stay bounded.
     send_slots: Semaphore,
+    /// Direct replies held back so they leave in request order (see [`ReplyOrder`]).
+    replies: Mutex<ReplyOrder>,
+    /// Notified when the last reply held in `replies` is released.
+    settled: Notify,
+}
+
+/// The session's direct replies in request order. Every send takes a ticket when it
+/// arrives; its reply fills the ticket when its batch returns, and replies are released
+/// to the outbound queue only from the front, so a later request's reply never
+/// overtakes an earlier one. Any other frame runs only once no ticket is open (see
+/// [`SessionShared::wait_sends_settled`]), so it sees the effect of the sends before it.
+#[derive(Default)]
+struct ReplyOrder {
+    /// Ticket number of `slots[0]`.
+    first: u64,
+    /// Open or filled tickets, oldest first; empty when the session has nothing pending.
+    slots: VecDeque<Option<Outbound>>,
 }
 
 /// Queues shrink back when drained after growing past this many slots.
@@ -83,6 +100,70 @@ impl SessionShared {
             ended: AtomicBool::new(false),
             subscriptions: Mutex::new(HashSet::new()),
             send_slots: Semaphore::new(sends_in_flight.max(1)),
+            replies: Mutex::new(ReplyOrder::default()),
+            settled: Notify::new(),
+        }
+    }
+
+    fn replies(&self) -> std::sync::MutexGuard<'_, ReplyOrder> {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a ticket for the reply of a request that will be answered later (a send).
+    pub(crate) fn reserve_reply(&self) -> u64 {
+        let mut r = self.replies();
+        r.slots.push_back(None);
+        r.first + r.slots.len() as u64 - 1
+    }
+
+    /// Fills `ticket` with its reply and releases every reply at the front that is ready.
+    pub(crate) fn fill_reply(&self, ticket: u64, out: Outbound) -> Pushed {
+        let mut r = self.replies();
+        let Some(slot) = ticket
+            .checked_sub(r.first)
+            .and_then(|i| r.slots.get_mut(i as usize))
+        else {
+            return Pushed::Dropped;
+        };
+        *slot = Some(out);
+        let mut pushed = Pushed::Queued;
+        while let Some(Some(_)) = r.slots.front() {
+            if let Some(Some(out)) = r.slots.pop_front() {
+                r.first += 1;
+                if self.push(out) == Pushed::KickedNow {
+                    pushed = Pushed::KickedNow;
+                }
+            }
+        }
+        if r.slots.is_empty() {
+            self.settled.notify_waiters();
+        }
+        pushed
+    }
+
+    /// Queues a direct reply behind the replies still open, or at once if there are none.
+    pub(crate) fn reply_in_order(&self, out: Outbound) -> Pushed {
+        let mut r = self.replies();
+        if r.slots.is_empty() {
+            drop(r);
+            return self.push(out);
+        }
+        r.slots.push_back(Some(out));
+        Pushed::Queued
+    }
+
+    /// Waits until every reply ticket of this session is filled and released: the
+    /// session's earlier sends are durable (or failed) and answered.
+    pub(crate) async fn wait_sends_settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a release in between is not missed.
+            notified.as_mut().enable();
+            if self.replies().slots.is_empty() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -231,8 +312,11 @@ impl SessionHandle {
     /// Queues an already encoded frame on this session (for transports that answer
     /// some frames themselves, such as a rate-limit error).
     /// Returns false if the frame was dropped (queue full or session closing).
+    ///
+    /// The frame is queued behind the session's replies still pending (sends waiting
+    /// for the store), so replies stay in request order.
     pub fn send_frame(&self, frame: &crate::protocol::ServerFrame) -> bool {
-        self.shared.push(Outbound {
+        self.shared.reply_in_order(Outbound {
             frame: Bytes::from(frame.encode()),
             kind: frame.type_name(),
             accepted_at: None,
