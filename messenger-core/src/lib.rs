@@ -5,7 +5,8 @@
 //! - [`ids`]: validated ids ([`UserId`], [`ThreadId`], [`MessageId`], ...).
 //! - [`protocol`]: protocol v1 frames and the decoder that maps bad input onto error codes.
 //! - [`traits`]: the adapter traits [`IdGenerator`], [`MessageStore`], [`ThreadStore`],
-//!   [`SessionDirectory`], [`Presence`], [`PushSink`] and [`Relay`].
+//!   [`SessionDirectory`], [`Presence`], [`PushSink`], [`PushRegistry`] and [`Relay`].
+//! - [`push`]: push targets (devices, browsers) and thread mutes, with their validation.
 //! - [`events`]: the event log the engine publishes to an [`EventSink`] (messages,
 //!   receipts, membership changes) for chat workers.
 //! - [`idgen`]: the Snowflake id generator.
@@ -35,6 +36,7 @@ pub mod idgen;
 pub mod ids;
 pub mod model;
 pub mod protocol;
+pub mod push;
 #[doc(hidden)]
 pub mod sync;
 pub mod time;
@@ -46,12 +48,12 @@ pub mod testkit;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ids::{InvalidId, MessageId, NodeId, SessionId, ThreadId, UserId};
 pub use traits::{
-    DiscardEvents, EventSink, IdGenerator, MessageStore, Presence, PushSink, Relay,
+    DiscardEvents, EventSink, IdGenerator, MessageStore, Presence, PushRegistry, PushSink, Relay,
     SessionDirectory, ThreadStore,
 };
 
 #[cfg(feature = "mock")]
 pub use traits::{
-    MockEventSink, MockIdGenerator, MockMessageStore, MockPresence, MockPushSink, MockRelay,
-    MockSessionDirectory, MockThreadStore,
+    MockEventSink, MockIdGenerator, MockMessageStore, MockPresence, MockPushRegistry,
+    MockPushSink, MockRelay, MockSessionDirectory, MockThreadStore,
 };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, SessionId, ThreadId, UserId};
 use crate::model::{AckStatus, PresenceStatus, ThreadKind};
+use crate::push::{PushPlatform, PushRegistration, WebPushSubscription};
 use crate::time::Millis;
 
 /// A request id: string or integer, echoed verbatim.
@@ -109,6 +110,48 @@ pub enum ClientFrame {
     },
     /// Liveness check; answered with `pong`.
     Ping {},
+    /// Register (or refresh) a device or browser that gets this user's push
+    /// notifications; answered with `push_target`.
+    RegisterPushTarget {
+        /// `apns`, `fcm` or `webpush`.
+        platform: PushPlatform,
+        /// APNs device token (hex) or FCM registration token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Web Push: the browser's `PushSubscription.toJSON()` (endpoint and keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription: Option<WebPushSubscription>,
+        /// The app: APNs topic (bundle id) or Android package name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app_id: Option<String>,
+        /// The device's locale (BCP 47), for generic notification texts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<String>,
+        /// APNs: the app uses the development (sandbox) environment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<bool>,
+    },
+    /// Forget one of this user's push targets; answered with `push_target_removed`.
+    UnregisterPushTarget {
+        /// The id `push_target` gave.
+        target_id: String,
+    },
+    /// List this user's push targets; answered with `push_targets`.
+    ListPushTargets {},
+    /// No push notifications for a thread, until a time or for ever; answered with
+    /// `thread_mute`.
+    MuteThread {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Until when (Unix ms, in the future); absent: for ever.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Millis>,
+    },
+    /// Push notifications for a thread again; answered with `thread_mute`.
+    UnmuteThread {
+        /// The thread.
+        thread_id: ThreadId,
+    },
 }
 
 impl ClientFrame {
@@ -126,12 +169,17 @@ impl ClientFrame {
             ClientFrame::PresenceUnsubscribe { .. } => "presence_unsubscribe",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Ping {} => "ping",
+            ClientFrame::RegisterPushTarget { .. } => "register_push_target",
+            ClientFrame::UnregisterPushTarget { .. } => "unregister_push_target",
+            ClientFrame::ListPushTargets {} => "list_push_targets",
+            ClientFrame::MuteThread { .. } => "mute_thread",
+            ClientFrame::UnmuteThread { .. } => "unmute_thread",
         }
     }
 }
 
 /// Every client frame type name, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 11] = [
+pub const CLIENT_FRAME_TYPES: [&str; 16] = [
     "send_message",
     "message_ack",
     "create_thread",
@@ -143,6 +191,11 @@ pub const CLIENT_FRAME_TYPES: [&str; 11] = [
     "presence_unsubscribe",
     "typing",
     "ping",
+    "register_push_target",
+    "unregister_push_target",
+    "list_push_targets",
+    "mute_thread",
+    "unmute_thread",
 ];
 
 /// A decoded client frame with its optional `req_id`.
@@ -283,6 +336,49 @@ pub struct ThreadSummary {
     pub receipts: std::collections::BTreeMap<UserId, Receipt>,
     /// Messages after the caller's read watermark sent by others.
     pub unread: u64,
+    /// The caller muted this thread (no push notifications); absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+    /// When the caller's mute ends (Unix ms); absent for a mute for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<Millis>,
+}
+
+/// One push target as the protocol shows it (`push_target`, `push_targets`): never
+/// the token or subscription itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTargetInfo {
+    /// The target's id (for `unregister_push_target`).
+    pub target_id: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub platform: PushPlatform,
+    /// The app id, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// The locale, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// APNs development environment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
+    /// First registered (Unix ms).
+    pub created_at: Millis,
+    /// Last registered or refreshed (Unix ms).
+    pub updated_at: Millis,
+}
+
+impl From<&PushRegistration> for PushTargetInfo {
+    fn from(r: &PushRegistration) -> Self {
+        PushTargetInfo {
+            target_id: r.target_id.clone(),
+            platform: r.platform,
+            app_id: r.app_id.clone(),
+            locale: r.locale.clone(),
+            sandbox: r.sandbox,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
 }
 
 /// Every frame the server sends.
@@ -408,6 +504,46 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,
     },
+    /// Reply to `register_push_target`: the stored target.
+    PushTarget {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The target.
+        target: PushTargetInfo,
+    },
+    /// Reply to `list_push_targets`.
+    PushTargets {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The caller's targets, oldest first.
+        targets: Vec<PushTargetInfo>,
+    },
+    /// Reply to `unregister_push_target`.
+    PushTargetRemoved {
+        /// Echo of the request's `req_id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The target named.
+        target_id: String,
+        /// Whether the caller had it (false: nothing to remove).
+        removed: bool,
+    },
+    /// A thread's mute state for the user: the reply to `mute_thread` / `unmute_thread`,
+    /// and (without `req_id`) to the user's other sessions.
+    ThreadMute {
+        /// Echo of the request's `req_id` (on the direct reply only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        /// The thread.
+        thread_id: ThreadId,
+        /// Whether it is muted now.
+        muted: bool,
+        /// When the mute ends (Unix ms); absent for ever or when not muted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Millis>,
+    },
     /// A request failed.
     Error {
         /// Echo of the request's `req_id`.
@@ -434,6 +570,10 @@ impl ServerFrame {
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::Typing { .. } => "typing",
             ServerFrame::Pong { .. } => "pong",
+            ServerFrame::PushTarget { .. } => "push_target",
+            ServerFrame::PushTargets { .. } => "push_targets",
+            ServerFrame::PushTargetRemoved { .. } => "push_target_removed",
+            ServerFrame::ThreadMute { .. } => "thread_mute",
             ServerFrame::Error { .. } => "error",
         }
     }
@@ -499,6 +639,13 @@ mod tests {
             r#"{"type":"presence_unsubscribe","user_ids":["bob"]}"#,
             r#"{"type":"typing","thread_id":"t","typing":true}"#,
             r#"{"type":"ping","req_id":7,"extra":{"ignored":true}}"#,
+            r#"{"type":"register_push_target","platform":"apns","token":"ab","app_id":"com.x","locale":"de","sandbox":true}"#,
+            r#"{"type":"register_push_target","platform":"webpush","subscription":{"endpoint":"https://p/1","keys":{"p256dh":"BA","auth":"AA"}}}"#,
+            r#"{"type":"unregister_push_target","target_id":"fcm-1"}"#,
+            r#"{"type":"list_push_targets"}"#,
+            r#"{"type":"mute_thread","thread_id":"t","until":1700000000000}"#,
+            r#"{"type":"mute_thread","thread_id":"t"}"#,
+            r#"{"type":"unmute_thread","thread_id":"t"}"#,
         ];
         for c in cases {
             let r = decode_client(c).unwrap_or_else(|e| panic!("{c}: {e:?}"));
@@ -535,6 +682,14 @@ mod tests {
             "bad_request"
         );
         assert_eq!(code(r#"{"type":"ping","req_id":1.5}"#), "bad_request");
+        assert_eq!(
+            code(r#"{"type":"register_push_target","platform":"blackberry","token":"x"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"mute_thread","thread_id":"t","until":"tomorrow"}"#),
+            "bad_request"
+        );
         assert_eq!(code(r#"{"type":"ping","req_id":{}}"#), "bad_request");
     }
 

@@ -11,6 +11,7 @@ use futures::stream::BoxStream;
 use crate::error::Result;
 use crate::events::Event;
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
+use crate::push::{PushRegistration, PushTargets, ThreadMute};
 use crate::model::{
     AckStatus, Appended, CreatedThread, Envelope, HistoryPage, HistoryQuery, MembershipChange,
     NewMessage, NewThread, PresenceInfo, PushNotification, SessionEntry, StoredMessage, ThreadInfo,
@@ -199,4 +200,51 @@ pub trait Relay: Send + Sync {
 
     /// The envelopes addressed to `node`, from now on.
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>>;
+}
+
+/// Each user's push targets (devices, browsers) and thread mutes: what the push path
+/// reads to decide where a notification goes. Implemented by every store (memory,
+/// HBase, the embedded store); `messenger_push::RegistryDirectory` reads it for the
+/// push providers.
+///
+/// A target id is global ([`push::target_id`](crate::push::target_id) of platform and
+/// address): a device has one id whoever holds it, and belongs to one user at a time.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PushRegistry: Send + Sync {
+    /// Stores `reg` for `reg.user_id` and returns what is stored.
+    ///
+    /// - The same target registered again by the same user is refreshed: every field
+    ///   but `created_at` is replaced (`created_at` stays the first registration's).
+    /// - A target held by another user moves to this one (the device signed in as
+    ///   someone else): the other user no longer lists it, and never gets it from
+    ///   [`push_targets`](Self::push_targets) again.
+    /// - When the user already has `max_targets` other targets, the least recently
+    ///   updated ones are dropped to make room (under concurrent registrations of one
+    ///   user the cap may be passed by the racing registrations).
+    async fn register_target(
+        &self,
+        reg: PushRegistration,
+        max_targets: usize,
+    ) -> Result<PushRegistration>;
+
+    /// Removes `user`'s target `target_id`. Returns whether the user had it; another
+    /// user's target is never touched (false).
+    async fn unregister_target(&self, user: &UserId, target_id: &str) -> Result<bool>;
+
+    /// The user's targets, oldest registration first.
+    async fn list_targets(&self, user: &UserId) -> Result<Vec<PushRegistration>>;
+
+    /// Mutes `mute.thread_id` for `user` (replacing an earlier mute of that thread).
+    async fn set_mute(&self, user: &UserId, mute: ThreadMute) -> Result<()>;
+
+    /// Unmutes the thread. Returns whether a mute was stored (expired ones count).
+    async fn clear_mute(&self, user: &UserId, thread: &ThreadId) -> Result<bool>;
+
+    /// The user's mutes, in no particular order. May include expired ones (compare
+    /// with [`ThreadMute::active`]); stores may drop those lazily.
+    async fn list_mutes(&self, user: &UserId) -> Result<Vec<ThreadMute>>;
+
+    /// The user's targets and mute of `thread`, for one notification: ideally one read.
+    async fn push_targets(&self, user: &UserId, thread: &ThreadId) -> Result<PushTargets>;
 }

@@ -7,6 +7,7 @@ use messenger_core::protocol::{
     decode_client, ClientFrame, CreateThread, HistoryMessage, Receipt, ReqId, ServerFrame,
     ThreadSummary,
 };
+use messenger_core::push::PushPlatform;
 use messenger_core::{MessageId, SessionId, ThreadId, UserId};
 use proptest::collection::vec;
 use proptest::option;
@@ -86,6 +87,29 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (thread(), any::<bool>())
             .prop_map(|(thread_id, typing)| ClientFrame::Typing { thread_id, typing }),
         Just(ClientFrame::Ping {}),
+        (
+            prop_oneof![Just(PushPlatform::Apns), Just(PushPlatform::Fcm)],
+            "[0-9a-f]{64}",
+            option::of("[a-z.]{1,20}"),
+            option::of("[a-z]{2}-[A-Z]{2}"),
+            option::of(any::<bool>()),
+        )
+            .prop_map(|(platform, token, app_id, locale, sandbox)| {
+                ClientFrame::RegisterPushTarget {
+                    platform,
+                    token: Some(token),
+                    subscription: None,
+                    app_id,
+                    locale,
+                    sandbox,
+                }
+            }),
+        "[a-z]{4}-[0-9a-f]{32}"
+            .prop_map(|target_id| ClientFrame::UnregisterPushTarget { target_id }),
+        Just(ClientFrame::ListPushTargets {}),
+        (thread(), option::of(any::<u64>()))
+            .prop_map(|(thread_id, until)| ClientFrame::MuteThread { thread_id, until }),
+        thread().prop_map(|thread_id| ClientFrame::UnmuteThread { thread_id }),
     ]
 }
 
@@ -119,6 +143,8 @@ fn summary() -> impl Strategy<Value = ThreadSummary> {
                     })
                     .collect::<BTreeMap<_, _>>(),
                 unread,
+                muted: false,
+                muted_until: None,
             },
         )
 }

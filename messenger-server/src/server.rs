@@ -8,8 +8,8 @@ use futures::{Sink, Stream, StreamExt};
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
 use messenger_core::idgen::Snowflake;
 use messenger_core::{
-    DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushSink, Relay,
-    SessionDirectory, ThreadStore, UserId,
+    DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushRegistry,
+    PushSink, Relay, SessionDirectory, ThreadStore, UserId,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -101,6 +101,7 @@ pub struct ServerBuilder {
     directory: Option<Arc<dyn SessionDirectory>>,
     presence: Option<Arc<dyn Presence>>,
     push: Option<Arc<dyn PushSink>>,
+    push_registry: Option<Arc<dyn PushRegistry>>,
     relay: Option<Arc<dyn Relay>>,
     events: Option<Arc<dyn EventSink>>,
 }
@@ -140,6 +141,7 @@ impl ServerBuilder {
         self.directory = Some(a.directory);
         self.presence = Some(a.presence);
         self.push = Some(a.push);
+        self.push_registry = Some(a.push_registry);
         self.relay = Some(a.relay);
         self.events = Some(a.events);
         self
@@ -178,6 +180,13 @@ impl ServerBuilder {
     /// The push sink.
     pub fn push_sink(mut self, v: Arc<dyn PushSink>) -> Self {
         self.push = Some(v);
+        self
+    }
+
+    /// Where users' push targets and thread mutes are stored (default: the store the
+    /// configuration names, HBase with `hbase.address`, else memory).
+    pub fn push_registry(mut self, v: Arc<dyn PushRegistry>) -> Self {
+        self.push_registry = Some(v);
         self
     }
 
@@ -220,6 +229,7 @@ impl ServerBuilder {
             directory: pick!(directory, "session directory"),
             presence: pick!(presence, "presence"),
             push: pick!(push, "push sink"),
+            push_registry: pick!(push_registry, "push registry"),
             relay: pick!(relay, "relay"),
             events: self.events.unwrap_or_else(|| Arc::new(DiscardEvents)),
         };

@@ -11,6 +11,7 @@
 //! | [`SessionDirectory`](messenger_core::SessionDirectory) | [`MemSessionDirectory`] |
 //! | [`Presence`](messenger_core::Presence) | [`MemPresence`] |
 //! | [`PushSink`](messenger_core::PushSink) | [`MemPushSink`] (records, bounded) |
+//! | [`PushRegistry`](messenger_core::PushRegistry) | [`MemPushRegistry`] |
 //! | [`Relay`](messenger_core::Relay) | [`MemRelay`] (an in-process hub) |
 //! | [`IdGenerator`](messenger_core::IdGenerator) | [`Snowflake`] from the core |
 //!
@@ -54,6 +55,7 @@ mod directory;
 mod message_store;
 mod presence;
 mod push;
+mod push_registry;
 mod relay;
 mod thread_store;
 
@@ -68,6 +70,7 @@ pub use directory::MemSessionDirectory;
 pub use message_store::MemMessageStore;
 pub use presence::{MemPresence, DEFAULT_PRESENCE_CAPACITY};
 pub use push::{MemPushSink, DEFAULT_PUSH_CAPACITY};
+pub use push_registry::MemPushRegistry;
 pub use relay::{MemRelay, DEFAULT_RELAY_CAPACITY};
 pub use thread_store::MemThreadStore;
 
@@ -104,6 +107,7 @@ pub struct MemBackend {
     directory: Arc<MemSessionDirectory>,
     presence: Arc<MemPresence>,
     push: Arc<MemPushSink>,
+    push_registry: Arc<MemPushRegistry>,
     relay: MemRelay,
     ids: Arc<Mutex<HashMap<NodeId, Arc<Snowflake>>>>,
 }
@@ -128,6 +132,7 @@ impl MemBackend {
             directory: Arc::new(MemSessionDirectory::new()),
             presence: Arc::new(MemPresence::with_capacity(config.presence_capacity)),
             push: Arc::new(MemPushSink::with_capacity(config.push_capacity)),
+            push_registry: Arc::new(MemPushRegistry::new()),
             relay: MemRelay::with_capacity(config.relay_capacity),
             ids: Arc::default(),
         }
@@ -149,6 +154,7 @@ impl MemBackend {
             directory: self.directory.clone(),
             presence: self.presence.clone(),
             push: self.push.clone(),
+            push_registry: self.push_registry.clone(),
             relay: Arc::new(self.relay.clone()),
             events: Arc::new(messenger_core::DiscardEvents),
         }
@@ -177,6 +183,11 @@ impl MemBackend {
     /// The shared push sink: read or follow the notifications the engines pushed.
     pub fn push(&self) -> &Arc<MemPushSink> {
         &self.push
+    }
+
+    /// The shared push registry (targets and mutes).
+    pub fn push_registry(&self) -> &Arc<MemPushRegistry> {
+        &self.push_registry
     }
 
     /// The shared relay hub.

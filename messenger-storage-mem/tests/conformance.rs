@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use messenger_core::{MessageStore, Presence, Relay, SessionDirectory, ThreadStore};
+use messenger_core::{
+    MessageStore, Presence, PushRegistry, Relay, SessionDirectory, ThreadStore,
+};
 use messenger_storage_mem::{
-    MemMessageStore, MemPresence, MemRelay, MemSessionDirectory, MemThreadStore,
+    MemMessageStore, MemPresence, MemPushRegistry, MemRelay, MemSessionDirectory,
+    MemThreadStore,
 };
 
 messenger_core::message_store_tests!(|| async {
@@ -27,6 +30,10 @@ async fn fresh_relay() -> Arc<dyn Relay> {
 }
 
 messenger_core::relay_tests!(fresh_relay);
+
+messenger_core::push_registry_tests!(|| async {
+    Arc::new(MemPushRegistry::new()) as Arc<dyn PushRegistry>
+});
 
 /// The suites do not need a fresh backend: run them again on one shared backend, as a
 /// Redis or HBase adapter would.
@@ -52,6 +59,9 @@ mod shared_backend {
     messenger_core::presence_tests!(|| async { backend().presence().clone() as Arc<dyn Presence> });
     messenger_core::relay_tests!(|| async {
         Arc::new(backend().relay().clone()) as Arc<dyn Relay>
+    });
+    messenger_core::push_registry_tests!(|| async {
+        backend().push_registry().clone() as Arc<dyn PushRegistry>
     });
 }
 

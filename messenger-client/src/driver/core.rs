@@ -965,6 +965,8 @@ mod tests {
             last_seq,
             receipts: Default::default(),
             unread: 0,
+            muted: false,
+            muted_until: None,
         };
         c.on_frame(
             ServerFrame::Threads {
@@ -1157,6 +1159,8 @@ mod tests {
                 last_seq: 9,
                 receipts: Default::default(),
                 unread: 0,
+                muted: false,
+                muted_until: None,
             }],
         };
         c.on_frame(list, Instant::now());

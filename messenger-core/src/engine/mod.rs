@@ -8,6 +8,7 @@
 
 mod commit;
 mod order;
+mod push;
 mod session;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,7 +36,8 @@ use crate::protocol::{
 };
 use crate::time::now_ms;
 use crate::traits::{
-    EventSink, IdGenerator, MessageStore, Presence, PushSink, Relay, SessionDirectory, ThreadStore,
+    EventSink, IdGenerator, MessageStore, Presence, PushRegistry, PushSink, Relay,
+    SessionDirectory, ThreadStore,
 };
 
 /// Engine settings. `Default` gives the documented defaults.
@@ -83,6 +85,9 @@ pub struct EngineConfig {
     /// session's next `send_message` waits for one to be answered, so its later frames
     /// wait too.
     pub max_sends_in_flight: usize,
+    /// Most push targets one user keeps (default 10); registering another drops the
+    /// least recently refreshed.
+    pub max_push_targets: usize,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +108,7 @@ impl Default for EngineConfig {
             single_node: false,
             max_send_batch: 256,
             max_sends_in_flight: 64,
+            max_push_targets: 10,
         }
     }
 }
@@ -132,6 +138,8 @@ pub struct Adapters {
     pub presence: Arc<dyn Presence>,
     /// Push for offline members.
     pub push: Arc<dyn PushSink>,
+    /// Each user's push targets and thread mutes (the push frames of the protocol).
+    pub push_registry: Arc<dyn PushRegistry>,
     /// Cross-node delivery.
     pub relay: Arc<dyn Relay>,
     /// The event log for downstream consumers ([`DiscardEvents`](crate::DiscardEvents)
@@ -514,6 +522,35 @@ impl Engine {
                     },
                 );
                 Ok(())
+            }
+            ClientFrame::RegisterPushTarget {
+                platform,
+                token,
+                subscription,
+                app_id,
+                locale,
+                sandbox,
+            } => {
+                let r = push::Registration {
+                    platform,
+                    token,
+                    subscription,
+                    app_id,
+                    locale,
+                    sandbox: sandbox.unwrap_or(false),
+                };
+                self.register_push_target(s, req_id.clone(), r).await
+            }
+            ClientFrame::UnregisterPushTarget { target_id } => {
+                self.unregister_push_target(s, req_id.clone(), target_id)
+                    .await
+            }
+            ClientFrame::ListPushTargets {} => self.list_push_targets(s, req_id.clone()).await,
+            ClientFrame::MuteThread { thread_id, until } => {
+                self.mute_thread(s, req_id.clone(), thread_id, until).await
+            }
+            ClientFrame::UnmuteThread { thread_id } => {
+                self.unmute_thread(s, req_id.clone(), thread_id).await
             }
         };
         if let Err(e) = result {
@@ -1113,6 +1150,7 @@ impl Engine {
         let list = a.threads.list_user_threads(&s.user).await?;
         let ids: Vec<ThreadId> = list.iter().map(|t| t.thread.thread_id.clone()).collect();
         let last = a.messages.last_seqs(&ids).await?;
+        let mutes = self.active_mutes(&s.user).await;
         let mut threads = Vec::with_capacity(list.len());
         for (ut, last_seq) in list.into_iter().zip(last) {
             let mine = ut
@@ -1150,7 +1188,10 @@ impl Engine {
                     };
                 }
             }
+            let mute = mutes.get(&ut.thread.thread_id);
             threads.push(ThreadSummary {
+                muted: mute.is_some(),
+                muted_until: mute.copied().flatten(),
                 thread_id: ut.thread.thread_id,
                 kind: ut.thread.kind,
                 title: ut.thread.title,
@@ -1400,7 +1441,7 @@ fn presence_frame(req_id: Option<ReqId>, p: PresenceInfo) -> ServerFrame {
 
 /// The `type` of an encoded server frame, for metrics on relayed frames.
 fn frame_kind(frame: &str) -> &'static str {
-    const KINDS: [&str; 11] = [
+    const KINDS: [&str; 15] = [
         "receive_message",
         "message_ack",
         "message_sent",
@@ -1412,6 +1453,10 @@ fn frame_kind(frame: &str) -> &'static str {
         "welcome",
         "pong",
         "error",
+        "thread_mute",
+        "push_targets",
+        "push_target_removed",
+        "push_target",
     ];
     let Some(rest) = frame.strip_prefix(r#"{"type":""#) else {
         return "other";

@@ -10,6 +10,7 @@
 //! | [`SessionDirectory`](crate::SessionDirectory) | [`session_directory`] | [`session_directory_tests!`](crate::session_directory_tests) |
 //! | [`Presence`](crate::Presence) | [`presence`] | [`presence_tests!`](crate::presence_tests) |
 //! | [`Relay`](crate::Relay) | [`relay`] | [`relay_tests!`](crate::relay_tests) |
+//! | [`PushRegistry`](crate::PushRegistry) | [`push_registry`] | [`push_registry_tests!`](crate::push_registry_tests) |
 //! | the [`Engine`](crate::engine::Engine) over a whole backend | [`engine`] | [`engine_tests!`](crate::engine_tests) |
 //!
 //! An adapter crate enables the feature in its dev-dependencies
@@ -38,6 +39,7 @@
 pub mod engine;
 pub mod message_store;
 pub mod presence;
+pub mod push_registry;
 pub mod relay;
 pub mod session_directory;
 pub mod thread_store;
@@ -349,6 +351,35 @@ macro_rules! relay_tests {
     };
     ($factory:expr $(,)?) => {
         $crate::relay_tests!(@checks __testkit_suite (relay_conformance, relay, $factory));
+    };
+}
+
+/// Generates the [`PushRegistry`](crate::PushRegistry) conformance tests (module
+/// `push_registry_conformance`), one per check in [`push_registry`].
+///
+/// `$factory`: called with no arguments, returns a future of
+/// `Arc<dyn messenger_core::PushRegistry>`.
+#[macro_export]
+macro_rules! push_registry_tests {
+    // The list of checks, kept once: the tests above and `push_registry::all()` come from it.
+    (@checks $then:ident ($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*,
+            [
+                register_and_list,
+                webpush_keys_round_trip,
+                reregister_refreshes,
+                unregister_only_own,
+                target_moves_to_the_new_user,
+                cap_drops_least_recently_updated,
+                mutes_set_list_clear,
+                muted_thread_has_no_targets,
+                concurrent_claims_leave_one_holder,
+            ]
+        );
+    };
+    ($factory:expr $(,)?) => {
+        $crate::push_registry_tests!(@checks __testkit_suite (push_registry_conformance, push_registry, $factory));
     };
 }
 
