@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_core::model::{AckStatus, ThreadKind};
-use messenger_core::protocol::{ClientFrame, CreateThread, ThreadSummary};
+use messenger_core::protocol::{ClientFrame, CreateThread, PushTargetInfo, ThreadSummary};
+use messenger_core::push::{PushPlatform, WebPushSubscription};
 use messenger_core::{MessageId, ThreadId, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,7 +16,7 @@ use crate::config::Settings;
 use crate::driver::core::{Command, Core, Reply, Want};
 use crate::driver::{Driver, Shared};
 use crate::error::ClientError;
-use crate::event::{ConnectionState, Events, Message, Sent, StopReason, Thread};
+use crate::event::{ConnectionState, Events, Message, Sent, StopReason, Thread, ThreadMute};
 use crate::store::{ClientStore, OutboxEntry, StoredState};
 use crate::tls::Tls;
 
@@ -482,6 +483,114 @@ impl Client {
             typing,
         })
         .await
+    }
+
+    /// Registers (or refreshes) an APNs device token for the user's push notifications.
+    /// `topic` is the app's bundle id; `sandbox` for development builds. Registering
+    /// the same token again refreshes it (same `target_id`).
+    pub async fn register_apns(
+        &self,
+        token: &str,
+        topic: &str,
+        sandbox: bool,
+        locale: Option<&str>,
+    ) -> Result<PushTargetInfo, ClientError> {
+        self.register_push(
+            PushPlatform::Apns,
+            Some(token),
+            None,
+            Some(topic),
+            sandbox,
+            locale,
+        )
+        .await
+    }
+
+    /// Registers (or refreshes) an FCM registration token; `app_id` is the Android
+    /// package name, if any.
+    pub async fn register_fcm(
+        &self,
+        token: &str,
+        app_id: Option<&str>,
+        locale: Option<&str>,
+    ) -> Result<PushTargetInfo, ClientError> {
+        self.register_push(PushPlatform::Fcm, Some(token), None, app_id, false, locale)
+            .await
+    }
+
+    /// Registers (or refreshes) a browser's Web Push subscription
+    /// (`PushSubscription.toJSON()`: an https endpoint with `p256dh` and `auth` keys).
+    pub async fn register_web_push(
+        &self,
+        subscription: WebPushSubscription,
+        locale: Option<&str>,
+    ) -> Result<PushTargetInfo, ClientError> {
+        self.register_push(
+            PushPlatform::WebPush,
+            None,
+            Some(subscription),
+            None,
+            false,
+            locale,
+        )
+        .await
+    }
+
+    async fn register_push(
+        &self,
+        platform: PushPlatform,
+        token: Option<&str>,
+        subscription: Option<WebPushSubscription>,
+        app_id: Option<&str>,
+        sandbox: bool,
+        locale: Option<&str>,
+    ) -> Result<PushTargetInfo, ClientError> {
+        let frame = ClientFrame::RegisterPushTarget {
+            platform,
+            token: token.map(str::to_string),
+            subscription,
+            app_id: app_id.map(str::to_string),
+            locale: locale.map(str::to_string),
+            sandbox: sandbox.then_some(true),
+        };
+        self.request(frame, Want::PushTarget).await
+    }
+
+    /// Forgets one of the user's push targets (by the `target_id` registration gave).
+    /// Returns whether the user had it.
+    pub async fn unregister_push_target(&self, target_id: &str) -> Result<bool, ClientError> {
+        let frame = ClientFrame::UnregisterPushTarget {
+            target_id: target_id.to_string(),
+        };
+        self.request(frame, Want::PushTargetRemoved).await
+    }
+
+    /// The user's push targets, oldest first (never their tokens).
+    pub async fn list_push_targets(&self) -> Result<Vec<PushTargetInfo>, ClientError> {
+        self.request(ClientFrame::ListPushTargets {}, Want::PushTargets)
+            .await
+    }
+
+    /// Mutes push notifications for `thread`, until `until` (Unix ms) or for ever.
+    /// The user's other sessions get [`Event::ThreadMute`](crate::Event::ThreadMute).
+    pub async fn mute_thread(
+        &self,
+        thread: &ThreadId,
+        until: Option<u64>,
+    ) -> Result<ThreadMute, ClientError> {
+        let frame = ClientFrame::MuteThread {
+            thread_id: thread.clone(),
+            until,
+        };
+        self.request(frame, Want::ThreadMute).await
+    }
+
+    /// Unmutes `thread`.
+    pub async fn unmute_thread(&self, thread: &ThreadId) -> Result<ThreadMute, ClientError> {
+        let frame = ClientFrame::UnmuteThread {
+            thread_id: thread.clone(),
+        };
+        self.request(frame, Want::ThreadMute).await
     }
 
     /// A protocol round trip; returns its duration.

@@ -198,9 +198,24 @@ pub enum Event {
     Typing(Typing),
     /// A thread was created or changed.
     Thread(Thread),
+    /// The user muted or unmuted a thread (from this or another of the user's
+    /// sessions): push notifications for it stop or resume.
+    ThreadMute(ThreadMute),
     /// The connection's state changed. While the app is not reading, consecutive
     /// state changes are folded into the latest (messages never are).
     Connection(ConnectionState),
+}
+
+/// A thread's mute state for the user (push notifications for it are off while muted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ThreadMute {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// Whether it is muted now.
+    pub muted: bool,
+    /// When the mute ends (Unix ms); `None` for ever or when not muted.
+    pub until: Option<u64>,
 }
 
 /// What the app has taken from the stream, per thread, for the client's task to act

@@ -78,10 +78,11 @@ pub use config::{BackoffConfig, InitialSync};
 pub use error::{ClientError, ErrorCode};
 pub use event::{
     ConnectionState, Event, Events, Message, Presence, Receipt, SendFailed, Sent, StopReason,
-    Thread, Typing,
+    Thread, ThreadMute, Typing,
 };
 pub use messenger_core::model::{AckStatus, PresenceStatus, ThreadKind};
-pub use messenger_core::protocol::{Receipt as ReceiptSummary, ThreadSummary};
+pub use messenger_core::protocol::{PushTargetInfo, Receipt as ReceiptSummary, ThreadSummary};
+pub use messenger_core::push::{PushPlatform, WebPushKeys, WebPushSubscription};
 pub use messenger_core::{MessageId, SessionId, ThreadId, UserId};
 #[cfg(feature = "native-tls")]
 pub use native_tls;

@@ -761,3 +761,73 @@ async fn suspend_and_resume_like_an_app_in_the_background() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_targets_and_mutes_round_trip_and_reach_other_sessions() {
+    tokio::time::timeout(LIMIT, async {
+        let backend = MemBackend::new();
+        let server = start(
+            &backend,
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config(),
+        )
+        .await;
+        let (alice, _ev) = client(&server.url(), "alice").await;
+        let (alice2, mut alice2_ev) = client(&server.url(), "alice").await;
+        let token = "ab".repeat(32);
+        let t = alice
+            .register_apns(&token, "com.example.chat", true, Some("de-CH"))
+            .await
+            .expect("register");
+        assert_eq!(t.platform, messenger_client::PushPlatform::Apns);
+        assert!(t.sandbox);
+        let again = alice
+            .register_apns(&token, "com.example.chat", true, None)
+            .await
+            .expect("refresh");
+        assert_eq!(again.target_id, t.target_id, "one device, one target");
+        let listed = alice2.list_push_targets().await.expect("list");
+        assert_eq!(listed.len(), 1);
+
+        // Bad input is the server's bad_request, not a crash.
+        let bad = alice.register_fcm("no spaces allowed", None, None).await;
+        assert!(
+            matches!(&bad, Err(e) if e.code() == Some(&ErrorCode::BadRequest)),
+            "{bad:?}"
+        );
+
+        let thread = alice
+            .create_direct(&uid("bob"))
+            .await
+            .expect("thread")
+            .thread_id;
+        let m = alice.mute_thread(&thread, None).await.expect("mute");
+        assert!(m.muted && m.until.is_none());
+        // The user's other session hears of it.
+        loop {
+            match alice2_ev.recv().await.expect("event") {
+                Event::ThreadMute(m) if m.thread_id == thread => {
+                    assert!(m.muted);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let summary = alice.list_threads().await.expect("threads");
+        assert!(summary.iter().any(|s| s.thread_id == thread && s.muted));
+        let m = alice.unmute_thread(&thread).await.expect("unmute");
+        assert!(!m.muted);
+
+        assert!(alice
+            .unregister_push_target(&t.target_id)
+            .await
+            .expect("unregister"));
+        assert!(!alice
+            .unregister_push_target(&t.target_id)
+            .await
+            .expect("unregister twice"));
+        assert!(alice.list_push_targets().await.expect("list").is_empty());
+    })
+    .await
+    .expect("test timed out");
+}

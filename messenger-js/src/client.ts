@@ -15,9 +15,12 @@ import type {
   ConnectionState,
   HistoryPage,
   Message,
+  PushTarget,
   Sent,
   Thread,
+  ThreadMute,
   ThreadSummary,
+  WebPushSubscriptionJSON,
 } from "./types.js";
 
 /**
@@ -133,7 +136,7 @@ export interface HistoryPager {
 
 type Listener<T> = (ev: T) => void;
 
-type Want = "thread" | "threads" | "history" | "presence";
+type Want = "thread" | "threads" | "history" | "presence" | "pushTarget" | "pushTargets" | "pushTargetRemoved" | "threadMute";
 
 type Pending =
   | { kind: "send"; threadId: string; tempId: string }
@@ -861,6 +864,24 @@ export class MessengerClient {
         }
         return;
       }
+      case "push_target":
+      case "push_targets":
+      case "push_target_removed": {
+        const p = this.take(f.reqId);
+        const want = f.type === "push_target" ? "pushTarget" : f.type === "push_targets" ? "pushTargets" : "pushTargetRemoved";
+        const value = f.type === "push_target" ? f.target : f.type === "push_targets" ? f.targets : f.removed;
+        if (p?.kind === "want" && p.want === want) p.resolve(value);
+        else this.log.debug(`unexpected ${f.type} frame`);
+        return;
+      }
+      case "thread_mute": {
+        const m: ThreadMute = { threadId: f.threadId, muted: f.muted };
+        if (f.until !== undefined) m.until = f.until;
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "threadMute") p.resolve(m);
+        this.emit("threadMute", m);
+        return;
+      }
       case "error":
         this.onError(f.reqId, f.code, f.message);
         return;
@@ -1004,6 +1025,52 @@ export class MessengerClient {
   /** Leaves a group. */
   leaveThread(threadId: string): Promise<Thread> {
     return this.want({ type: "leave_thread", thread_id: threadId }, "thread");
+  }
+
+  /**
+   * Registers (or refreshes) a push target for the user: an APNs device token
+   * (`appId` = bundle id, `sandbox` for development builds), an FCM registration token,
+   * or a browser's Web Push subscription (`subscription.toJSON()`). The same device
+   * registered again keeps its `targetId`.
+   */
+  registerPushTarget(
+    target:
+      | { platform: "apns"; token: string; appId: string; sandbox?: boolean; locale?: string }
+      | { platform: "fcm"; token: string; appId?: string; locale?: string }
+      | { platform: "webpush"; subscription: WebPushSubscriptionJSON; locale?: string },
+  ): Promise<PushTarget> {
+    const f: ClientFrame = { type: "register_push_target", platform: target.platform };
+    if (target.platform === "webpush") {
+      f.subscription = { endpoint: target.subscription.endpoint, keys: { p256dh: target.subscription.keys.p256dh, auth: target.subscription.keys.auth } };
+    } else {
+      f.token = target.token;
+      if (target.appId !== undefined) f.app_id = target.appId;
+    }
+    if (target.platform === "apns" && target.sandbox) f.sandbox = true;
+    if (target.locale !== undefined) f.locale = target.locale;
+    return this.want(f, "pushTarget");
+  }
+
+  /** Forgets one of the user's push targets; resolves to whether the user had it. */
+  unregisterPushTarget(targetId: string): Promise<boolean> {
+    return this.want({ type: "unregister_push_target", target_id: targetId }, "pushTargetRemoved");
+  }
+
+  /** The user's push targets, oldest first (never their tokens). */
+  listPushTargets(): Promise<PushTarget[]> {
+    return this.want({ type: "list_push_targets" }, "pushTargets");
+  }
+
+  /** Mutes push notifications for a thread until `until` (Unix ms) or for ever. */
+  muteThread(threadId: string, until?: number): Promise<ThreadMute> {
+    const f: ClientFrame = { type: "mute_thread", thread_id: threadId };
+    if (until !== undefined) f.until = until;
+    return this.want(f, "threadMute");
+  }
+
+  /** Unmutes a thread. */
+  unmuteThread(threadId: string): Promise<ThreadMute> {
+    return this.want({ type: "unmute_thread", thread_id: threadId }, "threadMute");
   }
 
   /** The caller's threads with their last seq, every member's receipts and the unread count. */

@@ -11,10 +11,14 @@ import type {
   HistoryPage,
   Message,
   PresenceStatus,
+  PushPlatform,
+  PushTarget,
   Receipt,
   ReceiptSummary,
   ThreadKind,
+  ThreadMute,
   ThreadSummary,
+  WebPushSubscriptionJSON,
 } from "./types.js";
 
 /** A client frame, before `req_id` is added. */
@@ -29,7 +33,20 @@ export type ClientFrame =
   | { type: "presence_subscribe"; user_ids: string[] }
   | { type: "presence_unsubscribe"; user_ids: string[] }
   | { type: "typing"; thread_id: string; typing: boolean }
-  | { type: "ping" };
+  | { type: "ping" }
+  | {
+      type: "register_push_target";
+      platform: PushPlatform;
+      token?: string;
+      subscription?: WebPushSubscriptionJSON;
+      app_id?: string;
+      locale?: string;
+      sandbox?: boolean;
+    }
+  | { type: "unregister_push_target"; target_id: string }
+  | { type: "list_push_targets" }
+  | { type: "mute_thread"; thread_id: string; until?: number }
+  | { type: "unmute_thread"; thread_id: string };
 
 /** A request id: the client uses integers; strings mark frames it does not track. */
 export type ReqId = number | string;
@@ -46,6 +63,10 @@ export type ServerFrame =
   | { type: "presence"; reqId?: ReqId; userId: string; status: PresenceStatus; lastSeen?: number }
   | { type: "typing"; threadId: string; userId: string; typing: boolean }
   | { type: "pong"; reqId?: ReqId }
+  | { type: "push_target"; reqId?: ReqId; target: PushTarget }
+  | { type: "push_targets"; reqId?: ReqId; targets: PushTarget[] }
+  | { type: "push_target_removed"; reqId?: ReqId; targetId: string; removed: boolean }
+  | ({ type: "thread_mute"; reqId?: ReqId } & ThreadMute)
   | { type: "error"; reqId?: ReqId; code: string; message: string };
 
 /** Encodes a client frame with its request id. */
@@ -140,6 +161,27 @@ function summary(v: unknown): ThreadSummary {
   };
   const title = optStr(t, "title");
   if (title !== undefined) out.title = title;
+  if (t.muted === true) out.muted = true;
+  const mutedUntil = optNum(t, "muted_until");
+  if (mutedUntil !== undefined) out.mutedUntil = mutedUntil;
+  return out;
+}
+
+function pushTarget(v: unknown): PushTarget {
+  const t = obj(v, "target");
+  const platform = str(t, "platform");
+  if (platform !== "apns" && platform !== "fcm" && platform !== "webpush") throw new Bad(`platform: unknown ${platform}`);
+  const out: PushTarget = {
+    targetId: str(t, "target_id"),
+    platform,
+    sandbox: t.sandbox === true,
+    createdAt: num(t, "created_at"),
+    updatedAt: num(t, "updated_at"),
+  };
+  const appId = optStr(t, "app_id");
+  if (appId !== undefined) out.appId = appId;
+  const locale = optStr(t, "locale");
+  if (locale !== undefined) out.locale = locale;
   return out;
 }
 
@@ -222,6 +264,21 @@ export function decode(text: string): ServerFrame | null {
         return { type, threadId: str(o, "thread_id"), userId: str(o, "user_id"), typing: bool(o, "typing") };
       case "pong":
         return { type, reqId: reqId(o) };
+      case "push_target":
+        return { type, reqId: reqId(o), target: pushTarget(o.target) };
+      case "push_targets": {
+        const list = o.targets;
+        if (!Array.isArray(list)) throw new Bad("targets: expected an array");
+        return { type, reqId: reqId(o), targets: list.map(pushTarget) };
+      }
+      case "push_target_removed":
+        return { type, reqId: reqId(o), targetId: str(o, "target_id"), removed: bool(o, "removed") };
+      case "thread_mute": {
+        const f: ServerFrame = { type, reqId: reqId(o), threadId: str(o, "thread_id"), muted: bool(o, "muted") };
+        const until = optNum(o, "until");
+        if (until !== undefined) f.until = until;
+        return f;
+      }
       case "error":
         return { type, reqId: reqId(o), code: str(o, "code"), message: optStr(o, "message") ?? "" };
       default:

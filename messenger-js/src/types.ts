@@ -111,6 +111,49 @@ export interface ThreadSummary extends Thread {
   receipts: Record<string, ReceiptSummary>;
   /** Messages others sent after the caller's read watermark. */
   unread: number;
+  /** The caller muted the thread (no push notifications). */
+  muted?: boolean;
+  /** When the caller's mute ends (Unix ms); absent for ever. */
+  mutedUntil?: number;
+}
+
+/** A push service: Apple (`apns`), Firebase (`fcm`) or a browser's Web Push (`webpush`). */
+export type PushPlatform = "apns" | "fcm" | "webpush";
+
+/** A browser's push subscription as `PushSubscription.toJSON()` gives it. */
+export interface WebPushSubscriptionJSON {
+  /** The push service URL (https). */
+  endpoint: string;
+  /** The subscription's keys, base64url. */
+  keys: { p256dh: string; auth: string };
+}
+
+/** One of the user's push targets, as the server shows it (never its token). */
+export interface PushTarget {
+  /** The target's id (for {@link MessengerClient.unregisterPushTarget}). */
+  targetId: string;
+  /** The push service. */
+  platform: PushPlatform;
+  /** APNs topic (bundle id) or Android package name, if given. */
+  appId?: string;
+  /** The device's locale, if given. */
+  locale?: string;
+  /** APNs development environment. */
+  sandbox: boolean;
+  /** First registered (Unix ms). */
+  createdAt: number;
+  /** Last registered or refreshed (Unix ms). */
+  updatedAt: number;
+}
+
+/** A thread's mute state for the user: no push notifications while muted. */
+export interface ThreadMute {
+  /** The thread. */
+  threadId: string;
+  /** Whether it is muted now. */
+  muted: boolean;
+  /** When the mute ends (Unix ms); absent for ever or when not muted. */
+  until?: number;
 }
 
 /** A page of a thread's history, ascending by seq. */
@@ -186,6 +229,8 @@ export interface ClientEvents {
   typing: Typing;
   /** A thread was created or its members changed. */
   thread: Thread;
+  /** The user muted or unmuted a thread (in this or another session). */
+  threadMute: ThreadMute;
   /** The connection state changed. */
   state: ConnectionState;
 }

@@ -297,6 +297,37 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await closeAll(alice);
   });
 
+  test("push targets and thread mutes: register, refresh, list, mute elsewhere, unregister", { timeout: TEST_TIMEOUT }, async () => {
+    const a1 = await connected(server.wsUrl, "p-alice");
+    const a2 = await connected(server.wsUrl, "p-alice");
+    const p256dh = Buffer.concat([Buffer.from([4]), Buffer.alloc(64, 7)]).toString("base64url");
+    const auth = Buffer.alloc(16, 9).toString("base64url");
+    const subscription = { endpoint: "https://push.example.net/send/abc", keys: { p256dh, auth } };
+    const t = await a1.client.registerPushTarget({ platform: "webpush", subscription, locale: "fr" });
+    assert.equal(t.platform, "webpush");
+    const again = await a1.client.registerPushTarget({ platform: "webpush", subscription });
+    assert.equal(again.targetId, t.targetId);
+    assert.deepEqual((await a2.client.listPushTargets()).map((x) => x.targetId), [t.targetId]);
+    const code = (c: string) => (e: MessengerError) => e.kind === "server" && e.code === c;
+    await assert.rejects(
+      a1.client.registerPushTarget({ platform: "webpush", subscription: { ...subscription, endpoint: "http://insecure.example/x" } }),
+      code("bad_request"),
+    );
+    const thread = (await a1.client.createDirect("p-bob")).threadId;
+    const heard = new Promise<unknown>((resolve) => a2.client.on("threadMute", resolve));
+    const until = Date.now() + 3_600_000;
+    assert.deepEqual(await a1.client.muteThread(thread, until), { threadId: thread, muted: true, until });
+    assert.deepEqual(await heard, { threadId: thread, muted: true, until });
+    const listed = (await a1.client.listThreads()).find((x) => x.threadId === thread);
+    assert.equal(listed?.muted, true);
+    assert.equal(listed?.mutedUntil, until);
+    assert.equal((await a1.client.unmuteThread(thread)).muted, false);
+    assert.equal(await a1.client.unregisterPushTarget(t.targetId), true);
+    assert.equal(await a1.client.unregisterPushTarget(t.targetId), false);
+    assert.deepEqual(await a1.client.listPushTargets(), []);
+    await closeAll(a1, a2);
+  });
+
   test("errors reach the caller typed", { timeout: TEST_TIMEOUT }, async () => {
     const bad = testClient("http://example.invalid/ws", "alice");
     await assert.rejects(bad.client.connect(), (e: MessengerError) => e.kind === "invalid_url");

@@ -154,6 +154,34 @@ describe("protocol", () => {
     assert.equal(encode({ type: "ping" }, 3), '{"type":"ping","req_id":3}');
   });
 
+  test("push frames decode; tokens never appear in the model", () => {
+    assert.deepEqual(
+      decode(
+        '{"type":"push_target","req_id":9,"target":{"target_id":"apns-1","platform":"apns","app_id":"com.example","sandbox":true,"created_at":1,"updated_at":2}}',
+      ),
+      { type: "push_target", reqId: 9, target: { targetId: "apns-1", platform: "apns", appId: "com.example", sandbox: true, createdAt: 1, updatedAt: 2 } },
+    );
+    assert.deepEqual(decode('{"type":"push_targets","req_id":1,"targets":[]}'), { type: "push_targets", reqId: 1, targets: [] });
+    assert.deepEqual(decode('{"type":"push_target_removed","req_id":2,"target_id":"x","removed":false}'), {
+      type: "push_target_removed",
+      reqId: 2,
+      targetId: "x",
+      removed: false,
+    });
+    assert.deepEqual(decode('{"type":"thread_mute","thread_id":"g:1","muted":true,"until":5}'), {
+      type: "thread_mute",
+      reqId: undefined,
+      threadId: "g:1",
+      muted: true,
+      until: 5,
+    });
+    assert.throws(() => decode('{"type":"push_target","target":{"target_id":"x","platform":"sms","created_at":1,"updated_at":1}}'), /bad frame/);
+    assert.equal(
+      encode({ type: "mute_thread", thread_id: "g:1", until: 5 }, 4),
+      '{"type":"mute_thread","thread_id":"g:1","until":5,"req_id":4}',
+    );
+  });
+
   test("temp ids are unique", () => {
     const ids = new Set(Array.from({ length: 1000 }, () => newTempId()));
     assert.equal(ids.size, 1000);

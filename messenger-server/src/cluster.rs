@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
-use messenger_core::{MessageStore, Presence, Relay, SessionDirectory, ThreadStore};
+use messenger_core::{MessageStore, Presence, PushRegistry, Relay, SessionDirectory, ThreadStore};
 
 use crate::config::ServerConfig;
 use crate::server::ServerError;
@@ -36,6 +36,7 @@ pub fn redis_options(c: &ServerConfig) -> messenger_redis::RedisOptions {
 pub(crate) struct Backends {
     pub messages: Option<Arc<dyn MessageStore>>,
     pub threads: Option<Arc<dyn ThreadStore>>,
+    pub push_registry: Option<Arc<dyn PushRegistry>>,
     pub directory: Option<Arc<dyn SessionDirectory>>,
     pub presence: Option<Arc<dyn Presence>>,
     pub relay: Option<Arc<dyn Relay>>,
@@ -140,7 +141,8 @@ async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result
             source,
         })?;
     b.messages = Some(Arc::new(store.clone()));
-    b.threads = Some(Arc::new(store));
+    b.threads = Some(Arc::new(store.clone()));
+    b.push_registry = Some(Arc::new(store));
     b.stores = format!("hbase {addr} (tables {}*)", c.hbase.table_prefix);
     Ok(())
 }

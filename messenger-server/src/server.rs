@@ -8,8 +8,8 @@ use futures::{Sink, Stream, StreamExt};
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
 use messenger_core::idgen::Snowflake;
 use messenger_core::{
-    DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushRegistry,
-    PushSink, Relay, SessionDirectory, ThreadStore, UserId,
+    DiscardEvents, EventSink, IdGenerator, MessageStore, NodeId, Presence, PushRegistry, PushSink,
+    Relay, SessionDirectory, ThreadStore, UserId,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -251,6 +251,8 @@ impl ServerBuilder {
             None => crate::auth::from_config(&self.config.auth).await?,
         };
         let registry = self.registry.take().unwrap_or_default();
+        // The push registry comes with the stores the server connects; an embedder
+        // that brings its own stores brings its registry too (or gets the memory one).
         let need_stores = self.messages.is_none() || self.threads.is_none();
         let need_sessions =
             self.directory.is_none() || self.presence.is_none() || self.relay.is_none();
@@ -271,6 +273,7 @@ impl ServerBuilder {
         };
         self.messages = self.messages.or(backends.messages);
         self.threads = self.threads.or(backends.threads);
+        self.push_registry = self.push_registry.or(backends.push_registry);
         self.directory = self.directory.or(backends.directory);
         self.presence = self.presence.or(backends.presence);
         self.relay = self.relay.or(backends.relay);

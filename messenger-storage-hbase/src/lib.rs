@@ -1,7 +1,8 @@
 //! # messenger-storage-hbase
 //!
-//! [`MessageStore`](messenger_core::MessageStore) and
-//! [`ThreadStore`](messenger_core::ThreadStore) on a real HBase, through its Thrift2
+//! [`MessageStore`](messenger_core::MessageStore),
+//! [`ThreadStore`](messenger_core::ThreadStore) and
+//! [`PushRegistry`](messenger_core::PushRegistry) on a real HBase, through its Thrift2
 //! gateway (`org.apache.hadoop.hbase.thrift2.ThriftServer`, binary protocol, buffered
 //! transport).
 //!
@@ -37,6 +38,7 @@ mod client;
 #[doc(hidden)]
 pub mod gen;
 mod messages;
+mod push;
 mod schema;
 mod threads;
 
@@ -57,7 +59,8 @@ pub struct HBaseOptions {
     /// The Thrift2 gateway, `host:port`.
     pub addr: String,
     /// Prefix of the table names (`{prefix}messages`, `{prefix}threads`,
-    /// `{prefix}user_threads`, in the `default` namespace). Default `messenger_`.
+    /// `{prefix}user_threads`, `{prefix}push`, in the `default` namespace). Default
+    /// `messenger_`.
     pub table_prefix: String,
     /// Most Thrift connections (and so concurrent calls) at once. Default 16.
     pub pool_size: usize,
@@ -174,7 +177,8 @@ impl HBaseStore {
             .opts
             .message_ttl
             .map(|d| i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX));
-        for desc in self.inner.tables.descriptors(ttl) {
+        let push = push::descriptor(&self.inner.opts.table_prefix);
+        for desc in self.inner.tables.descriptors(ttl).into_iter().chain([push]) {
             let name = desc.table_name.clone();
             let shown = String::from_utf8_lossy(&name.qualifier).into_owned();
             let exists = {

@@ -256,7 +256,7 @@ pub(crate) fn table_name(name: &str) -> TTableName {
     }
 }
 
-fn family(name: &[u8], ttl: Option<i32>) -> TColumnFamilyDescriptor {
+pub(crate) fn family(name: &[u8], ttl: Option<i32>) -> TColumnFamilyDescriptor {
     TColumnFamilyDescriptor {
         name: name.to_vec(),
         attributes: None,

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use messenger_core::model::{HistoryQuery, NewMessage};
 use messenger_core::time::now_ms;
-use messenger_core::{ErrorKind, MessageId, MessageStore, ThreadId, ThreadStore, UserId};
+use messenger_core::{
+    ErrorKind, MessageId, MessageStore, PushRegistry, ThreadId, ThreadStore, UserId,
+};
 use messenger_storage_hbase::{HBaseOptions, HBaseStore};
 
 use messenger_test_support::hbase::{hbase, script};
@@ -40,6 +42,9 @@ mod conformance {
     });
     messenger_core::thread_store_tests!(|| async {
         Arc::new(store().await) as Arc<dyn ThreadStore>
+    });
+    messenger_core::push_registry_tests!(|| async {
+        Arc::new(store().await) as Arc<dyn PushRegistry>
     });
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use messenger_core::model::AckStatus;
-use messenger_core::protocol::{ClientFrame, ReqId, ServerFrame, ThreadSummary};
+use messenger_core::protocol::{ClientFrame, PushTargetInfo, ReqId, ServerFrame, ThreadSummary};
 use messenger_core::time::now_ms;
 use messenger_core::{SessionId, ThreadId, UserId};
 use tokio::sync::oneshot;
@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use crate::config::{InitialSync, Settings};
 use crate::error::ClientError;
 use crate::event::{
-    ConnectionState, Consumed, Event, Message, Presence, Receipt, SendFailed, Sent, Thread, Typing,
+    ConnectionState, Consumed, Event, Message, Presence, Receipt, SendFailed, Sent, Thread,
+    ThreadMute, Typing,
 };
 use crate::outbox::{Outbox, Pushed, SendReply, StoredReply};
 use crate::sequencer::{Sequencer, Step};
@@ -101,6 +102,10 @@ pub(crate) enum Want {
     Threads(Reply<Vec<ThreadSummary>>),
     History(Reply<HistoryPage>),
     Presence(Reply<()>),
+    PushTarget(Reply<PushTargetInfo>),
+    PushTargets(Reply<Vec<PushTargetInfo>>),
+    PushTargetRemoved(Reply<bool>),
+    ThreadMute(Reply<ThreadMute>),
 }
 
 #[derive(Debug)]
@@ -149,6 +154,10 @@ impl Pending {
             Pending::Want(Want::Threads(r)) => r.is_closed(),
             Pending::Want(Want::History(r)) => r.is_closed(),
             Pending::Want(Want::Presence(r)) => r.is_closed(),
+            Pending::Want(Want::PushTarget(r)) => r.is_closed(),
+            Pending::Want(Want::PushTargets(r)) => r.is_closed(),
+            Pending::Want(Want::PushTargetRemoved(r)) => r.is_closed(),
+            Pending::Want(Want::ThreadMute(r)) => r.is_closed(),
             Pending::FirePing { reply, .. } => reply.is_closed(),
             Pending::Ping(_, r) => r.is_closed(),
             _ => false,
@@ -163,6 +172,10 @@ impl Want {
             Want::Threads(r) => drop(r.send(Err(err))),
             Want::History(r) => drop(r.send(Err(err))),
             Want::Presence(r) => drop(r.send(Err(err))),
+            Want::PushTarget(r) => drop(r.send(Err(err))),
+            Want::PushTargets(r) => drop(r.send(Err(err))),
+            Want::PushTargetRemoved(r) => drop(r.send(Err(err))),
+            Want::ThreadMute(r) => drop(r.send(Err(err))),
         }
     }
 }
@@ -715,6 +728,39 @@ impl Core {
                 Some(Pending::Ping(t0, r)) => drop(r.send(Ok(now.saturating_duration_since(t0)))),
                 _ => {}
             },
+            ServerFrame::PushTarget { req_id, target } => {
+                if let Some(Pending::Want(Want::PushTarget(r))) = self.take(&req_id) {
+                    let _ = r.send(Ok(target));
+                }
+            }
+            ServerFrame::PushTargets { req_id, targets } => {
+                if let Some(Pending::Want(Want::PushTargets(r))) = self.take(&req_id) {
+                    let _ = r.send(Ok(targets));
+                }
+            }
+            ServerFrame::PushTargetRemoved {
+                req_id, removed, ..
+            } => {
+                if let Some(Pending::Want(Want::PushTargetRemoved(r))) = self.take(&req_id) {
+                    let _ = r.send(Ok(removed));
+                }
+            }
+            ServerFrame::ThreadMute {
+                req_id,
+                thread_id,
+                muted,
+                until,
+            } => {
+                let m = ThreadMute {
+                    thread_id,
+                    muted,
+                    until,
+                };
+                match self.take(&req_id) {
+                    Some(Pending::Want(Want::ThreadMute(r))) => drop(r.send(Ok(m))),
+                    _ => self.events.push(Event::ThreadMute(m)),
+                }
+            }
             ServerFrame::Error {
                 req_id,
                 code,

@@ -178,6 +178,26 @@ function summary(v) {
   };
   const title = optStr(t, "title");
   if (title !== void 0) out.title = title;
+  if (t.muted === true) out.muted = true;
+  const mutedUntil = optNum(t, "muted_until");
+  if (mutedUntil !== void 0) out.mutedUntil = mutedUntil;
+  return out;
+}
+function pushTarget(v) {
+  const t = obj(v, "target");
+  const platform = str(t, "platform");
+  if (platform !== "apns" && platform !== "fcm" && platform !== "webpush") throw new Bad(`platform: unknown ${platform}`);
+  const out = {
+    targetId: str(t, "target_id"),
+    platform,
+    sandbox: t.sandbox === true,
+    createdAt: num(t, "created_at"),
+    updatedAt: num(t, "updated_at")
+  };
+  const appId = optStr(t, "app_id");
+  if (appId !== void 0) out.appId = appId;
+  const locale = optStr(t, "locale");
+  if (locale !== void 0) out.locale = locale;
   return out;
 }
 function decode(text) {
@@ -254,6 +274,21 @@ function decode(text) {
         return { type, threadId: str(o, "thread_id"), userId: str(o, "user_id"), typing: bool(o, "typing") };
       case "pong":
         return { type, reqId: reqId(o) };
+      case "push_target":
+        return { type, reqId: reqId(o), target: pushTarget(o.target) };
+      case "push_targets": {
+        const list = o.targets;
+        if (!Array.isArray(list)) throw new Bad("targets: expected an array");
+        return { type, reqId: reqId(o), targets: list.map(pushTarget) };
+      }
+      case "push_target_removed":
+        return { type, reqId: reqId(o), targetId: str(o, "target_id"), removed: bool(o, "removed") };
+      case "thread_mute": {
+        const f = { type, reqId: reqId(o), threadId: str(o, "thread_id"), muted: bool(o, "muted") };
+        const until = optNum(o, "until");
+        if (until !== void 0) f.until = until;
+        return f;
+      }
       case "error":
         return { type, reqId: reqId(o), code: str(o, "code"), message: optStr(o, "message") ?? "" };
       default:
@@ -1041,6 +1076,24 @@ var MessengerClient = class _MessengerClient {
         }
         return;
       }
+      case "push_target":
+      case "push_targets":
+      case "push_target_removed": {
+        const p = this.take(f.reqId);
+        const want = f.type === "push_target" ? "pushTarget" : f.type === "push_targets" ? "pushTargets" : "pushTargetRemoved";
+        const value = f.type === "push_target" ? f.target : f.type === "push_targets" ? f.targets : f.removed;
+        if (p?.kind === "want" && p.want === want) p.resolve(value);
+        else this.log.debug(`unexpected ${f.type} frame`);
+        return;
+      }
+      case "thread_mute": {
+        const m = { threadId: f.threadId, muted: f.muted };
+        if (f.until !== void 0) m.until = f.until;
+        const p = this.take(f.reqId);
+        if (p?.kind === "want" && p.want === "threadMute") p.resolve(m);
+        this.emit("threadMute", m);
+        return;
+      }
       case "error":
         this.onError(f.reqId, f.code, f.message);
         return;
@@ -1171,6 +1224,42 @@ var MessengerClient = class _MessengerClient {
   /** Leaves a group. */
   leaveThread(threadId) {
     return this.want({ type: "leave_thread", thread_id: threadId }, "thread");
+  }
+  /**
+   * Registers (or refreshes) a push target for the user: an APNs device token
+   * (`appId` = bundle id, `sandbox` for development builds), an FCM registration token,
+   * or a browser's Web Push subscription (`subscription.toJSON()`). The same device
+   * registered again keeps its `targetId`.
+   */
+  registerPushTarget(target) {
+    const f = { type: "register_push_target", platform: target.platform };
+    if (target.platform === "webpush") {
+      f.subscription = { endpoint: target.subscription.endpoint, keys: { p256dh: target.subscription.keys.p256dh, auth: target.subscription.keys.auth } };
+    } else {
+      f.token = target.token;
+      if (target.appId !== void 0) f.app_id = target.appId;
+    }
+    if (target.platform === "apns" && target.sandbox) f.sandbox = true;
+    if (target.locale !== void 0) f.locale = target.locale;
+    return this.want(f, "pushTarget");
+  }
+  /** Forgets one of the user's push targets; resolves to whether the user had it. */
+  unregisterPushTarget(targetId) {
+    return this.want({ type: "unregister_push_target", target_id: targetId }, "pushTargetRemoved");
+  }
+  /** The user's push targets, oldest first (never their tokens). */
+  listPushTargets() {
+    return this.want({ type: "list_push_targets" }, "pushTargets");
+  }
+  /** Mutes push notifications for a thread until `until` (Unix ms) or for ever. */
+  muteThread(threadId, until) {
+    const f = { type: "mute_thread", thread_id: threadId };
+    if (until !== void 0) f.until = until;
+    return this.want(f, "threadMute");
+  }
+  /** Unmutes a thread. */
+  unmuteThread(threadId) {
+    return this.want({ type: "unmute_thread", thread_id: threadId }, "threadMute");
   }
   /** The caller's threads with their last seq, every member's receipts and the unread count. */
   listThreads() {
