@@ -54,6 +54,6 @@ pub use traits::{
 
 #[cfg(feature = "mock")]
 pub use traits::{
-    MockEventSink, MockIdGenerator, MockMessageStore, MockPresence, MockPushRegistry,
-    MockPushSink, MockRelay, MockSessionDirectory, MockThreadStore,
+    MockEventSink, MockIdGenerator, MockMessageStore, MockPresence, MockPushRegistry, MockPushSink,
+    MockRelay, MockSessionDirectory, MockThreadStore,
 };

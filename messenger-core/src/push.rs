@@ -139,8 +139,8 @@ impl PushRegistration {
                         "a {platform} target takes a `token`, not a `subscription`"
                     )));
                 }
-                let token =
-                    token.ok_or_else(|| Error::bad_request(format!("{platform} needs a `token`")))?;
+                let token = token
+                    .ok_or_else(|| Error::bad_request(format!("{platform} needs a `token`")))?;
                 let token = if platform == PushPlatform::Apns {
                     check_apns_token(&token)?
                 } else {
@@ -212,7 +212,9 @@ pub fn check_target_id(s: &str) -> Result<()> {
     let ok = s.split_once('-').is_some_and(|(p, hex)| {
         PushPlatform::parse(p).is_some()
             && hex.len() == 32
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     });
     if ok {
         Ok(())
@@ -402,7 +404,12 @@ mod tests {
         assert_eq!(r.address, "ab".repeat(32));
         assert!(r.target_id.starts_with("apns-"));
         check_target_id(&r.target_id).expect("own ids pass");
-        for bad in ["ab".repeat(31), "zz".repeat(32), "a".repeat(65), "ab".repeat(101)] {
+        for bad in [
+            "ab".repeat(31),
+            "zz".repeat(32),
+            "a".repeat(65),
+            "ab".repeat(101),
+        ] {
             assert!(reg(PushPlatform::Apns, Some(&bad), None).is_err(), "{bad}");
         }
         assert!(reg(PushPlatform::Apns, None, None).is_err());

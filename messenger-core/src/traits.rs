@@ -11,12 +11,12 @@ use futures::stream::BoxStream;
 use crate::error::Result;
 use crate::events::Event;
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
-use crate::push::{PushRegistration, PushTargets, ThreadMute};
 use crate::model::{
     AckStatus, Appended, CreatedThread, Envelope, HistoryPage, HistoryQuery, MembershipChange,
     NewMessage, NewThread, PresenceInfo, PushNotification, SessionEntry, StoredMessage, ThreadInfo,
     UserThread, WatermarkUpdate,
 };
+use crate::push::{PushRegistration, PushTargets, ThreadMute};
 use crate::time::Millis;
 
 /// Makes unique, roughly time-ordered 64-bit ids. See [`Snowflake`](crate::idgen::Snowflake).

@@ -104,7 +104,11 @@ async fn register_list_and_unregister_every_platform() {
     assert!(stored.iter().any(|r| r.address == APNS));
 
     // Registering the same device again refreshes it: still three targets, same id.
-    let again = register(&mut a, json!({"platform":"apns","token":APNS,"locale":"fr"})).await;
+    let again = register(
+        &mut a,
+        json!({"platform":"apns","token":APNS,"locale":"fr"}),
+    )
+    .await;
     assert_eq!(again.target_id, apns.target_id);
     assert_eq!(again.created_at, apns.created_at);
     assert_eq!(again.locale.as_deref(), Some("fr"));

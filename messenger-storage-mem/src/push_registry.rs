@@ -49,9 +49,7 @@ impl MemPushRegistry {
 }
 
 fn oldest_first(mut v: Vec<PushRegistration>) -> Vec<PushRegistration> {
-    v.sort_by(|a, b| {
-        (a.created_at, &a.target_id).cmp(&(b.created_at, &b.target_id))
-    });
+    v.sort_by(|a, b| (a.created_at, &a.target_id).cmp(&(b.created_at, &b.target_id)));
     v
 }
 
@@ -125,8 +123,7 @@ impl PushRegistry for MemPushRegistry {
 
     async fn clear_mute(&self, user: &UserId, thread: &ThreadId) -> Result<bool> {
         let mut g = self.lock();
-        Ok(g
-            .users
+        Ok(g.users
             .get_mut(user)
             .and_then(|u| u.mutes.remove(thread))
             .is_some())

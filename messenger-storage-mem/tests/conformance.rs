@@ -2,12 +2,9 @@
 
 use std::sync::Arc;
 
-use messenger_core::{
-    MessageStore, Presence, PushRegistry, Relay, SessionDirectory, ThreadStore,
-};
+use messenger_core::{MessageStore, Presence, PushRegistry, Relay, SessionDirectory, ThreadStore};
 use messenger_storage_mem::{
-    MemMessageStore, MemPresence, MemPushRegistry, MemRelay, MemSessionDirectory,
-    MemThreadStore,
+    MemMessageStore, MemPresence, MemPushRegistry, MemRelay, MemSessionDirectory, MemThreadStore,
 };
 
 messenger_core::message_store_tests!(|| async {

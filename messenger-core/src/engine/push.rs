@@ -42,12 +42,7 @@ impl Engine {
             now_ms(),
         )?;
         let max = self.inner.config.max_push_targets.max(1);
-        let stored = self
-            .inner
-            .a
-            .push_registry
-            .register_target(reg, max)
-            .await?;
+        let stored = self.inner.a.push_registry.register_target(reg, max).await?;
         tracing::debug!(user = %s.user, target = %stored.target_id, platform = %stored.platform,
             "push target registered");
         self.reply(
