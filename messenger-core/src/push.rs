@@ -226,7 +226,7 @@ pub fn check_target_id(s: &str) -> Result<()> {
 }
 
 fn check_apns_token(t: &str) -> Result<String> {
-    if t.len() < 64 || t.len() > 200 || t.len() % 2 != 0 {
+    if t.len() < 64 || t.len() > 200 || !t.len().is_multiple_of(2) {
         return Err(Error::bad_request(format!(
             "an apns token is 64 to 200 hex digits (an even number), got {} characters",
             t.len()

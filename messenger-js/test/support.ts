@@ -298,7 +298,7 @@ export function testClient(url: string, token: ClientOptions["token"], extra: Pa
     ...extra,
   });
   opened.clients.add(client);
-  const events = { message: [], sent: [], receipt: [], presence: [], typing: [], thread: [], state: [] } as TestClient["events"];
+  const events = { message: [], sent: [], receipt: [], presence: [], typing: [], thread: [], threadMute: [], state: [] } as TestClient["events"];
   for (const k of Object.keys(events) as (keyof ClientEvents)[]) {
     client.on(k, (ev) => (events[k] as unknown[]).push(ev));
   }
