@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     AuthConfig, ConfigError, HBaseSettings, KafkaSettings, Limits, PresenceSettings, RedisSettings,
-    ServerConfig, WebSocketSettings,
+    ServerConfig, StoreKind, StoreSettings, SyncMode, WebSocketSettings,
 };
 
 /// Environment variable holding the JWT HS256 secret itself.
@@ -51,6 +51,8 @@ pub const ENV_PREFIX: &str = "MESSENGER_";
         --jwt-public-key (PEM: RS256, ES256, EdDSA), --jwks-file or --jwks-url switch to JWT \
         (sub = user id, exp required). Without one the server runs in DEV AUTH (the token is \
         the user id), which is refused on a non-loopback address unless --insecure-dev-auth.\n\
+        Storage: by default messages and threads are kept in the SQLite store in ./messenger-data \
+        (--data-dir, --sync); --store memory keeps them in memory only (lost at exit).\n\
         Cluster mode: --redis puts sessions, presence and the relay on Redis and then needs an \
         explicit --node-id, unique per process; --hbase puts messages and threads on HBase.\n\
         Durations: `500ms`, `15s`, `2m`, `1h` (flags also take a bare number of seconds).\n\
@@ -105,6 +107,19 @@ pub struct Cli {
     /// Life of this node's id claim in Redis without a heartbeat [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub redis_node_ttl: Option<Duration>,
+    /// Where messages and threads are kept without --hbase: `sqlite` (durable, in
+    /// --data-dir) or `memory` (lost when the process stops) [default: sqlite].
+    #[arg(long, value_name = "sqlite|memory")]
+    pub store: Option<StoreKind>,
+    /// The SQLite store's data directory, created if missing; one process at a time
+    /// [default: ./messenger-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Durability of the SQLite store: `full` fsyncs every commit before `message_sent`
+    /// (survives power loss), `normal` writes it to the OS (survives a killed process)
+    /// [default: full].
+    #[arg(long, value_name = "full|normal")]
+    pub sync: Option<SyncMode>,
     /// HBase Thrift2 gateway HOST:PORT: messages and threads on HBase.
     #[arg(long, value_name = "HOST:PORT")]
     pub hbase: Option<String>,
@@ -191,6 +206,8 @@ pub struct BinaryConfig {
     pub hbase: HBaseSettings,
     /// See [`ServerConfig::kafka`].
     pub kafka: KafkaSettings,
+    /// See [`ServerConfig::store`]; the binary's default kind is `sqlite`.
+    pub store: StoreSettings,
 }
 
 impl Default for BinaryConfig {
@@ -207,6 +224,10 @@ impl Default for BinaryConfig {
             redis: s.redis,
             hbase: s.hbase,
             kafka: s.kafka,
+            store: StoreSettings {
+                kind: StoreKind::Sqlite,
+                ..s.store
+            },
         }
     }
 }
@@ -248,6 +269,7 @@ impl BinaryConfig {
             redis: self.redis,
             hbase: self.hbase,
             kafka: self.kafka,
+            store: self.store,
         };
         c.redis.url = c.redis.url.filter(|u| !u.is_empty());
         c.hbase.address = c.hbase.address.filter(|a| !a.is_empty());
@@ -363,6 +385,9 @@ impl Cli {
         f = set(f, "redis.url", self.redis_url.as_ref());
         f = set(f, "redis.key_prefix", self.redis_key_prefix.as_ref());
         f = set(f, "redis.node_ttl", dur(self.redis_node_ttl));
+        f = set(f, "store.kind", self.store.map(StoreKind::as_str));
+        f = set(f, "store.data_dir", self.data_dir.as_ref());
+        f = set(f, "store.sync", self.sync.map(SyncMode::as_str));
         f = set(f, "hbase.address", self.hbase.as_ref());
         f = set(f, "hbase.table_prefix", self.hbase_table_prefix.as_ref());
         f = set(f, "hbase.pool_size", self.hbase_pool_size);
@@ -400,6 +425,15 @@ impl Cli {
     /// Loads and checks the configuration: the library's and the binary's settings.
     pub fn load(&self) -> Result<(ServerConfig, BinarySettings), ConfigError> {
         let bc: BinaryConfig = self.figment()?.extract().map_err(describe)?;
+        if let (Some(kind), Some(addr)) = (self.store, bc.hbase.address.as_ref()) {
+            if !addr.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "--store {} and HBase ({addr}) both name where messages are kept: \
+                     drop one of them (with HBase set, the stores are on HBase)",
+                    kind.as_str()
+                )));
+            }
+        }
         bc.into_parts()
     }
 }
@@ -431,6 +465,64 @@ mod tests {
             assert!(c.auth.is_dev());
             assert_eq!(b.listen, "127.0.0.1:8080".parse().expect("addr"));
             assert_eq!(b.log, "info");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn store_section_from_file_env_and_flags() {
+        Jail::expect_with(|j| {
+            // The binary's default: SQLite in ./messenger-data, fsync on every commit.
+            let (c, _) = cli(&[]).load().expect("valid");
+            assert_eq!(c.store.kind, StoreKind::Sqlite);
+            assert_eq!(c.store.data_dir, PathBuf::from("messenger-data"));
+            assert_eq!(c.store.sync, SyncMode::Full);
+            // The library's default stays in memory.
+            assert_eq!(ServerConfig::default().store.kind, StoreKind::Memory);
+            j.create_file(
+                "s.toml",
+                "[store]\ndata_dir = \"/var/lib/chat\"\nsync = \"normal\"\n",
+            )?;
+            j.set_env("MESSENGER_STORE__DATA_DIR", "/srv/chat");
+            let (c, _) = cli(&["--config", "s.toml"]).load().expect("valid");
+            assert_eq!(c.store.data_dir, PathBuf::from("/srv/chat"));
+            assert_eq!(c.store.sync, SyncMode::Normal);
+            let (c, _) = cli(&[
+                "--config",
+                "s.toml",
+                "--data-dir",
+                "d",
+                "--sync",
+                "full",
+                "--store",
+                "memory",
+            ])
+            .load()
+            .expect("valid");
+            assert_eq!(c.store.data_dir, PathBuf::from("d"));
+            assert_eq!(c.store.sync, SyncMode::Full);
+            assert_eq!(c.store.kind, StoreKind::Memory);
+            // Where messages go is said once: --store with HBase is refused, and SQLite
+            // in cluster mode needs HBase.
+            let e = err(cli(&["--store", "sqlite", "--hbase", "h:1"]).load());
+            assert!(e.contains("drop one of them"), "{e}");
+            let (c, _) = cli(&["--hbase", "h:1"]).load().expect("HBase alone");
+            assert_eq!(c.hbase.address.as_deref(), Some("h:1"));
+            let e = err(cli(&["--redis", "redis://r/", "--node-id", "1"]).load());
+            assert!(e.contains("--hbase") && e.contains("--store memory"), "{e}");
+            assert!(cli(&[
+                "--redis",
+                "redis://r/",
+                "--node-id",
+                "1",
+                "--store",
+                "memory"
+            ])
+            .load()
+            .is_ok());
+            j.set_env("MESSENGER_STORE__KIND", "rocks");
+            let e = err(cli(&[]).load());
+            assert!(e.contains("STORE.KIND") && e.contains("sqlite"), "{e}");
             Ok(())
         });
     }

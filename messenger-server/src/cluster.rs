@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use messenger_core::{MessageStore, Presence, PushRegistry, Relay, SessionDirectory, ThreadStore};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StoreKind};
 use crate::server::ServerError;
 
 /// The Redis options a [`ServerConfig`] gives: its key prefix and node TTL; the
@@ -67,6 +67,8 @@ pub(crate) async fn connect(
     };
     if let (Some(addr), true) = (&c.hbase.address, need_stores) {
         connect_hbase(c, addr, &mut b).await?;
+    } else if need_stores && c.store.kind == StoreKind::Sqlite {
+        connect_sqlite(c, &mut b).await?;
     }
     // Kafka before Redis, so that a failure there never leaves the node id claimed.
     if let Some(brokers) = &c.kafka.brokers {
@@ -151,6 +153,34 @@ async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result
 async fn connect_hbase(_: &ServerConfig, _: &str, _: &mut Backends) -> Result<(), ServerError> {
     Err(crate::config::ConfigError::Invalid(
         "hbase.address is set but messenger-server was built without the `hbase` feature".into(),
+    )
+    .into())
+}
+
+/// Opens the SQLite store in `store.data_dir` (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+async fn connect_sqlite(c: &ServerConfig, b: &mut Backends) -> Result<(), ServerError> {
+    use messenger_storage_sqlite::{SqliteOptions, SqliteStore, SyncMode};
+    let sync = match c.store.sync {
+        crate::config::SyncMode::Normal => SyncMode::Normal,
+        _ => SyncMode::Full,
+    };
+    let store = SqliteStore::open(SqliteOptions::new(&c.store.data_dir).sync(sync))
+        .await
+        .map_err(|e| ServerError::DataDir(e.to_string()))?;
+    let dir = std::path::absolute(&c.store.data_dir).unwrap_or_else(|_| c.store.data_dir.clone());
+    b.stores = format!("sqlite {} (sync {})", dir.display(), sync);
+    b.messages = Some(Arc::new(store.clone()));
+    b.threads = Some(Arc::new(store));
+    Ok(())
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn connect_sqlite(_: &ServerConfig, _: &mut Backends) -> Result<(), ServerError> {
+    Err(crate::config::ConfigError::Invalid(
+        "store.kind is sqlite but messenger-server was built without the `sqlite` feature: \
+         build with --features sqlite, or set store.kind = memory (--store memory)"
+            .into(),
     )
     .into())
 }

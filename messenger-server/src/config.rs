@@ -16,6 +16,7 @@
 //! | `[presence]` | [`PresenceSettings`] | grace period |
 //! | `[redis]` | [`RedisSettings`] | cluster mode: sessions, presence, relay on Redis |
 //! | `[hbase]` | [`HBaseSettings`] | messages and threads on HBase |
+//! | `[store]` | [`StoreSettings`] | the embedded store (memory or SQLite) when HBase is not set |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub redis: RedisSettings,
     /// HBase stores.
     pub hbase: HBaseSettings,
+    /// The embedded message and thread store (when `hbase.address` is not set).
+    pub store: StoreSettings,
     /// Kafka: the event log and, in cluster mode, the relay.
     pub kafka: KafkaSettings,
 }
@@ -341,6 +344,109 @@ impl Default for HBaseSettings {
     }
 }
 
+/// Which embedded store keeps messages and threads when `hbase.address` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// In memory: everything is lost when the process stops (tests, demos). The
+    /// library's default.
+    #[default]
+    Memory,
+    /// SQLite in `data_dir` (feature `sqlite`): durable, one process per directory. The
+    /// binary's default.
+    Sqlite,
+}
+
+impl StoreKind {
+    /// The configuration name (`memory`, `sqlite`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StoreKind::Memory),
+            "sqlite" => Ok(StoreKind::Sqlite),
+            _ => Err(format!(
+                "unknown store {s:?}: use `sqlite` (durable, in the data directory) or \
+                 `memory` (lost when the process stops)"
+            )),
+        }
+    }
+}
+
+/// How durable a write is before `message_sent` (the SQLite store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SyncMode {
+    /// Every commit is fsynced before the server answers: an acknowledged message
+    /// survives a killed process, an OS crash and power loss.
+    #[default]
+    Full,
+    /// Every commit reaches the OS before the server answers and is fsynced at
+    /// checkpoints: an acknowledged message survives a killed process; an OS crash or
+    /// power loss may lose the last moments (never corrupts the store).
+    Normal,
+}
+
+impl SyncMode {
+    /// The configuration name (`full`, `normal`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Full => "full",
+            SyncMode::Normal => "normal",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(SyncMode::Full),
+            "normal" => Ok(SyncMode::Normal),
+            _ => Err(format!(
+                "unknown sync mode {s:?}: use `full` (survives power loss) or `normal` \
+                 (survives a killed process)"
+            )),
+        }
+    }
+}
+
+/// `[store]`: the embedded message and thread store, used when `hbase.address` is not
+/// set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StoreSettings {
+    /// `memory` or `sqlite`. Default `memory` for the library; the binary's default is
+    /// `sqlite`.
+    pub kind: StoreKind,
+    /// The SQLite store's data directory (created if missing; one process at a time).
+    /// Default `messenger-data` (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// `full` or `normal` (see [`SyncMode`]). Default `full`.
+    pub sync: SyncMode,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            kind: StoreKind::Memory,
+            data_dir: PathBuf::from("messenger-data"),
+            sync: SyncMode::Full,
+        }
+    }
+}
+
 /// `[kafka]` (feature `kafka`): the event log for `messenger-worker` and, with Redis,
 /// the cross-node relay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -468,6 +574,23 @@ impl ServerConfig {
         if self.kafka.event_buffer == 0 {
             return Err(ConfigError::Invalid(
                 "kafka.event_buffer must be at least 1".into(),
+            ));
+        }
+        if self.store.kind == StoreKind::Sqlite
+            && self.redis.url.is_some()
+            && self.hbase.address.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "cluster mode (redis.url, --redis) with the SQLite store would give every node \
+                 a history of its own: put messages and threads on HBase (--hbase HOST:PORT), \
+                 or use --store memory for a test cluster"
+                    .into(),
+            ));
+        }
+        if self.store.kind == StoreKind::Sqlite && self.store.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "store.data_dir is empty: give the SQLite store a directory (--data-dir DIR)"
+                    .into(),
             ));
         }
         if w.ping_interval.is_zero() {

@@ -1,13 +1,17 @@
 //! The `messenger-server` binary (feature `cli`): configuration from a TOML file, the
-//! environment and flags; adapters in memory, or on Redis (`--redis`) and HBase
-//! (`--hbase`) in cluster mode. Run `messenger-server --help`.
+//! environment and flags; messages and threads in the SQLite store in `./messenger-data`
+//! by default (`--data-dir`, `--sync`), in memory with `--store memory`, on HBase with
+//! `--hbase`; sessions in memory, or on Redis (`--redis`) in cluster mode. Run
+//! `messenger-server --help`.
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a refused configuration, 3 when the node
-//! id is claimed by another live node, 4 when Redis or HBase cannot be used at start,
-//! 5 when another instance took this node's id while running, 1 otherwise.
+//! id is claimed by another live node, 4 when Redis, HBase or the data directory cannot
+//! be used at start, 5 when another instance took this node's id while running, 1
+//! otherwise.
 
 use clap::Parser;
 use messenger_server::cli::{BinarySettings, Cli, JWT_SECRET_ENV};
+use messenger_server::config::StoreKind;
 use messenger_server::{Server, ServerConfig, ServerError};
 use tracing_subscriber::EnvFilter;
 
@@ -49,7 +53,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(match e {
                 ServerError::Config(_) | ServerError::Auth(_) => 2,
                 ServerError::NodeIdConflict { .. } => 3,
-                ServerError::Backend { .. } => 4,
+                ServerError::Backend { .. } | ServerError::DataDir(_) => 4,
                 ServerError::LostNodeId(_) => 5,
                 _ => 1,
             })
@@ -76,13 +80,40 @@ async fn run(config: ServerConfig, bin: BinarySettings) -> Result<(), ServerErro
     } else {
         tracing::info!(%addr, "JWT auth: connect to ws://{addr}/ws with Authorization: Bearer <jwt>; browser chat at http://{addr}/");
     }
+    let data = data_notice(&config);
     let server = Server::builder().config(config).build().await?;
+    eprintln!("{data}");
     // The chat server's routes and the browser chat next to them, on one listener.
     let routes = server.router().merge(messenger_server::web::router());
     server
         .serve_router(listener, routes, shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// Where messages and threads are kept, said once at start.
+fn data_notice(config: &ServerConfig) -> String {
+    if let Some(addr) = &config.hbase.address {
+        return format!(
+            "  Data: on HBase at {addr} (tables {}*).\n",
+            config.hbase.table_prefix
+        );
+    }
+    match config.store.kind {
+        StoreKind::Memory => "  Data: IN MEMORY ONLY (--store memory): every message is lost when \
+             the server stops.\n"
+            .to_string(),
+        _ => {
+            let dir = std::path::absolute(&config.store.data_dir)
+                .unwrap_or_else(|_| config.store.data_dir.clone());
+            format!(
+                "  Data: SQLite store in {} (sync {}); it survives restarts. \
+                 --data-dir DIR moves it, --store memory keeps nothing.\n",
+                dir.display(),
+                config.store.sync.as_str()
+            )
+        }
+    }
 }
 
 async fn shutdown_signal() {

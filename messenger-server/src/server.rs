@@ -53,6 +53,11 @@ pub enum ServerError {
         #[source]
         source: messenger_core::Error,
     },
+    /// The embedded store's data directory cannot be used (not a directory, not
+    /// writable, held by another process, written by a newer version); the message
+    /// says what to do.
+    #[error("{0}")]
+    DataDir(String),
     /// Another live node holds this node id in Redis.
     #[error(
         "node id {node} is already claimed in Redis by another live messenger-server: \

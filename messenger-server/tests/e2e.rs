@@ -922,6 +922,9 @@ fn binary_help_and_insecure_refusal() {
         "--presence-grace",
         "--read-buffer-bytes",
         "--write-buffer-bytes",
+        "--store",
+        "--data-dir",
+        "--sync",
         "MESSENGER_JWT_SECRET",
         "RUST_LOG",
     ] {
@@ -971,7 +974,14 @@ async fn binary_sigterm_closes_1001_and_exits_0() {
     use std::io::BufRead;
     let bin = env!("CARGO_BIN_EXE_messenger-server");
     let mut child = std::process::Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--drain-timeout", "3s"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "3s",
+            "--store",
+            "memory",
+        ])
         .env_remove("MESSENGER_JWT_SECRET")
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())

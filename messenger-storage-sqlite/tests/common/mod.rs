@@ -28,6 +28,10 @@ pub fn fresh_dir(name: &str) -> PathBuf {
 }
 
 /// A store in a fresh directory.
+#[allow(
+    dead_code,
+    reason = "each test binary compiles this module; open.rs does not use it"
+)]
 pub async fn fresh_store(name: &str) -> SqliteStore {
     SqliteStore::open(SqliteOptions::new(fresh_dir(name)))
         .await
