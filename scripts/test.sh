@@ -63,6 +63,7 @@ step "feature combinations of messenger-server (lean default, none, each adapter
 for features in "" "--no-default-features" "--no-default-features --features mem" \
     "--no-default-features --features axum" "--no-default-features --features redis" \
     "--no-default-features --features hbase" "--no-default-features --features kafka" \
+    "--no-default-features --features sqlite" \
     "--no-default-features --features jwks-url"; do
   echo "  messenger-server ${features:-(default features)}"
   # shellcheck disable=SC2086
@@ -78,7 +79,10 @@ cargo test --workspace --all-features --all-targets
 step "independent Python client against the real server binary (tests/interop)"
 cargo build -q -p messenger-server --features cli --bin messenger-server
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/messenger-server --listen "127.0.0.1:$port" >target/interop-server.log 2>&1 &
+# On the default durable store, in a data directory of its own (never ./messenger-data).
+interop_data=$(mktemp -d "${TMPDIR:-/tmp}/messenger-interop.XXXXXX")
+./target/debug/messenger-server --listen "127.0.0.1:$port" --data-dir "$interop_data" \
+  >target/interop-server.log 2>&1 &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
@@ -93,6 +97,7 @@ if ! python3 tests/interop/protocol_check.py "127.0.0.1:$port"; then
 fi
 kill $server_pid 2>/dev/null || true
 wait $server_pid 2>/dev/null || true
+rm -rf "$interop_data"
 trap - EXIT
 
 step "messenger-js: npm ci, type checks, build, API reference, embedded chat up to date"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every scenario RUNS times against a fresh in-memory messenger-server each time
-# (and, in the same invocation, against the floor relay), writing one JSON per run to
+# Runs every scenario RUNS times against a fresh messenger-server each time (in memory
+# by default; STORES=sqlite for the durable store on an empty data directory per run),
+# and, in the same invocation, against the floor relay, writing one JSON per run to
 # OUT. Load goes to 127.0.0.0/8 only; every run is bounded in time and stops by itself.
 #
 #   cargo build --release -p messenger-server --features cli -p messenger-bench
@@ -21,6 +22,14 @@ MAX_LOAD=${MAX_LOAD:-2.5}
 # SERVER_CPUS / BENCH_CPUS: pin each to cores with taskset (e.g. 0 and 1).
 # EXTRA_ARGS: more generator arguments (e.g. `--floor off` when comparing two servers).
 # SERVER_ARGS: more server arguments (e.g. `--read-buffer-bytes 512`).
+# STORES: the server's stores, each run of each scenario once per store, interleaved
+# (`STORES="memory sqlite"` compares them in one invocation; the runs are then named
+# SCENARIO.STORE-N). memory (default) or sqlite (an empty data directory per run,
+# OUT/NAME-N.data, its size appended to NAME-N.txt and then removed); SYNC=full|normal
+# is the SQLite store's durability (default full).
+STORES=${STORES:-memory}
+SYNC=${SYNC:-full}
+STORE=memory
 SERVER=${SERVER:-target/release/messenger-server}
 BENCH=${BENCH:-target/release/messenger-bench}
 SERVER_PIN=(); [ -n "${SERVER_CPUS:-}" ] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
@@ -41,8 +50,15 @@ run() { # name run-number bench-args...
   # Limits raised so the server's own protections do not cap the load generator:
   # the default per-session rate limit is 50 frames/s and max connections 10 000.
   # taskset execs the server, so $! is the server's pid.
+  local store_args=(--store memory) data="$OUT/$name-$n.data"
+  if [ "$STORE" = sqlite ]; then
+    rm -rf "$data"
+    store_args=(--store sqlite --data-dir "$data" --sync "$SYNC")
+  fi
+  # shellcheck disable=SC2086
   RUST_LOG=warn "${SERVER_PIN[@]}" "$SERVER" --listen "127.0.0.1:$PORT" --max-connections 1000000 \
-    --rate-limit 100000000 --rate-burst 100000000 ${SERVER_ARGS:-} >"$OUT/$name-$n.server.log" 2>&1 &
+    --rate-limit 100000000 --rate-burst 100000000 "${store_args[@]}" ${SERVER_ARGS:-} \
+    >"$OUT/$name-$n.server.log" 2>&1 &
   local pid=$!
   sleep 1
   echo "== $name run $n (load $(cut -d' ' -f1 /proc/loadavg))" >&2
@@ -50,19 +66,27 @@ run() { # name run-number bench-args...
   "${BENCH_PIN[@]}" "$BENCH" "$@" ${EXTRA_ARGS:-} --url "ws://127.0.0.1:$PORT/ws" --server-pid "$pid" \
     --json "$OUT/$name-$n.json" >"$OUT/$name-$n.txt" 2>"$OUT/$name-$n.progress" || echo "run failed" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [ "$STORE" = sqlite ]; then
+    du -sk "$data" | awk '{print "data directory: " $1 " KiB"}' >>"$OUT/$name-$n.txt"
+    rm -rf "$data"
+  fi
   sed -n '/results/,$p' "$OUT/$name-$n.txt" >&2
 }
 
 for n in $(seq "$RUNS"); do
   for s in $SCENARIOS; do
+   for STORE in $STORES; do
+    # Several stores: one file name per store (pairs.sqlite-1.json).
+    sfx=""; set -- $STORES; [ $# -gt 1 ] && sfx=".$STORE"
     case $s in
-      idle)           run idle "$n" idle --connections 19000 --duration 5 ;;
-      pairs)          run pairs "$n" pairs --pairs 50 --duration 10 ;;
-      pairs-rate)     run pairs-rate "$n" pairs --pairs 50 --rate 50000 --duration 10 ;;
-      pairs-rate-low) run pairs-rate-low "$n" pairs --pairs 50 --rate 20000 --duration 10 ;;
-      group)          run group "$n" group --connections 200 --group-size 10 --duration 10 ;;
-      reconnect)      run reconnect "$n" reconnect --connections 1000 --jitter-ms 1000 --messages 5 --duration 30 ;;
+      idle) run "idle$sfx" "$n" idle --connections 19000 --duration 5 ;;
+      pairs) run "pairs$sfx" "$n" pairs --pairs 50 --duration 10 ;;
+      pairs-rate) run "pairs-rate$sfx" "$n" pairs --pairs 50 --rate 50000 --duration 10 ;;
+      pairs-rate-low) run "pairs-rate-low$sfx" "$n" pairs --pairs 50 --rate 20000 --duration 10 ;;
+      group) run "group$sfx" "$n" group --connections 200 --group-size 10 --duration 10 ;;
+      reconnect) run "reconnect$sfx" "$n" reconnect --connections 1000 --jitter-ms 1000 --messages 5 --duration 30 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
+   done
   done
 done

@@ -89,6 +89,9 @@ export async function startServer(opts: { port?: number; jwtSecret?: string; arg
     "200ms",
     "--drain-timeout",
     "500ms",
+    // Ephemeral: every test starts from an empty store and leaves no data directory.
+    "--store",
+    "memory",
     ...(opts.args ?? []),
   ];
   let log = "";

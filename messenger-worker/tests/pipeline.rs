@@ -178,6 +178,10 @@ fn server(name: &str, node: u16, redis: &str, brokers: &str) -> (Proc, SocketAdd
             format!("pipe{}", std::process::id()),
             "--kafka".into(),
             brokers.into(),
+            // Two nodes without HBase: each keeps its own messages in memory (the
+            // binary refuses SQLite in cluster mode without HBase).
+            "--store".into(),
+            "memory".into(),
             // The tests send faster than a person.
             "--rate-limit".into(),
             "100000".into(),
@@ -910,6 +914,8 @@ async fn bad_configuration_exits_non_zero_with_a_message() {
             &format!("127.0.0.1:{}", free_port()),
             "--kafka",
             &nobody,
+            "--store",
+            "memory",
         ])
         .output()
         .expect("run messenger-server");
