@@ -171,7 +171,8 @@ async fn connect_sqlite(c: &ServerConfig, b: &mut Backends) -> Result<(), Server
     let dir = std::path::absolute(&c.store.data_dir).unwrap_or_else(|_| c.store.data_dir.clone());
     b.stores = format!("sqlite {} (sync {})", dir.display(), sync);
     b.messages = Some(Arc::new(store.clone()));
-    b.threads = Some(Arc::new(store));
+    b.threads = Some(Arc::new(store.clone()));
+    b.push_registry = Some(Arc::new(store));
     Ok(())
 }
 

@@ -437,8 +437,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// No arguments: the data is kept in ./messenger-data (said at start) and survives a
-/// restart; a second process on the same directory is refused while the first runs.
+/// No arguments: the data (messages and push settings) is kept in ./messenger-data (said
+/// at start) and survives a restart; a second process on the same directory is refused while the first runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_directory_lock_and_restart() {
     let cwd = data_dir("cwd");
@@ -473,6 +473,8 @@ async fn default_directory_lock_and_restart() {
         .request(json!({"type":"send_message","thread_id":t,"temp_id":"one","text":"kept"}))
         .await;
     assert_eq!(r["seq"], 1, "{r}");
+    let r = a.request(json!({"type":"mute_thread","thread_id":t})).await;
+    assert_eq!(r["muted"], true, "{r}");
 
     // A second process on the same directory: exit 4, names the holder and what to do.
     let other = free_port().to_string();
@@ -504,6 +506,10 @@ async fn default_directory_lock_and_restart() {
     let h = b.history(&t).await;
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["text"], "kept");
+    // Push settings are in the store too.
+    let mut a = User::connect(addr, "d-alice").await;
+    let r = a.request(json!({"type":"list_threads"})).await;
+    assert_eq!(r["threads"][0]["muted"], true, "{r}");
 }
 
 /// Bad input exits non-zero with a message that says what to do.

@@ -1,5 +1,5 @@
-//! The embedded durable store: [`MessageStore`] and [`ThreadStore`] in one data
-//! directory, on SQLite in WAL mode. The `messenger-server` binary's default store.
+//! The embedded durable store: [`MessageStore`], [`ThreadStore`] and [`PushRegistry`]
+//! in one data directory, on SQLite in WAL mode. The `messenger-server` binary's default store.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +32,7 @@
 //! process, may lose the last commits on power loss or an OS crash; never corrupts).
 
 mod lock;
+mod push;
 mod read;
 mod schema;
 mod writer;
@@ -46,7 +47,10 @@ use messenger_core::model::{
     check_batch, AckStatus, Appended, CreatedThread, HistoryPage, HistoryQuery, MembershipChange,
     NewMessage, NewThread, StoredMessage, ThreadInfo, UserThread, WatermarkUpdate,
 };
-use messenger_core::{Error, MessageId, MessageStore, Result, ThreadId, ThreadStore, UserId};
+use messenger_core::push::{PushRegistration, PushTargets, ThreadMute};
+use messenger_core::{
+    Error, MessageId, MessageStore, PushRegistry, Result, ThreadId, ThreadStore, UserId,
+};
 use rusqlite::{Connection, OpenFlags};
 
 pub use lock::LOCK_FILE;
@@ -634,6 +638,52 @@ impl ThreadStore for SqliteStore {
     ) -> Result<WatermarkUpdate> {
         let (thread, user) = (thread.clone(), user.clone());
         self.write(move |w| w.advance_watermark(&thread, &user, status, seq))
+            .await
+    }
+}
+
+#[async_trait]
+impl PushRegistry for SqliteStore {
+    async fn register_target(
+        &self,
+        reg: PushRegistration,
+        max_targets: usize,
+    ) -> Result<PushRegistration> {
+        self.write(move |w| push::register(w.conn(), reg, max_targets))
+            .await
+    }
+
+    async fn unregister_target(&self, user: &UserId, target_id: &str) -> Result<bool> {
+        let (user, target_id) = (user.clone(), target_id.to_string());
+        self.write(move |w| push::unregister(w.conn(), &user, &target_id))
+            .await
+    }
+
+    async fn list_targets(&self, user: &UserId) -> Result<Vec<PushRegistration>> {
+        let user = user.clone();
+        self.read(move |c, _| push::targets(c, &user)).await
+    }
+
+    async fn set_mute(&self, user: &UserId, mute: ThreadMute) -> Result<()> {
+        let user = user.clone();
+        self.write(move |w| push::set_mute(w.conn(), &user, &mute))
+            .await
+    }
+
+    async fn clear_mute(&self, user: &UserId, thread: &ThreadId) -> Result<bool> {
+        let (user, thread) = (user.clone(), thread.clone());
+        self.write(move |w| push::clear_mute(w.conn(), &user, &thread))
+            .await
+    }
+
+    async fn list_mutes(&self, user: &UserId) -> Result<Vec<ThreadMute>> {
+        let user = user.clone();
+        self.read(move |c, _| push::list_mutes(c, &user)).await
+    }
+
+    async fn push_targets(&self, user: &UserId, thread: &ThreadId) -> Result<PushTargets> {
+        let (user, thread) = (user.clone(), thread.clone());
+        self.read(move |c, _| push::push_targets(c, &user, &thread))
             .await
     }
 }

@@ -3,7 +3,7 @@
 //! `PRAGMA application_id` marks the file as a messenger store and `PRAGMA user_version`
 //! carries the schema version. A file with a newer version than [`SCHEMA_VERSION`] is
 //! refused (this build would misread it); an older one is migrated forward in one
-//! transaction at open (there is only version 1 so far).
+//! transaction at open (version 1 -> 2 adds the push tables).
 //!
 //! Layout (see the README for the reasoning):
 //! - `thread_keys`: thread id text -> a small integer `t` used by every other table,
@@ -13,13 +13,15 @@
 //!   `id` serves `get`.
 //! - `threads`, `members` (with an index by user for a user's thread list) and
 //!   `watermarks`.
+//! - Version 2: `push_targets` and `push_mutes` (see `crate::push`).
 
 use rusqlite::Connection;
 
 use crate::OpenError;
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes and reads: 1 messages and threads, 2 adds push
+/// targets and mutes (`crate::push`).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id`: "MsgR" in ASCII, marks a messenger store.
 pub const APPLICATION_ID: i64 = 0x4d73_6752;
@@ -88,6 +90,7 @@ pub(crate) fn prepare(conn: &mut Connection, db: &std::path::Path) -> Result<(),
         .map_err(sqlite)?;
     if app == 0 && version == 0 && tables == 0 {
         tx.execute_batch(V1).map_err(sqlite)?;
+        tx.execute_batch(crate::push::V2).map_err(sqlite)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(sqlite)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -113,8 +116,16 @@ pub(crate) fn prepare(conn: &mut Connection, db: &std::path::Path) -> Result<(),
             path: db.to_path_buf(),
         });
     }
-    // Version 1 is the only one: nothing to migrate yet. A later version adds its
-    // `if version < N { ... }` steps here, inside this transaction.
+    // Each step brings the file one version forward, all in this transaction: a failed
+    // migration leaves the file as it was.
+    if version < 2 {
+        tx.execute_batch(crate::push::V2).map_err(sqlite)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite)?;
+        tracing::info!(db = %db.display(), from = version, to = SCHEMA_VERSION, "migrated the store's schema");
+    }
     tx.commit().map_err(sqlite)?;
     Ok(())
 }

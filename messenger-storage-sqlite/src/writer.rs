@@ -143,6 +143,11 @@ impl Writer {
         }
     }
 
+    /// The writing connection (inside the open transaction and the job's savepoint).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     fn exec(&self, sql: &str) -> Result<()> {
         self.conn
             .prepare_cached(sql)

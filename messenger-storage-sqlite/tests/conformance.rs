@@ -1,11 +1,11 @@
-//! Every `messenger-core` conformance suite that applies to the SQLite store, and the
-//! engine-level checks with the stores on SQLite.
+//! Every `messenger-core` conformance suite that applies to the SQLite store (messages,
+//! threads, push registry), and the engine-level checks with the stores on SQLite.
 
 mod common;
 
 use std::sync::Arc;
 
-use messenger_core::{MessageStore, ThreadStore};
+use messenger_core::{MessageStore, PushRegistry, ThreadStore};
 
 messenger_core::message_store_tests!(|| async {
     Arc::new(common::fresh_store("messages").await) as Arc<dyn MessageStore>
@@ -13,6 +13,10 @@ messenger_core::message_store_tests!(|| async {
 
 messenger_core::thread_store_tests!(|| async {
     Arc::new(common::fresh_store("threads").await) as Arc<dyn ThreadStore>
+});
+
+messenger_core::push_registry_tests!(|| async {
+    Arc::new(common::fresh_store("push").await) as Arc<dyn PushRegistry>
 });
 
 /// The suites do not need a fresh store: run them again on one store shared by every
@@ -52,7 +56,8 @@ mod engine {
             async move {
                 let mut a = backend.adapters(node);
                 a.messages = Arc::new(store.clone());
-                a.threads = Arc::new(store);
+                a.threads = Arc::new(store.clone());
+                a.push_registry = Arc::new(store);
                 a
             }
         })

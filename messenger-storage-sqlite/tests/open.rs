@@ -4,9 +4,12 @@
 mod common;
 
 use messenger_core::model::{HistoryQuery, NewMessage, NewThread, ThreadKind};
+use messenger_core::push::{PushPlatform, PushRegistration, ThreadMute};
 use messenger_core::testkit::{unique_message_id, unique_thread, unique_user};
-use messenger_core::{MessageStore, ThreadStore};
-use messenger_storage_sqlite::{OpenError, SqliteOptions, SqliteStore, SyncMode, DB_FILE};
+use messenger_core::{MessageStore, PushRegistry, ThreadStore};
+use messenger_storage_sqlite::{
+    OpenError, SqliteOptions, SqliteStore, SyncMode, DB_FILE, SCHEMA_VERSION,
+};
 
 fn msg(
     thread: &messenger_core::ThreadId,
@@ -116,6 +119,62 @@ async fn a_newer_schema_is_refused() {
         }
         other => panic!("expected NewerSchema, got {other:?}"),
     }
+}
+
+/// A version 1 file (before push targets) is migrated at open: its messages stay, the
+/// push tables appear, the version is bumped, and push data then survives a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_store_is_migrated() {
+    let dir = common::fresh_dir("v1");
+    let (thread, alice) = (unique_thread("m"), unique_user("alice"));
+    {
+        let s = open(&dir).await.expect("create");
+        let batch = (0..5)
+            .map(|i| msg(&thread, &alice, &format!("v{i}")))
+            .collect();
+        s.append_batch(&thread, batch).await.expect("append");
+    }
+    let c = rusqlite_conn(&dir);
+    c.execute_batch("DROP TABLE push_targets; DROP TABLE push_mutes; PRAGMA user_version = 1;")
+        .expect("make it a version 1 file");
+    drop(c);
+
+    let s = open(&dir).await.expect("migrates");
+    let version: i64 = rusqlite_conn(&dir)
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let page = s
+        .fetch(&thread, HistoryQuery::latest(50))
+        .await
+        .expect("fetch");
+    assert_eq!(page.messages.len(), 5, "the messages stay");
+    let reg = PushRegistration::validate(
+        alice.clone(),
+        PushPlatform::Fcm,
+        Some("fcm-token-0123456789abcdefghijklmnop".into()),
+        None,
+        None,
+        None,
+        false,
+        1_700_000_000_000,
+    )
+    .expect("valid");
+    s.register_target(reg.clone(), 10).await.expect("register");
+    s.set_mute(
+        &alice,
+        ThreadMute {
+            thread_id: thread.clone(),
+            until: None,
+        },
+    )
+    .await
+    .expect("mute");
+    drop(s);
+    let s = open(&dir).await.expect("reopen");
+    let t = s.push_targets(&alice, &thread).await.expect("targets");
+    assert_eq!(t.targets, vec![reg]);
+    assert_eq!(t.mute.map(|m| m.until), Some(None));
 }
 
 fn rusqlite_conn(dir: &std::path::Path) -> rusqlite::Connection {
