@@ -445,10 +445,10 @@ impl Engine {
     /// Handles one decoded request from `session`.
     ///
     /// Replies leave in request order. A `send_message` is admitted and queued on its
-    /// thread (see [`commit`]): several sends of a session may wait for the store at
-    /// once, and this returns before the send's reply. Any other frame first waits until
-    /// the session's earlier sends are answered, so it sees their effects (a
-    /// `fetch_history` after a send includes it) and its reply comes after theirs.
+    /// thread (group commit): several sends of a session may wait for the store at once,
+    /// and this returns before the send's reply. Any other frame first waits until the
+    /// session's earlier sends are answered, so it sees their effects (a `fetch_history`
+    /// after a send includes it) and its reply comes after theirs.
     pub async fn handle(&self, session: &SessionHandle, req: Request) {
         let s = &session.shared;
         let req_id = req.req_id;
