@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for EventId {
 }
 
 /// One entry of the event log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Event {
     /// Unique id; the de-duplication key for consumers.
     pub id: EventId,
@@ -79,6 +79,28 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub body: EventBody,
+}
+
+/// Written field by field (the same JSON as `#[serde(flatten)]` would give, without its
+/// map detour): the event log encodes one event per durable change on the server's hot
+/// path.
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Event", 5)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("created_at", &self.created_at)?;
+        st.serialize_field("node", &self.node)?;
+        st.serialize_field("type", self.body.type_name())?;
+        match &self.body {
+            EventBody::MessageCreated(m) => st.serialize_field("data", m)?,
+            EventBody::ReceiptUpdated(r) => st.serialize_field("data", r)?,
+            EventBody::ThreadCreated(c) | EventBody::MembersAdded(c) | EventBody::MemberLeft(c) => {
+                st.serialize_field("data", c)?
+            }
+        }
+        st.end()
+    }
 }
 
 impl Event {

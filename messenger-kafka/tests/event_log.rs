@@ -106,10 +106,10 @@ async fn events_reach_the_topic_keyed_by_thread_in_order() {
     let s = log.stats();
     assert_eq!(s.published.load(Ordering::Relaxed), 600);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.delivered.load(Ordering::Relaxed) < 600 && Instant::now() < deadline {
+    while log.delivered() < 600 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(s.delivered.load(Ordering::Relaxed), 600);
+    assert_eq!(log.delivered(), 600);
     assert_eq!(s.shed.load(Ordering::Relaxed), 0);
     assert_eq!(log.close(Duration::from_secs(5)).await, 0);
 }
@@ -126,10 +126,10 @@ async fn a_broker_outage_delays_events_and_a_full_buffer_sheds_the_oldest() {
     log.publish(event(1, "g:before", 1));
     let s = log.stats();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.delivered.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
+    while log.delivered() < 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(s.delivered.load(Ordering::Relaxed), 1);
+    assert_eq!(log.delivered(), 1);
 
     let b = Arc::new(broker);
     let b2 = b.clone();

@@ -264,12 +264,13 @@ pub(crate) struct EventLogCollector(pub(crate) Arc<messenger_kafka::KafkaEventLo
 impl Collector for EventLogCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.stats();
-        counter(
-            &mut enc,
+        let m = enc.encode_descriptor(
             "event_log_delivered",
             "Events the Kafka brokers acknowledged",
-            &s.delivered,
+            None,
+            MetricType::Counter,
         )?;
+        ConstCounter::new(self.0.delivered()).encode(m)?;
         counter(
             &mut enc,
             "event_log_shed",
