@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of the Kafka pipeline (docs/benchmarks.md, "Kafka pipeline"). Loopback only;
 # every run is bounded. Needs release builds:
-#   cargo build --release -p messenger-server -p messenger-worker -p messenger-bench --example pipeline_bench
+#   cargo build --release -p messenger-server --features messenger-server/cli && cargo build --release -p messenger-worker -p messenger-bench --bins --examples
 #   messenger-worker/scripts/bench.sh OUT RUNS [pairs] [webhooks] [push]
 #
 # pairs:    `messenger-bench pairs` (50 pairs, 10 s) against a fresh in-memory server,
@@ -24,7 +24,7 @@ WORKER=target/release/messenger-worker
 BENCH=target/release/messenger-bench
 PB=target/release/examples/pipeline_bench
 for b in $SERVER $WORKER $BENCH $PB; do
-  [ -x "$b" ] || { echo "$b missing: cargo build --release -p messenger-server -p messenger-worker -p messenger-bench --example pipeline_bench" >&2; exit 1; }
+  [ -x "$b" ] || { echo "$b missing: cargo build --release -p messenger-server --features messenger-server/cli && cargo build --release -p messenger-worker -p messenger-bench --bins --examples" >&2; exit 1; }
 done
 export KAFKA_RUN_DIR=$PWD/target/kafka-bench
 BROKERS=$(scripts/kafka.sh start | sed -n 's/^KAFKA_BROKERS=//p')

@@ -189,7 +189,50 @@ struct Shared {
     dlq: FutureProducer,
     push: Option<PushService>,
     endpoints: Vec<Endpoint>,
-    throttle: Mutex<HashMap<(UserId, ThreadId), Instant>>,
+    throttle: PushThrottle,
+}
+
+/// The large-group push throttle: in a thread with more members than `threshold`, at
+/// most one push per member per `every` (a thread's events all reach the same worker:
+/// its partition is keyed by thread, so one worker's memory is enough).
+struct PushThrottle {
+    threshold: usize,
+    every: Duration,
+    last: Mutex<HashMap<(UserId, ThreadId), Instant>>,
+}
+
+impl PushThrottle {
+    fn new(threshold: usize, every: Duration) -> PushThrottle {
+        PushThrottle {
+            threshold,
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The offline members of `m` to notify at `now`, and how many were held back.
+    fn admit(&self, m: &MessageCreated, now: Instant) -> (Vec<UserId>, u64) {
+        if m.member_count <= self.threshold {
+            return (m.offline.clone(), 0);
+        }
+        let mut g = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() > 1_000_000 {
+            g.retain(|_, t| now.duration_since(*t) < self.every);
+        }
+        let mut out = Vec::new();
+        let mut held = 0;
+        for u in &m.offline {
+            let key = (u.clone(), m.thread_id.clone());
+            match g.get(&key) {
+                Some(t) if now.duration_since(*t) < self.every => held += 1,
+                _ => {
+                    g.insert(key, now);
+                    out.push(u.clone());
+                }
+            }
+        }
+        (out, held)
+    }
 }
 
 impl Shared {
@@ -218,30 +261,11 @@ impl Shared {
     }
 
     /// Members to notify: the offline ones, throttled per user and thread in large
-    /// groups (a thread's events all reach the same worker: its partition is keyed by
-    /// thread, so one worker's memory is enough for the throttle).
+    /// groups.
     fn recipients(&self, m: &MessageCreated) -> Vec<UserId> {
-        if m.member_count <= self.cfg.push.threshold() {
-            return m.offline.clone();
-        }
-        let every = self.cfg.push.interval();
-        let now = Instant::now();
-        let mut g = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        if g.len() > 1_000_000 {
-            g.retain(|_, t| now.duration_since(*t) < every);
-        }
-        let mut out = Vec::new();
-        for u in &m.offline {
-            let key = (u.clone(), m.thread_id.clone());
-            match g.get(&key) {
-                Some(t) if now.duration_since(*t) < every => {
-                    self.metrics.push_throttled.inc();
-                }
-                _ => {
-                    g.insert(key, now);
-                    out.push(u.clone());
-                }
-            }
+        let (out, held) = self.throttle.admit(m, Instant::now());
+        if held > 0 {
+            self.metrics.push_throttled.inc_by(held);
         }
         out
     }
@@ -550,7 +574,7 @@ pub async fn run(
         dlq,
         push,
         endpoints,
-        throttle: Mutex::new(HashMap::new()),
+        throttle: PushThrottle::new(cfg.push.threshold(), cfg.push.interval()),
     });
     for (w, client, rx) in batchers {
         tokio::spawn(batcher(Arc::downgrade(&shared), w, client, retry, rx));
@@ -648,4 +672,63 @@ pub async fn run(
     let _ = http.await;
     tracing::info!("messenger-worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messenger_core::model::ThreadKind;
+    use messenger_core::MessageId;
+
+    fn created(thread: &str, members: usize, offline: &[&str]) -> MessageCreated {
+        MessageCreated {
+            thread_id: ThreadId::new(thread).expect("thread id"),
+            thread_kind: ThreadKind::Group,
+            message_id: MessageId(1),
+            seq: 1,
+            sender_id: UserId::new("sender").expect("user id"),
+            text: "hi".into(),
+            sent_at: 0,
+            member_count: members,
+            offline: offline
+                .iter()
+                .map(|u| UserId::new(*u).expect("user id"))
+                .collect(),
+            offline_known: true,
+        }
+    }
+
+    fn names(v: &[UserId]) -> Vec<&str> {
+        v.iter().map(|u| u.as_str()).collect()
+    }
+
+    #[test]
+    fn small_groups_are_never_throttled() {
+        let t = PushThrottle::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        for _ in 0..3 {
+            let (out, held) = t.admit(&created("g:small", 3, &["a", "b"]), now);
+            assert_eq!(names(&out), ["a", "b"]);
+            assert_eq!(held, 0);
+        }
+    }
+
+    #[test]
+    fn large_groups_push_once_per_member_and_thread_per_interval() {
+        let every = Duration::from_secs(60);
+        let t = PushThrottle::new(3, every);
+        let now = Instant::now();
+        let (out, held) = t.admit(&created("g:big", 4, &["a", "b"]), now);
+        assert_eq!((names(&out), held), (vec!["a", "b"], 0));
+        // Within the interval: a and b are held back, c is new.
+        let later = now + Duration::from_secs(30);
+        let (out, held) = t.admit(&created("g:big", 4, &["a", "b", "c"]), later);
+        assert_eq!((names(&out), held), (vec!["c"], 2));
+        // Another thread is counted on its own.
+        let (out, held) = t.admit(&created("g:other", 4, &["a"]), later);
+        assert_eq!((names(&out), held), (vec!["a"], 0));
+        // After the interval a and b get a push again.
+        let (out, held) = t.admit(&created("g:big", 4, &["a", "b"]), now + every);
+        assert_eq!((names(&out), held), (vec!["a", "b"], 0));
+    }
 }
