@@ -64,7 +64,7 @@ for features in "" "--no-default-features" "--no-default-features --features mem
     "--no-default-features --features axum" "--no-default-features --features redis" \
     "--no-default-features --features hbase" "--no-default-features --features kafka" \
     "--no-default-features --features sqlite" \
-    "--no-default-features --features jwks-url"; do
+    "--no-default-features --features jwks-url" "--no-default-features --features push"; do
   echo "  messenger-server ${features:-(default features)}"
   # shellcheck disable=SC2086
   cargo clippy -q -p messenger-server $features --all-targets -- -D warnings

@@ -2,12 +2,17 @@
 //!
 //! Push notifications for members with no live session, and signed webhooks.
 //!
-//! - [`PushProvider`]: one per platform (webhook here; APNs, FCM and Web Push come with
-//!   device registration). It gets a [`Notification`] and the recipient's
+//! - [`PushProvider`]: one per platform: [`ApnsProvider`] (HTTP/2, ES256 provider
+//!   token), [`FcmProvider`] (HTTP v1, service-account OAuth), [`WebPushProvider`]
+//!   (RFC 8030 + VAPID + RFC 8291) and the signed [`WebhookProvider`]. It gets a [`Notification`] and the recipient's
 //!   [`PushTarget`]s of its platform and reports one [`Outcome`] per target: delivered,
 //!   retry (after a delay), target gone, credentials rejected, rejected.
 //! - [`TargetDirectory`]: which targets a user has for a thread (mutes give none);
-//!   [`StaticTargets`] sends everyone's notifications to fixed targets.
+//!   [`RegistryDirectory`] reads the store's device registrations and thread mutes
+//!   (`messenger_core::PushRegistry`); [`StaticTargets`] sends everyone's
+//!   notifications to fixed targets.
+//! - [`Privacy`]: what a notification shows (full text, sender only, or "New
+//!   message") and so what leaves the server.
 //! - [`PushService`]: resolves targets, calls providers, removes gone targets, retries
 //!   transient failures with jittered exponential backoff ([`RetryPolicy`]) and reports
 //!   what failed for good. It implements `messenger_core::PushSink`, so a single-node
@@ -30,10 +35,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apns;
+mod common;
+pub mod content;
+mod directory;
+pub mod fcm;
 mod provider;
 mod service;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod webhook;
+pub mod webpush;
 
+pub use apns::{ApnsConfig, ApnsProvider};
+pub use common::ConfigError;
+pub use content::Privacy;
+pub use directory::{keys, target_of, RegistryDirectory};
+pub use fcm::{FcmConfig, FcmProvider};
 pub use provider::{Notification, Outcome, Platform, PushProvider, PushTarget};
 pub use service::{PushService, PushStats, Report, RetryPolicy, StaticTargets, TargetDirectory};
 pub use webhook::WebhookProvider;
+pub use webpush::{VapidKey, WebPushConfig, WebPushProvider};

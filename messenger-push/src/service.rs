@@ -220,9 +220,10 @@ impl PushService {
                         self.stats
                             .credential_rejected
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(platform = %t.platform, %why,
-                            "a push provider refused our credentials: fix its configuration; \
-                             notifications through it fail until then");
+                        // The provider itself logs the refusal once, loudly; here it is
+                        // one more notification that could not go out.
+                        tracing::debug!(platform = %t.platform, %why,
+                            "push not sent: the provider refuses our credentials");
                     }
                     Outcome::RetryAfter(after) => {
                         if let Some(d) = next_delay {

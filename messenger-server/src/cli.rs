@@ -28,8 +28,8 @@ use messenger_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    AuthConfig, ConfigError, HBaseSettings, KafkaSettings, Limits, PresenceSettings, RedisSettings,
-    ServerConfig, StoreKind, StoreSettings, SyncMode, WebSocketSettings,
+    AuthConfig, ConfigError, HBaseSettings, KafkaSettings, Limits, PresenceSettings, PushSettings,
+    RedisSettings, ServerConfig, StoreKind, StoreSettings, SyncMode, WebSocketSettings,
 };
 
 /// Environment variable holding the JWT HS256 secret itself.
@@ -208,6 +208,8 @@ pub struct BinaryConfig {
     pub kafka: KafkaSettings,
     /// See [`ServerConfig::store`]; the binary's default kind is `sqlite`.
     pub store: StoreSettings,
+    /// See [`ServerConfig::push`].
+    pub push: PushSettings,
 }
 
 impl Default for BinaryConfig {
@@ -228,6 +230,7 @@ impl Default for BinaryConfig {
                 kind: StoreKind::Sqlite,
                 ..s.store
             },
+            push: s.push,
         }
     }
 }
@@ -270,6 +273,7 @@ impl BinaryConfig {
             hbase: self.hbase,
             kafka: self.kafka,
             store: self.store,
+            push: self.push,
         };
         c.redis.url = c.redis.url.filter(|u| !u.is_empty());
         c.hbase.address = c.hbase.address.filter(|a| !a.is_empty());

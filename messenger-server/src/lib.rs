@@ -67,6 +67,8 @@ mod cluster;
 pub mod config;
 mod conn;
 pub mod metrics;
+#[cfg(feature = "push")]
+mod push;
 #[cfg(feature = "axum")]
 mod router;
 mod server;

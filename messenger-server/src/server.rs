@@ -227,7 +227,8 @@ impl ServerBuilder {
                 self.$field.ok_or(ServerError::MissingAdapter($name))?
             };
         }
-        let adapters = Adapters {
+        let push_unset = self.push.is_none();
+        let mut adapters = Adapters {
             ids: pick!(ids, "id generator"),
             messages: pick!(messages, "message store"),
             threads: pick!(threads, "thread store"),
@@ -238,6 +239,23 @@ impl ServerBuilder {
             relay: pick!(relay, "relay"),
             events: self.events.unwrap_or_else(|| Arc::new(DiscardEvents)),
         };
+        #[cfg(feature = "push")]
+        if push_unset {
+            if let Some(sink) =
+                crate::push::sink(&self.config.push, adapters.push_registry.clone())?
+            {
+                adapters.push = sink;
+            }
+        }
+        #[cfg(not(feature = "push"))]
+        if push_unset && self.config.push.enabled() {
+            return Err(crate::config::ConfigError::Invalid(
+                "push providers are configured but this build has no `push` feature: \
+                 build messenger-server with --features push (the binary's `cli` has it)"
+                    .into(),
+            )
+            .into());
+        }
         Ok((self.config, adapters))
     }
 
