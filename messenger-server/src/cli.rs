@@ -89,6 +89,10 @@ pub struct Cli {
     /// Accepted JWT issuer (`iss`); repeat for several [default: not checked].
     #[arg(long = "jwt-issuer", value_name = "ISS")]
     pub jwt_issuer: Vec<String>,
+    /// Browser origin allowed to open /ws (`https://chat.example.com`); repeat for
+    /// several. Others get 403 [default: any origin].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origin: Vec<String>,
     /// Clock leeway on JWT `exp`/`nbf` [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub jwt_leeway: Option<Duration>,
@@ -386,6 +390,7 @@ impl Cli {
         f = set(f, "auth.jwt.audience", list(&self.jwt_audience));
         f = set(f, "auth.jwt.issuer", list(&self.jwt_issuer));
         f = set(f, "auth.jwt.leeway", dur(self.jwt_leeway));
+        f = set(f, "websocket.allowed_origins", list(&self.allowed_origin));
         f = set(f, "redis.url", self.redis_url.as_ref());
         f = set(f, "redis.key_prefix", self.redis_key_prefix.as_ref());
         f = set(f, "redis.node_ttl", dur(self.redis_node_ttl));

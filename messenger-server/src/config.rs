@@ -209,6 +209,33 @@ pub struct Limits {
     /// Largest request head (request line and headers) in bytes accepted by
     /// [`Server::serve`](crate::Server). Default 64 KiB.
     pub max_head_bytes: usize,
+    /// Most WebSocket sessions one user may hold on this node at once. Over it the new
+    /// upgrade is refused with `429 Too Many Requests` (the sessions already open are
+    /// left alone; a dead one frees its slot within two ping intervals). Default 16.
+    pub max_sessions_per_user: usize,
+    /// Sustained connection attempts per second from one source address accepted by
+    /// [`Server::serve`](crate::Server); over it the connection is answered `429` and
+    /// closed. 0 turns the limit off. Default 50.
+    pub connect_rate_per_sec: u32,
+    /// Burst of connection attempts per source address above the sustained rate.
+    /// Default 100.
+    pub connect_rate_burst: u32,
+    /// Whether the connection rate applies to loopback peers too. Off by default: a
+    /// reverse proxy on the same host (HAProxy, nginx) is one loopback address for
+    /// every client, so its limit belongs in the proxy. Default false.
+    pub connect_rate_loopback: bool,
+    /// Threads (`create_thread`) one user may create per minute on this node, as a
+    /// burst of this many refilled evenly over the minute; over it `rate_limited`.
+    /// Default 30.
+    pub threads_per_minute: u32,
+    /// Most members in a group (`create_thread`, `add_members`); over it `bad_request`.
+    /// Default 10 000.
+    pub max_group_members: usize,
+    /// Most user ids in one `add_members` request; over it `too_large`. Default 100.
+    pub max_add_members: usize,
+    /// Most users one session may watch with `presence_subscribe`; over it `too_large`
+    /// and nothing of the request is subscribed. Default 1000.
+    pub max_presence_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -222,6 +249,14 @@ impl Default for Limits {
             rate_limit_burst: 100,
             max_headers: 128,
             max_head_bytes: 64 * 1024,
+            max_sessions_per_user: 16,
+            connect_rate_per_sec: 50,
+            connect_rate_burst: 100,
+            connect_rate_loopback: false,
+            threads_per_minute: 30,
+            max_group_members: 10_000,
+            max_add_members: 100,
+            max_presence_subscriptions: 1000,
         }
     }
 }
@@ -251,6 +286,11 @@ pub struct WebSocketSettings {
     /// Bytes buffered before tungstenite writes to the socket (its default is 128 KiB);
     /// a flush always writes everything. Default 1 KiB.
     pub write_buffer_bytes: usize,
+    /// Origins (`scheme://host[:port]`, compared without regard to case) allowed to
+    /// open `/ws` from a browser. Empty (the default) allows any. When set, an upgrade
+    /// whose `Origin` header is not in the list is refused with `403`; a request
+    /// without `Origin` (native apps, servers) is allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketSettings {
@@ -262,6 +302,7 @@ impl Default for WebSocketSettings {
             drain_timeout: Duration::from_secs(10),
             read_buffer_bytes: 1024,
             write_buffer_bytes: 1024,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -648,6 +689,15 @@ impl ServerConfig {
             ("limits.rate_limit_burst", l.rate_limit_burst as usize),
             ("limits.max_headers", l.max_headers),
             ("limits.max_head_bytes", l.max_head_bytes),
+            ("limits.max_sessions_per_user", l.max_sessions_per_user),
+            ("limits.connect_rate_burst", l.connect_rate_burst as usize),
+            ("limits.threads_per_minute", l.threads_per_minute as usize),
+            ("limits.max_group_members", l.max_group_members),
+            ("limits.max_add_members", l.max_add_members),
+            (
+                "limits.max_presence_subscriptions",
+                l.max_presence_subscriptions,
+            ),
             ("websocket.read_buffer_bytes", w.read_buffer_bytes),
             ("hbase.pool_size", self.hbase.pool_size),
         ];
@@ -660,6 +710,16 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(
                 "limits.max_head_bytes must be at least 8192".into(),
             ));
+        }
+        if let Some(o) = w
+            .allowed_origins
+            .iter()
+            .find(|o| !crate::limits::valid_origin(o))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "websocket.allowed_origins: {o:?} is not an origin: write scheme://host[:port] \
+                 (no path, no trailing slash)"
+            )));
         }
         if self.redis.node_ttl < Duration::from_millis(300) {
             return Err(ConfigError::Invalid(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use messenger_core::engine::{CloseReason, Engine, OutboxItem, Session, SessionHandle};
-use messenger_core::protocol::{decode_client, ServerFrame};
+use messenger_core::protocol::{decode_client, ClientFrame, ServerFrame};
 use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -49,6 +49,8 @@ pub(crate) struct ConnCtx {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Limits shared across sessions (sessions per user, thread creation rate).
+    pub(crate) guards: Arc<crate::limits::Guards>,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
@@ -201,9 +203,16 @@ where
                     continue;
                 }
                 match decoded {
-                    // Boxed: the engine's request future is over 1 KiB and would
-                    // otherwise sit in every idle connection's task.
-                    Ok(req) => Box::pin(ctx.engine.handle(handle, req)).await,
+                    Ok(req) => {
+                        if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
+                            ctx.metrics.limit(limit);
+                            reject(ctx, handle, req.req_id, code, message);
+                            continue;
+                        }
+                        // Boxed: the engine's request future is over 1 KiB and would
+                        // otherwise sit in every idle connection's task.
+                        Box::pin(ctx.engine.handle(handle, req)).await
+                    }
                     Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
                 }
             }
@@ -226,6 +235,48 @@ where
             // liveness because it reset the timeout above.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
+    }
+}
+
+/// The abuse limit a frame breaks, if any, as (error code, limit label, message). Such a
+/// frame is answered with the error and not processed.
+fn over_limit(
+    ctx: &ConnCtx,
+    handle: &SessionHandle,
+    frame: &ClientFrame,
+) -> Option<(&'static str, &'static str, String)> {
+    let l = &ctx.config.limits;
+    match frame {
+        ClientFrame::CreateThread(_) if !ctx.guards.thread_allowed(handle.user()) => Some((
+            "rate_limited",
+            "threads_per_minute",
+            format!(
+                "too many threads created: at most {} per minute (limits.threads_per_minute)",
+                l.threads_per_minute
+            ),
+        )),
+        ClientFrame::AddMembers { members, .. } if members.len() > l.max_add_members => Some((
+            "too_large",
+            "add_members",
+            format!(
+                "at most {} members per add_members request (limits.max_add_members): split it",
+                l.max_add_members
+            ),
+        )),
+        ClientFrame::PresenceSubscribe { user_ids }
+            if handle.presence_subscriptions_with(user_ids) > l.max_presence_subscriptions =>
+        {
+            Some((
+                "too_large",
+                "presence_subscriptions",
+                format!(
+                    "at most {} presence subscriptions per session \
+                     (limits.max_presence_subscriptions): unsubscribe from some first",
+                    l.max_presence_subscriptions
+                ),
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -430,6 +481,10 @@ mod session_tests {
         let ctx = ConnCtx {
             engine: engine.clone(),
             metrics: Arc::new(metrics),
+            guards: Arc::new(crate::limits::Guards::new(
+                &config.limits,
+                &config.websocket.allowed_origins,
+            )),
             config: Arc::new(config),
             shutdown: watch::channel(false).1,
         };

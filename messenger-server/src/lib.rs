@@ -51,7 +51,7 @@
 //!
 //! Layout: [`config`] (settings, one struct per concern), [`auth`] (the trait, dev auth,
 //! JWT), `server` (builder, server, session runner), `router` (axum), `conn` (reader and
-//! writer task per session), [`metrics`] (prometheus-client), `cluster` (the Redis and
+//! writer task per session), `limits` (abuse limits shared across sessions), [`metrics`] (prometheus-client), `cluster` (the Redis and
 //! HBase adapters chosen by the configuration), `cli` (the binary's configuration).
 //!
 //! Close codes: 1001 shutdown, 1002 WebSocket protocol error, 1007 text frame not UTF-8,
@@ -66,6 +66,7 @@ pub mod cli;
 mod cluster;
 pub mod config;
 mod conn;
+mod limits;
 pub mod metrics;
 #[cfg(feature = "push")]
 mod push;

@@ -54,6 +54,7 @@ pub const SERIES: &[&str] = &[
     "messenger_relay_failures_total",
     "messenger_slow_consumers_total",
     "messenger_events_published_total",
+    "messenger_limit_refusals_total",
 ];
 
 const SERVER_FRAME_TYPES: [&str; 11] = [
@@ -91,6 +92,7 @@ pub(crate) struct Metrics {
     frames_in_binary: Counter,
     frames_out: Vec<Counter>,
     frames_out_other: Counter,
+    limit_refusals: Family<Labels, Counter>,
     shared: Arc<Shared>,
 }
 
@@ -176,6 +178,15 @@ impl Metrics {
         let frames_out_other = frames_out_family
             .get_or_create(&[("type", "other")])
             .clone();
+        let limit_refusals = Family::<Labels, Counter>::default();
+        r.register(
+            "limit_refusals",
+            "Requests refused by an abuse limit, by limit (docs/protocol.md section 3)",
+            limit_refusals.clone(),
+        );
+        for limit in crate::limits::LIMITS {
+            drop(limit_refusals.get_or_create(&[("limit", *limit)]));
+        }
         let shared = Arc::new(Shared::default());
         r.register_collector(Box::new(EngineCollector {
             engine,
@@ -193,6 +204,7 @@ impl Metrics {
             frames_in_binary,
             frames_out,
             frames_out_other,
+            limit_refusals,
             shared,
         }
     }
@@ -200,6 +212,11 @@ impl Metrics {
     /// Counts a refused `/ws` request.
     pub(crate) fn unauthorized(&self, reason: &'static str) {
         self.unauthorized.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a refusal by an abuse limit (a name in `limits::LIMITS`).
+    pub(crate) fn limit(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// Counts a client frame by `type` (`None`: undecodable).

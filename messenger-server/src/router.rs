@@ -148,20 +148,31 @@ async fn accept_loop(
             _ = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
+        // Over the connection rate of its address, the connection is answered 429 on
+        // its first request and closed (a clear answer rather than a silent reset).
+        let refused = server.inner.ctx.guards.connect_refused(peer.ip());
+        if refused {
+            server.inner.ctx.metrics.limit("connect_rate");
+            tracing::debug!(%peer, "connection over the connection rate of its address: 429");
+        }
         let io = TokioIo::new(Permitted {
             io: tcp,
             _permit: permit,
         });
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
+            if refused {
+                return futures::future::Either::Left(std::future::ready(Ok(too_many_connects())));
+            }
             req.extensions_mut().insert(PeerAddr(peer));
-            router.clone().oneshot(req.map(Body::new))
+            futures::future::Either::Right(router.clone().oneshot(req.map(Body::new)))
         });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(cfg.websocket.handshake_timeout)
             .max_headers(cfg.limits.max_headers)
-            .max_buf_size(cfg.limits.max_head_bytes);
+            .max_buf_size(cfg.limits.max_head_bytes)
+            .keep_alive(!refused);
         let mut closing = closing.clone();
         conns.spawn(async move {
             let conn = http.serve_connection(io, service).with_upgrades();
@@ -264,6 +275,16 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         .into_response()
 }
 
+fn too_many_connects() -> Response {
+    let mut r = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many connection attempts from your address: retry later with backoff\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 async fn healthz(State(server): State<Server>) -> Response {
     if server.is_shutting_down() || !server.holds_node_id() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -300,6 +321,15 @@ fn valid_key(key: &HeaderValue) -> bool {
 
 async fn ws(State(server): State<Server>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
+    let origin = parts.headers.get(header::ORIGIN).map(|o| o.as_bytes());
+    if !server.inner.ctx.guards.origin_allowed(origin) {
+        server.inner.ctx.metrics.limit("origin");
+        tracing::debug!(origin = ?parts.headers.get(header::ORIGIN), "refused /ws: origin not allowed");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "origin not allowed (websocket.allowed_origins)\n",
+        );
+    }
     let user = match server.authenticate(&parts).await {
         Ok(u) => u,
         Err(e) => {
@@ -354,6 +384,12 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
     if server.is_shutting_down() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
+    let Ok(slot) = server.session_slot(&user) else {
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sessions for this user (limits.max_sessions_per_user): close one\n",
+        );
+    };
     let ctx = server.inner.ctx.clone();
     let session = match ctx.engine.connect(user.clone()).await {
         Ok(s) => s,
@@ -380,6 +416,7 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
                 ctx.engine.disconnect(&session.handle).await;
             }
         }
+        drop(slot);
     });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{AuthError, Authenticator, JwtSetupError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{run_session, ConnCtx};
+use crate::limits::Guards;
 use crate::metrics::{Metrics, SharedRegistry};
 
 /// Why the server could not be built or could not serve.
@@ -84,6 +85,9 @@ pub enum ServerError {
     /// The server is shutting down: no new session.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The user already holds `limits.max_sessions_per_user` sessions on this node.
+    #[error("too many sessions for this user on this node (limit {0})")]
+    TooManySessions(usize),
 }
 
 /// Composes the adapters and the configuration into a [`Server`].
@@ -314,6 +318,7 @@ impl ServerBuilder {
             ec.max_text_bytes = config.limits.max_text_bytes;
             ec.outbound_queue = config.limits.outbound_queue;
             ec.presence_grace = config.presence.grace;
+            ec.max_group_members = config.limits.max_group_members;
             ec.single_node = single_node;
             let engine = Engine::start(ec, adapters).await?;
             Ok::<_, ServerError>((config, engine))
@@ -347,6 +352,24 @@ impl ServerBuilder {
             Arc::new(Metrics::register(&mut reg, engine.clone()))
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let guards = Arc::new(Guards::new(
+            &config.limits,
+            &config.websocket.allowed_origins,
+        ));
+        // Rate-limit keys idle for a minute are dropped, so their memory follows the
+        // active addresses and users. The task ends with the server.
+        let weak = Arc::downgrade(&guards);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(g) => g.retain_recent(),
+                    None => return,
+                }
+            }
+        });
         let config = Arc::new(config);
         Ok(Server {
             inner: Arc::new(Inner {
@@ -355,6 +378,7 @@ impl ServerBuilder {
                     metrics,
                     config,
                     shutdown: stop_rx,
+                    guards,
                 },
                 auth,
                 registry,
@@ -505,8 +529,10 @@ impl Server {
     /// user before calling this. The session counts in the metrics, closes with 1001 on
     /// [`shutdown`](Server::shutdown) and is waited for by it.
     ///
-    /// Errors: [`ServerError::ShuttingDown`], or [`ServerError::Engine`] when the engine
-    /// cannot register the session (an adapter is down).
+    /// Errors: [`ServerError::ShuttingDown`], [`ServerError::TooManySessions`] when the
+    /// user holds `limits.max_sessions_per_user` sessions on this node already, or
+    /// [`ServerError::Engine`] when the engine cannot register the session (an adapter
+    /// is down).
     pub async fn run_websocket<S>(&self, user: UserId, ws: S) -> Result<(), ServerError>
     where
         S: Sink<Message, Error = WsError>
@@ -518,11 +544,13 @@ impl Server {
         if self.is_shutting_down() {
             return Err(ServerError::ShuttingDown);
         }
+        let slot = self.session_slot(&user)?;
         let session = self.inner.ctx.engine.connect(user).await?;
         let ctx = self.inner.ctx.clone();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         self.track(async move {
             run_counted(ctx, session, ws).await;
+            drop(slot);
             let _ = done_tx.send(());
         });
         let _ = done.await;
@@ -540,6 +568,21 @@ impl Server {
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(self.websocket_config())).await;
         self.run_websocket(user, ws).await
+    }
+
+    /// One of `user`'s `limits.max_sessions_per_user` session slots on this node (given
+    /// back when dropped), or [`ServerError::TooManySessions`], counted in
+    /// `messenger_limit_refusals_total{limit="sessions_per_user"}`.
+    pub(crate) fn session_slot(
+        &self,
+        user: &UserId,
+    ) -> Result<crate::limits::SessionSlot, ServerError> {
+        self.inner.ctx.guards.session_slot(user).ok_or_else(|| {
+            self.inner.ctx.metrics.limit("sessions_per_user");
+            let max = self.inner.ctx.config.limits.max_sessions_per_user;
+            tracing::info!(user = %user, max, "session refused: too many sessions for this user");
+            ServerError::TooManySessions(max)
+        })
     }
 
     /// Spawns a session task the server waits for on shutdown.

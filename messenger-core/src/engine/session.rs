@@ -309,6 +309,21 @@ impl SessionHandle {
         self.shared.close.get().copied()
     }
 
+    /// How many users this session would watch after subscribing to `more` (its
+    /// current presence subscriptions and those of `more` it does not hold yet), for
+    /// a transport's per-session subscription limit.
+    pub fn presence_subscriptions_with(&self, more: &[UserId]) -> usize {
+        let subs = self
+            .shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut new: Vec<&UserId> = more.iter().filter(|u| !subs.contains(*u)).collect();
+        new.sort_unstable();
+        new.dedup();
+        subs.len() + new.len()
+    }
+
     /// Queues an already encoded frame on this session (for transports that answer
     /// some frames themselves, such as a rate-limit error).
     /// Returns false if the frame was dropped (queue full or session closing).
