@@ -34,6 +34,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# The chaos suite (messenger-server/tests/chaos.rs) steps one node's wall clock through
+# libfaketime.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -n "${LIBFAKETIME:-}" ] \
+  || missing+=(faketime)
 # messenger-client's `native-tls` feature (built by --all-features) links OpenSSL.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
@@ -75,6 +79,13 @@ RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --all-features --no-deps
 
 step "cargo test: unit, integration, examples and benches (each bench runs once)"
 cargo test --workspace --all-features --all-targets
+
+step "fuzz smoke: every cargo-fuzz target for 10 s plus its regression inputs (scripts/fuzz.sh)"
+# Installs the nightly toolchain and cargo-fuzz when missing; long runs:
+# scripts/fuzz.sh TARGET SECONDS (docs/reliability.md).
+fuzz_started=$(date +%s)
+scripts/fuzz.sh smoke 10
+echo "fuzz smoke took $(( $(date +%s) - fuzz_started ))s"
 
 step "independent Python client against the real server binary (tests/interop)"
 cargo build -q -p messenger-server --features cli --bin messenger-server

@@ -457,7 +457,9 @@ impl Client {
 
     /// Subscribes to the presence of `users` (who must share a thread with the caller;
     /// otherwise the whole list is refused with `forbidden`). Their current presence and
-    /// every change arrive as [`Event::Presence`](crate::Event::Presence).
+    /// every change arrive as [`Event::Presence`](crate::Event::Presence). The client
+    /// subscribes again on every reconnect (subscriptions belong to a server session),
+    /// so the current presence arrives again after each one.
     pub async fn subscribe_presence(&self, users: &[UserId]) -> Result<(), ClientError> {
         if users.is_empty() {
             return Ok(());

@@ -64,6 +64,10 @@ pub mod builder;
 pub mod client;
 pub mod config;
 mod driver;
+/// Entry points for `cargo fuzz` (feature `fuzzing`; not a stable API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use driver::fuzzing;
 pub mod error;
 pub mod event;
 mod outbox;

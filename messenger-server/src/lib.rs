@@ -66,6 +66,10 @@ pub mod cli;
 mod cluster;
 pub mod config;
 mod conn;
+/// Entry points for `cargo fuzz` (feature `fuzzing`; not a stable API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 pub mod metrics;
 #[cfg(feature = "push")]

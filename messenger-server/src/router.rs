@@ -167,12 +167,7 @@ async fn accept_loop(
             req.extensions_mut().insert(PeerAddr(peer));
             futures::future::Either::Right(router.clone().oneshot(req.map(Body::new)))
         });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(cfg.websocket.handshake_timeout)
-            .max_headers(cfg.limits.max_headers)
-            .max_buf_size(cfg.limits.max_head_bytes)
-            .keep_alive(!refused);
+        let http = http_builder(&cfg, !refused);
         let mut closing = closing.clone();
         conns.spawn(async move {
             let conn = http.serve_connection(io, service).with_upgrades();
@@ -201,6 +196,21 @@ async fn accept_loop(
         conns.abort_all();
     }
     Ok(())
+}
+
+/// hyper's HTTP/1.1 settings for [`Server::serve`]'s connections: the head deadline and
+/// the header count and size limits.
+pub(crate) fn http_builder(
+    cfg: &crate::ServerConfig,
+    keep_alive: bool,
+) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(cfg.websocket.handshake_timeout)
+        .max_headers(cfg.limits.max_headers)
+        .max_buf_size(cfg.limits.max_head_bytes)
+        .keep_alive(keep_alive);
+    http
 }
 
 /// Accepts one connection, retrying errors (such as running out of file descriptors)

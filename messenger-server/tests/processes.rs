@@ -10,13 +10,13 @@
 //! the test with a message saying what to install.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use messenger_test_support::haproxy::{healthz, start as start_haproxy};
 use messenger_test_support::process::{free_port, Proc};
 use messenger_test_support::redis::RedisServer;
 use serde_json::{json, Value};
@@ -126,114 +126,6 @@ impl Cluster<'_> {
         }
         Node { proc, addr, id }
     }
-}
-
-fn healthz(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if n > 12 && buf.starts_with(b"HTTP/1.1 200"))
-}
-
-/// The HAProxy configuration the test (and docs/operations.md) uses.
-fn haproxy_config(listen_port: u16, nodes: &[(u16, SocketAddr)]) -> String {
-    let mut c = format!(
-        "global
-    # Each proxied connection uses two file descriptors: raise `ulimit -n` (and this)
-    # together in production.
-    maxconn 4000
-
-defaults
-    mode http
-    option redispatch
-    retries 3
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    # A WebSocket becomes a tunnel after the 101; ping/pong every 15 s keeps it busy.
-    timeout tunnel 1h
-    timeout client-fin 5s
-
-frontend messenger
-    bind 127.0.0.1:{listen_port}
-    default_backend messenger_nodes
-
-backend messenger_nodes
-    balance leastconn
-    option httpchk GET /healthz
-    http-check expect status 200
-    # Says which node served the upgrade (used by the test; harmless in production).
-    http-response set-header X-Served-By %[srv_name]
-    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
-"
-    );
-    for (id, addr) in nodes {
-        c.push_str(&format!("    server node{id} {addr} check\n"));
-    }
-    c
-}
-
-fn haproxy_bin() -> String {
-    std::env::var("HAPROXY").unwrap_or_else(|_| "haproxy".into())
-}
-
-/// Starts HAProxy in the foreground on a free port; returns (process, port).
-fn start_haproxy(dir: &std::path::Path, nodes: &[(u16, SocketAddr)]) -> (Proc, u16) {
-    let ok = Command::new(haproxy_bin())
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{}` not found or not runnable: install HAProxy (apt-get install -y haproxy); \
-         scripts/test.sh does it. These tests never skip.",
-        haproxy_bin()
-    );
-    let port = free_port();
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(port, nodes)).expect("write haproxy.cfg");
-    let check = Command::new(haproxy_bin())
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .expect("haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects its config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let log = dir.join("haproxy.log");
-    let child = Command::new(haproxy_bin())
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn haproxy");
-    let proc = Proc {
-        child,
-        name: "haproxy".into(),
-        log,
-    };
-    let end = Instant::now() + Duration::from_secs(10);
-    while !healthz(SocketAddr::from(([127, 0, 0, 1], port))) {
-        assert!(Instant::now() < end, "haproxy not up: {}", proc.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (proc, port)
 }
 
 /// A WebSocket client that keeps every message it saw per thread.

@@ -35,6 +35,10 @@
 //! Development HBase: `scripts/hbase.sh start` prints `HBASE_THRIFT=127.0.0.1:PORT`.
 
 mod client;
+/// Entry points for `cargo fuzz` (feature `fuzzing`; not a stable API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[doc(hidden)]
 pub mod gen;
 mod messages;

@@ -128,6 +128,8 @@ enum Pending {
     Fill {
         thread_id: ThreadId,
     },
+    /// The presence subscriptions sent again on a new connection (nobody waits).
+    Resubscribe,
 }
 
 /// The `req_id` of automatic `DELIVERED` acks: they have no reply on success, so they
@@ -143,7 +145,8 @@ impl Pending {
             Pending::Send { .. }
             | Pending::FireHead { .. }
             | Pending::CatchUpList
-            | Pending::Fill { .. } => {}
+            | Pending::Fill { .. }
+            | Pending::Resubscribe => {}
         }
     }
 
@@ -207,6 +210,12 @@ pub(crate) struct Core {
     pub session_synced: bool,
     /// Whether a connection is up.
     online: bool,
+    /// Users whose presence the app subscribed to: subscriptions belong to a server
+    /// session, so they are sent again on every new connection.
+    presence_watch: std::collections::BTreeSet<UserId>,
+    /// Subscriptions asked for and not yet answered, by request id: watched once the
+    /// server accepts them.
+    presence_asked: HashMap<u64, Vec<UserId>>,
     catch_up_at: Option<Instant>,
     /// What the store holds (or will, after the pending save) per thread.
     positions: HashMap<ThreadId, ThreadPosition>,
@@ -252,6 +261,8 @@ impl Core {
             synced: stored.synced,
             session_synced: false,
             online: false,
+            presence_watch: Default::default(),
+            presence_asked: HashMap::new(),
             catch_up_at: None,
             positions,
             acked: HashMap::new(),
@@ -305,6 +316,13 @@ impl Core {
             }));
         self.flush_outbox(now);
         self.catch_up();
+        if !self.presence_watch.is_empty() {
+            let user_ids = self.presence_watch.iter().cloned().collect();
+            self.request(
+                &ClientFrame::PresenceSubscribe { user_ids },
+                Pending::Resubscribe,
+            );
+        }
         Ok(())
     }
 
@@ -340,6 +358,7 @@ impl Core {
         for (_, p) in self.pending.drain() {
             p.fail(ClientError::Disconnected);
         }
+        self.presence_asked.clear();
         self.outbox.connection_lost();
         self.seq.connection_lost();
         self.out.clear();
@@ -445,12 +464,20 @@ impl Core {
             }
             Command::Request { reply, .. } if !self.online => reply.fail(ClientError::Disconnected),
             Command::Request { frame, reply } => {
-                self.request(&frame, Pending::Want(reply));
+                let id = self.request(&frame, Pending::Want(reply));
+                if let ClientFrame::PresenceSubscribe { user_ids } = frame {
+                    self.presence_asked.insert(id, user_ids);
+                }
             }
             Command::Fire { reply, .. } if !self.online => {
                 drop(reply.send(Err(ClientError::Disconnected)))
             }
             Command::Fire { frame, reply } => {
+                if let ClientFrame::PresenceUnsubscribe { user_ids } = &frame {
+                    for u in user_ids {
+                        self.presence_watch.remove(u);
+                    }
+                }
                 let ping = self.next_req + 1;
                 let head = self.request(&frame, Pending::FireHead { ping });
                 self.request(&ClientFrame::Ping {}, Pending::FirePing { head, reply });
@@ -702,6 +729,11 @@ impl Core {
                 status,
                 last_seen,
             } => {
+                if let Some(ReqId::UInt(n)) = &req_id {
+                    if let Some(users) = self.presence_asked.remove(n) {
+                        self.presence_watch.extend(users);
+                    }
+                }
                 if let Some(Pending::Want(Want::Presence(r))) = self.take(&req_id) {
                     let _ = r.send(Ok(()));
                 }
@@ -797,6 +829,9 @@ impl Core {
             tracing::debug!(error = %err, "delivered ack refused");
             return;
         }
+        if let Some(ReqId::UInt(n)) = &req_id {
+            self.presence_asked.remove(n);
+        }
         let Some(p) = self.take(&req_id) else {
             tracing::warn!(error = %err, ?req_id, "server error for no pending request");
             return;
@@ -825,6 +860,11 @@ impl Core {
                 if let Some(p) = self.pending.remove(&ping) {
                     p.fail(err);
                 }
+            }
+            Pending::Resubscribe => {
+                // Refused now (no shared thread any more, or over the limit): keep the
+                // rest of the app's subscriptions; the app saw the original outcome.
+                tracing::warn!(error = %err, "presence resubscription refused");
             }
             Pending::CatchUpList => {
                 tracing::warn!(error = %err, "catch-up refused; retrying");
@@ -1344,6 +1384,87 @@ mod tests {
                 .all(|p| matches!(p, Pending::CatchUpList)),
             "only the unanswered catch-up remains: {:?}",
             c.pending
+        );
+    }
+
+    #[test]
+    fn presence_subscriptions_are_renewed_on_every_connection() {
+        let mut c = core(settings());
+        connect(&mut c);
+        written(&mut c);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let sub = ClientFrame::PresenceSubscribe {
+            user_ids: vec![u("bob"), u("carol")],
+        };
+        c.command(
+            Command::Request {
+                frame: sub,
+                reply: Want::Presence(tx),
+            },
+            Instant::now(),
+        );
+        let (id, _) = written(&mut c).pop().expect("subscribe written");
+        // Accepted: the server answers with the current presence under the req id.
+        for who in ["bob", "carol"] {
+            c.on_frame(
+                ServerFrame::Presence {
+                    req_id: Some(ReqId::UInt(id)),
+                    user_id: u(who),
+                    status: messenger_core::model::PresenceStatus::Online,
+                    last_seen: None,
+                },
+                Instant::now(),
+            );
+        }
+        c.connection_lost();
+        connect(&mut c);
+        let again: Vec<ClientFrame> = written(&mut c).into_iter().map(|(_, f)| f).collect();
+        assert!(
+            again
+                .iter()
+                .any(|f| matches!(f, ClientFrame::PresenceSubscribe { user_ids }
+                if user_ids == &vec![u("bob"), u("carol")])),
+            "{again:?}"
+        );
+        // Unsubscribed users are not renewed; a refused subscription never was.
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        c.command(
+            Command::Fire {
+                frame: ClientFrame::PresenceUnsubscribe {
+                    user_ids: vec![u("bob")],
+                },
+                reply: tx,
+            },
+            Instant::now(),
+        );
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        c.command(
+            Command::Request {
+                frame: ClientFrame::PresenceSubscribe {
+                    user_ids: vec![u("mallory")],
+                },
+                reply: Want::Presence(tx),
+            },
+            Instant::now(),
+        );
+        let refused = written(&mut c)
+            .into_iter()
+            .find(|(_, f)| matches!(f, ClientFrame::PresenceSubscribe { .. }))
+            .expect("written")
+            .0;
+        c.on_frame(
+            ServerFrame::error(Some(ReqId::UInt(refused)), "forbidden", "no shared thread"),
+            Instant::now(),
+        );
+        c.connection_lost();
+        connect(&mut c);
+        let again: Vec<ClientFrame> = written(&mut c).into_iter().map(|(_, f)| f).collect();
+        assert!(
+            again
+                .iter()
+                .any(|f| matches!(f, ClientFrame::PresenceSubscribe { user_ids }
+                if user_ids == &vec![u("carol")])),
+            "{again:?}"
         );
     }
 }

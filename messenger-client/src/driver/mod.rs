@@ -6,6 +6,8 @@
 
 pub(crate) mod connect;
 pub(crate) mod core;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

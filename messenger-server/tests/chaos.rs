@@ -1,0 +1,64 @@
+//! The chaos suite on real processes (harness: the `messenger-chaos` crate): three
+//! `messenger-server` nodes behind HAProxy on Redis and HBase, each node reaching them
+//! through a fault-injecting proxy, and SDK clients with SQLite outboxes chatting 1:1
+//! and in groups through the balancer while faults are injected one at a time (SIGKILL,
+//! SIGSTOP/SIGCONT, Redis restart, HBase gateway restart, latency, black hole, reset)
+//! and then together. Afterwards every ledger is checked against history: each
+//! confirmed send stored once at its seq, seqs 1..N, each member received each message
+//! exactly once and in order, receipts never move backwards, a dead or stalled node's
+//! users offline within the bound. See docs/reliability.md.
+//!
+//! `short_profile` runs in scripts/test.sh (a few minutes). The long profile:
+//!
+//! ```sh
+//! MESSENGER_TEST_CHAOS_ROUNDS=40 MESSENGER_TEST_CHAOS_SEED=7 \
+//!   cargo test -p messenger-server --features cli --test chaos -- --ignored --nocapture
+//! ```
+
+use std::time::Duration;
+
+use messenger_chaos::{run, Cluster, ClusterConfig, Profile};
+
+async fn chaos(profile: Profile) {
+    let hbase = tokio::task::spawn_blocking(messenger_test_support::hbase::hbase)
+        .await
+        .expect("hbase harness");
+    let dir = messenger_test_support::process::tmp_dir(&format!("chaos-{}", profile.name));
+    let mut cluster = Cluster::start(ClusterConfig {
+        server_bin: env!("CARGO_BIN_EXE_messenger-server").into(),
+        nodes: 3,
+        dir: dir.clone(),
+        node_ttl: Duration::from_secs(2),
+        hbase: hbase.addr.clone(),
+        hbase_run_dir: hbase.run_dir.clone(),
+    })
+    .await;
+    let report = run(&mut cluster, &profile).await;
+    eprintln!("chaos ({} profile):\n{report}", profile.name);
+    assert!(
+        report.violations.is_empty(),
+        "{} violation(s); logs in {}\n{report}\n{}",
+        report.violations.len(),
+        dir.display(),
+        cluster.logs()
+    );
+    assert!(report.confirmed > 0, "no traffic: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_profile() {
+    chaos(Profile::short()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long profile: run with --ignored (see the module doc)"]
+async fn long_profile() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let rounds = env("MESSENGER_TEST_CHAOS_ROUNDS", 40) as u32;
+    chaos(Profile::long(rounds, env("MESSENGER_TEST_CHAOS_SEED", 7))).await;
+}
