@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub hbase: String,
     /// `scripts/hbase.sh`'s run dir of that gateway (to restart it), if known.
     pub hbase_run_dir: Option<PathBuf>,
+    /// Further flags for every node (such as `--max-connections 25000`).
+    pub extra_args: Vec<String>,
 }
 
 /// One `messenger-server` process (absent while killed).
@@ -212,7 +214,9 @@ impl Cluster {
             "--drain-timeout".into(),
             "2s".into(),
         ]
-        .to_vec()
+        .into_iter()
+        .chain(self.cfg.extra_args.iter().cloned())
+        .collect()
     }
 
     /// Starts node `i` (index) and waits until it answers `/healthz`. A start refused

@@ -2,13 +2,15 @@
 //! ([`cluster`]: `messenger-server` nodes behind HAProxy on Redis and HBase), network
 //! faults ([`proxy`]), SDK clients with persistent outboxes keeping ledgers
 //! ([`ledger`]), and a run that injects faults and checks the delivery contract
-//! ([`run`]). `messenger-server/tests/chaos.rs` runs it; docs/reliability.md says what
-//! is guaranteed under which fault.
+//! ([`run`]), and the reconnect storm ([`storm`]; the `messenger-chaos` binary runs it
+//! and the soak). `messenger-server/tests/chaos.rs` runs the chaos profiles;
+//! docs/reliability.md says what is guaranteed under which fault.
 
 pub mod cluster;
 pub mod ledger;
 pub mod proxy;
 pub mod run;
+pub mod storm;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use proxy::{Fault, FaultProxy};

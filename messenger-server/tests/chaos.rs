@@ -31,6 +31,7 @@ async fn chaos(profile: Profile) {
         node_ttl: Duration::from_secs(2),
         hbase: hbase.addr.clone(),
         hbase_run_dir: hbase.run_dir.clone(),
+        extra_args: Vec::new(),
     })
     .await;
     let report = run(&mut cluster, &profile).await;

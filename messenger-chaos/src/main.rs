@@ -1,0 +1,251 @@
+//! `messenger-chaos`: the long runs of the reliability work (docs/reliability.md).
+//!
+//! ```sh
+//! cargo build --release -p messenger-server --features cli
+//! cargo build --release -p messenger-chaos -p messenger-bench
+//! ulimit -n 20000
+//! target/release/messenger-chaos storm --clients 19000      # reconnect storm
+//! target/release/messenger-chaos soak --minutes 30 --rate 2000
+//! ```
+//!
+//! Both start their own cluster (nodes of `--server-bin` on Redis and HBase; HBase from
+//! `--hbase HOST:PORT` or started by `scripts/hbase.sh`).
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use messenger_chaos::storm::{storm, StormConfig};
+use messenger_chaos::{Cluster, ClusterConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "messenger-chaos", about = "Reconnect storm and soak on a real cluster")]
+struct Args {
+    /// The messenger-server binary (built with --features cli).
+    #[arg(long, default_value = "target/release/messenger-server")]
+    server_bin: PathBuf,
+    /// A running HBase Thrift2 gateway; default: start one with scripts/hbase.sh.
+    #[arg(long)]
+    hbase: Option<String>,
+    /// Where logs and stores go.
+    #[arg(long, default_value = "target/chaos-run")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// K clients of node 1 dropped by its SIGKILL reconnect to nodes 2 and 3 with the
+    /// SDK's jittered backoff and catch up.
+    Storm {
+        /// Clients on the killed node.
+        #[arg(long, default_value_t = 19_000)]
+        clients: usize,
+        /// Members per group.
+        #[arg(long, default_value_t = 100)]
+        group_size: usize,
+        /// Messages posted into each group after the kill.
+        #[arg(long, default_value_t = 3)]
+        messages: usize,
+        /// Every client must be caught up within this many seconds of the kill.
+        #[arg(long, default_value_t = 30)]
+        bound_secs: u64,
+        /// Connections opened at once during setup.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+    },
+    /// One node under `messenger-bench pairs` at a fixed rate; RSS sampled throughout.
+    Soak {
+        /// Minutes of load.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Messages per second (half the node's measured maximum, docs/reliability.md).
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Pairs of clients.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// The messenger-bench binary.
+        #[arg(long, default_value = "target/release/messenger-bench")]
+        bench_bin: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // 19 000 sockets need the descriptor limit raised to the hard limit.
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+    if !args.server_bin.exists() {
+        eprintln!(
+            "{} not found: build it with `cargo build --release -p messenger-server --features cli` \
+             or pass --server-bin",
+            args.server_bin.display()
+        );
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let (hbase, run_dir) = match &args.hbase {
+            Some(a) => (a.clone(), std::env::var("HBASE_RUN_DIR").ok().map(PathBuf::from)),
+            None => {
+                let h = tokio::task::spawn_blocking(messenger_test_support::hbase::hbase)
+                    .await
+                    .expect("hbase");
+                (h.addr.clone(), h.run_dir.clone())
+            }
+        };
+        let dir = args.dir.join(format!("{}", std::process::id()));
+        match args.what {
+            What::Storm {
+                clients,
+                group_size,
+                messages,
+                bound_secs,
+                concurrency,
+            } => {
+                let mut cluster = Cluster::start(ClusterConfig {
+                    server_bin: args.server_bin.clone(),
+                    nodes: 3,
+                    dir,
+                    node_ttl: Duration::from_secs(5),
+                    hbase,
+                    hbase_run_dir: run_dir,
+                    extra_args: vec![
+                        "--max-connections".into(),
+                        "25000".into(),
+                        "--hbase-pool-size".into(),
+                        "32".into(),
+                    ],
+                })
+                .await;
+                let cfg = StormConfig {
+                    clients,
+                    group_size,
+                    messages,
+                    concurrency,
+                    bound: Duration::from_secs(bound_secs),
+                    backoff: messenger_client::BackoffConfig::default(),
+                };
+                let r = storm(&mut cluster, &cfg).await;
+                println!("{r}");
+                let max = r.caught_up.last().copied().unwrap_or_default();
+                if r.failed > 0 || max > cfg.bound {
+                    println!(
+                        "storm: NOT within the bound: {} failed, slowest {max:.2?} (bound {:?})",
+                        r.failed, cfg.bound
+                    );
+                    return ExitCode::from(1);
+                }
+                println!("storm: every client caught up within {max:.2?} (bound {:?})", cfg.bound);
+                ExitCode::SUCCESS
+            }
+            What::Soak {
+                minutes,
+                rate,
+                pairs,
+                bench_bin,
+            } => soak(args.server_bin, hbase, run_dir, dir, minutes, rate, pairs, bench_bin).await,
+        }
+    })
+}
+
+/// One node (HBase store, Redis sessions), `messenger-bench pairs` at `rate` for
+/// `minutes`, the node's RSS sampled every 10 s.
+#[allow(clippy::too_many_arguments)]
+async fn soak(
+    server_bin: PathBuf,
+    hbase: String,
+    run_dir: Option<PathBuf>,
+    dir: PathBuf,
+    minutes: f64,
+    rate: f64,
+    pairs: usize,
+    bench_bin: PathBuf,
+) -> ExitCode {
+    if !bench_bin.exists() {
+        eprintln!(
+            "{} not found: cargo build --release -p messenger-bench",
+            bench_bin.display()
+        );
+        return ExitCode::from(2);
+    }
+    let cluster = Cluster::start(ClusterConfig {
+        server_bin,
+        nodes: 1,
+        dir: dir.clone(),
+        node_ttl: Duration::from_secs(15),
+        hbase,
+        hbase_run_dir: run_dir,
+        extra_args: Vec::new(),
+    })
+    .await;
+    let node = &cluster.nodes[0];
+    let pid = node.pid().expect("node runs");
+    let secs = (minutes * 60.0).round() as u64;
+    let mut bench = match Command::new(&bench_bin)
+        .args([
+            "pairs",
+            "--url",
+            &format!("ws://{}/ws", node.addr),
+            "--server-pid",
+            &pid.to_string(),
+            "--pairs",
+            &pairs.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &secs.to_string(),
+            "--floor",
+            "off",
+            "--json",
+            &dir.join("soak.json").display().to_string(),
+        ])
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spawning messenger-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let t0 = Instant::now();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    loop {
+        if let Ok(Some(_)) = bench.try_wait() {
+            break;
+        }
+        let kib = messenger_test_support::process::rss_kib(pid);
+        let at = t0.elapsed().as_secs();
+        samples.push((at, kib));
+        println!("soak: {at:>5} s  node RSS {:.1} MiB", kib as f64 / 1024.0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let ok = bench.wait().map(|s| s.success()).unwrap_or(false);
+    // Start = after the bench's warmup (first sample past 20 s), middle, end.
+    let start = samples.iter().find(|(t, _)| *t >= 20).copied();
+    let mid = samples.get(samples.len() / 2).copied();
+    let end = samples.last().copied();
+    for (what, s) in [("start", start), ("middle", mid), ("end", end)] {
+        if let Some((t, kib)) = s {
+            println!("soak RSS {what}: {:.1} MiB at {t} s", kib as f64 / 1024.0);
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
