@@ -20,7 +20,10 @@ use messenger_chaos::storm::{storm, StormConfig};
 use messenger_chaos::{Cluster, ClusterConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "messenger-chaos", about = "Reconnect storm and soak on a real cluster")]
+#[command(
+    name = "messenger-chaos",
+    about = "Reconnect storm and soak on a real cluster"
+)]
 struct Args {
     /// The messenger-server binary (built with --features cli).
     #[arg(long, default_value = "target/release/messenger-server")]
@@ -99,7 +102,10 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         let (hbase, run_dir) = match &args.hbase {
-            Some(a) => (a.clone(), std::env::var("HBASE_RUN_DIR").ok().map(PathBuf::from)),
+            Some(a) => (
+                a.clone(),
+                std::env::var("HBASE_RUN_DIR").ok().map(PathBuf::from),
+            ),
             None => {
                 let h = tokio::task::spawn_blocking(messenger_test_support::hbase::hbase)
                     .await
@@ -149,7 +155,10 @@ fn main() -> ExitCode {
                     );
                     return ExitCode::from(1);
                 }
-                println!("storm: every client caught up within {max:.2?} (bound {:?})", cfg.bound);
+                println!(
+                    "storm: every client caught up within {max:.2?} (bound {:?})",
+                    cfg.bound
+                );
                 ExitCode::SUCCESS
             }
             What::Soak {
@@ -157,7 +166,19 @@ fn main() -> ExitCode {
                 rate,
                 pairs,
                 bench_bin,
-            } => soak(args.server_bin, hbase, run_dir, dir, minutes, rate, pairs, bench_bin).await,
+            } => {
+                soak(
+                    args.server_bin,
+                    hbase,
+                    run_dir,
+                    dir,
+                    minutes,
+                    rate,
+                    pairs,
+                    bench_bin,
+                )
+                .await
+            }
         }
     })
 }

@@ -76,7 +76,10 @@ impl std::fmt::Display for StormReport {
             "storm: {} clients dropped (setup {:.1?}); {} not caught up; {} refused attempts",
             self.clients, self.setup, self.failed, self.refused_attempts
         )?;
-        for (name, v) in [("reconnected", &self.reconnected), ("caught up", &self.caught_up)] {
+        for (name, v) in [
+            ("reconnected", &self.reconnected),
+            ("caught up", &self.caught_up),
+        ] {
             writeln!(
                 f,
                 "  {name}: p50 {:.2?} p90 {:.2?} p99 {:.2?} max {:.2?} (n={})",
@@ -183,7 +186,8 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
         let mut ws = connect(survivors[g % survivors.len()], &me)
             .await
             .expect("talker connect");
-        let members: Vec<String> = (g * cfg.group_size..((g + 1) * cfg.group_size).min(cfg.clients))
+        let members: Vec<String> = (g * cfg.group_size
+            ..((g + 1) * cfg.group_size).min(cfg.clients))
             .map(|i| format!("{run}c{i}"))
             .collect();
         let r = request(
@@ -369,14 +373,17 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     report.caught_up.sort();
     report.refused_attempts = refused.load(Relaxed);
     for (j, n) in cluster.nodes[1..].iter().enumerate() {
-        report.rss.push((n.id, rss_before[j], peak[j], rss(n.pid())));
+        report
+            .rss
+            .push((n.id, rss_before[j], peak[j], rss(n.pid())));
     }
     report
 }
 
 /// A node index for client `i`'s attempt `a`, spread evenly (no shared RNG state).
 fn fastrand_index(i: u64, a: u32) -> usize {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(a).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut x =
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(a).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 31;
     x as usize
 }
