@@ -31,9 +31,14 @@ pub(crate) const LIMITS: &[&str] = &[
 pub(crate) struct Guards {
     max_sessions: usize,
     sessions: Mutex<HashMap<UserId, usize>>,
+    // The connection rate and the Origin list are checked by `serve` and the router
+    // (feature `axum`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     connect: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     connect_loopback: bool,
     threads: DefaultKeyedRateLimiter<UserId>,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     origins: Vec<String>,
 }
 
@@ -83,6 +88,7 @@ impl Guards {
     }
 
     /// Whether a new connection from `ip` is over the connection rate.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn connect_refused(&self, ip: IpAddr) -> bool {
         match &self.connect {
             Some(l) if self.connect_loopback || !ip.is_loopback() => l.check_key(&ip).is_err(),
@@ -96,6 +102,7 @@ impl Guards {
     }
 
     /// Whether a request with this `Origin` header value (if any) may open `/ws`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
         match origin {
             _ if self.origins.is_empty() => true,

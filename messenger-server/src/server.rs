@@ -232,6 +232,8 @@ impl ServerBuilder {
             };
         }
         let push_unset = self.push.is_none();
+        // Only the `push` feature replaces the push sink below.
+        #[cfg_attr(not(feature = "push"), allow(unused_mut))]
         let mut adapters = Adapters {
             ids: pick!(ids, "id generator"),
             messages: pick!(messages, "message store"),
