@@ -8,6 +8,7 @@
 #   messenger-bench/scripts/bench.sh [OUT] [RUNS] [SCENARIOS...]
 #
 # Scenarios: idle pairs pairs-rate pairs-rate-low group reconnect (default: all).
+# pairs-rate sends RATE messages/s in all (default 50000), pairs-rate-low 20000.
 # Waits for the 1-minute load average to fall under MAX_LOAD (default 2.5) before
 # each run, up to 30 s, so runs do not land on top of a compile.
 set -euo pipefail
@@ -81,7 +82,7 @@ for n in $(seq "$RUNS"); do
     case $s in
       idle) run "idle$sfx" "$n" idle --connections 19000 --duration 5 ;;
       pairs) run "pairs$sfx" "$n" pairs --pairs 50 --duration 10 ;;
-      pairs-rate) run "pairs-rate$sfx" "$n" pairs --pairs 50 --rate 50000 --duration 10 ;;
+      pairs-rate) run "pairs-rate$sfx" "$n" pairs --pairs 50 --rate "${RATE:-50000}" --duration 10 ;;
       pairs-rate-low) run "pairs-rate-low$sfx" "$n" pairs --pairs 50 --rate 20000 --duration 10 ;;
       group) run "group$sfx" "$n" group --connections 200 --group-size 10 --duration 10 ;;
       reconnect) run "reconnect$sfx" "$n" reconnect --connections 1000 --jitter-ms 1000 --messages 5 --duration 30 ;;

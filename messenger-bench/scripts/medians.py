@@ -9,6 +9,7 @@ KEYS = {
              "floor.connects_per_sec", "failed", "floor.failed"],
     "traffic": ["delivered_per_sec", "floor.delivered_per_sec", "ratio_to_floor.delivered_per_sec",
                 "latency_us.p50", "latency_us.p90", "latency_us.p99", "latency_us.p999", "latency_us.max",
+                "sent_latency_us.p50", "sent_latency_us.p99", "sent_latency_us.p999", "sent_latency_us.max",
                 "floor.latency_us.p50", "floor.latency_us.p99", "floor.latency_us.max",
                 "target_cpu_us_per_delivered", "floor.target_cpu_us_per_delivered",
                 "generator_cpu_us_per_delivered", "target_cpu_pct", "generator_cpu_pct", "errors", "floor.errors"],
@@ -30,7 +31,8 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     name = os.path.basename(f).rsplit("-", 1)[0]
     runs[name].append(json.load(open(f)))
 for name, docs in runs.items():
-    kind = "idle" if name == "idle" else "reconnect" if name == "reconnect" else "traffic"
+    base = name.split(".")[0]  # pairs.sqlite: STORES="memory sqlite" in bench.sh
+    kind = "idle" if base == "idle" else "reconnect" if base == "reconnect" else "traffic"
     print(f"## {name} ({len(docs)} runs)")
     for k in KEYS[kind]:
         vals = [get(d, k) for d in docs]
