@@ -34,7 +34,7 @@ echo "broker $BROKERS (core 1)" >&2
 PORT=18190
 
 server() { # extra args...
-  RUST_LOG=warn taskset -c 0 "$SERVER" --listen "127.0.0.1:$PORT" --max-connections 1000000 \
+  RUST_LOG=warn taskset -c 0 "$SERVER" --listen "127.0.0.1:$PORT" --store memory --max-connections 1000000 \
     --rate-limit 100000000 --rate-burst 100000000 "$@" >"$OUT/server.log" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 0.1; done
