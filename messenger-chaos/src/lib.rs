@@ -2,7 +2,7 @@
 //! ([`cluster`]: `messenger-server` nodes behind HAProxy on Redis and HBase), network
 //! faults ([`proxy`]), SDK clients with persistent outboxes keeping ledgers
 //! ([`ledger`]), and a run that injects faults and checks the delivery contract
-//! ([`run`]), and the reconnect storm ([`storm`]; the `messenger-chaos` binary runs it
+//! ([`mod@run`]), and the reconnect storm ([`storm`]; the `messenger-chaos` binary runs it
 //! and the soak). `messenger-server/tests/chaos.rs` runs the chaos profiles;
 //! docs/reliability.md says what is guaranteed under which fault.
 
