@@ -17,7 +17,12 @@
 # Environment:
 #   MESSENGER_CACHE      jar cache root (default ~/.cache/messenger)
 #   HBASE_RUN_DIR        run dir with config, data, logs and pids (default target/hbase-run)
-#   HBASE_MASTER_HEAP    default 1g;  HBASE_THRIFT_HEAP default 512m
+#   HBASE_PROFILE        test (default): small heaps, C1 JIT only, for quick start-up in
+#                        the test suite; tuned: what an operator would run for load
+#                        (full tiered JIT, G1, 4 GiB + 1 GiB heaps pre-touched, more
+#                        handlers and gateway workers, larger memstores). The benchmarks
+#                        in docs/benchmarks.md use tuned.
+#   HBASE_MASTER_HEAP    default 1g (tuned: 4g);  HBASE_THRIFT_HEAP default 512m (tuned: 1g)
 #   HBASE_START_TIMEOUT  seconds to wait for readiness (default 180)
 set -euo pipefail
 
@@ -27,8 +32,22 @@ ROOT="$(cd "$HERE/.." && pwd)"
 CACHE="${MESSENGER_CACHE:-$HOME/.cache/messenger}/hbase-$HBASE_VERSION"
 LIB="$CACHE/lib"
 RUN_DIR="${HBASE_RUN_DIR:-$ROOT/target/hbase-run}"
-MASTER_HEAP="${HBASE_MASTER_HEAP:-1g}"
-THRIFT_HEAP="${HBASE_THRIFT_HEAP:-512m}"
+PROFILE="${HBASE_PROFILE:-test}"
+case "$PROFILE" in
+  test)
+    MASTER_HEAP="${HBASE_MASTER_HEAP:-1g}"
+    THRIFT_HEAP="${HBASE_THRIFT_HEAP:-512m}"
+    # C1 only and the serial collector: the JVMs start in seconds on 2 shared cores.
+    JVM_FLAGS=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+    ;;
+  tuned)
+    MASTER_HEAP="${HBASE_MASTER_HEAP:-4g}"
+    THRIFT_HEAP="${HBASE_THRIFT_HEAP:-1g}"
+    # Full tiered JIT (C2), G1 with a short pause goal, heap committed up front.
+    JVM_FLAGS=(-XX:+UseG1GC -XX:MaxGCPauseMillis=50 -XX:+AlwaysPreTouch -XX:+ParallelRefProcEnabled)
+    ;;
+  *) echo "[hbase.sh] ERROR: HBASE_PROFILE must be test or tuned, not $PROFILE" >&2; exit 2 ;;
+esac
 START_TIMEOUT="${HBASE_START_TIMEOUT:-180}"
 
 log() { echo "[hbase.sh] $*" >&2; }
@@ -93,6 +112,19 @@ alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/
 
 write_conf() {
   local zk=$1 master=$2 rs=$3
+  local THRIFT_WORKERS=16 HANDLERS=16 TUNED_XML=""
+  if [ "$PROFILE" = tuned ]; then
+    # Enough gateway workers for every pooled connection of a few servers (a Thrift2
+    # connection holds a worker), handlers for the parallel seq claims, 256 MiB
+    # memstores so a benchmark's writes are not throttled by flushes, and a bigger
+    # block cache for the reads that follow.
+    THRIFT_WORKERS=128 HANDLERS=64
+    TUNED_XML="
+  <property><name>hbase.hregion.memstore.flush.size</name><value>268435456</value></property>
+  <property><name>hbase.hregion.memstore.block.multiplier</name><value>8</value></property>
+  <property><name>hbase.hstore.blockingStoreFiles</name><value>64</value></property>
+  <property><name>hfile.block.cache.size</name><value>0.3</value></property>"
+  fi
   mkdir -p "$RUN_DIR/conf" "$RUN_DIR/data" "$RUN_DIR/tmp" "$RUN_DIR/zk" "$RUN_DIR/logs"
   cat >"$RUN_DIR/conf/hbase-site.xml" <<XML
 <?xml version="1.0"?>
@@ -111,8 +143,8 @@ write_conf() {
   <property><name>hbase.unsafe.stream.capability.enforce</name><value>false</value></property>
   <property><name>hbase.wal.provider</name><value>filesystem</value></property>
   <property><name>hbase.thrift.server.socket.read.timeout</name><value>86400000</value></property>
-  <property><name>hbase.thrift.minWorkerThreads</name><value>16</value></property>
-  <property><name>hbase.regionserver.handler.count</name><value>16</value></property>
+  <property><name>hbase.thrift.minWorkerThreads</name><value>$THRIFT_WORKERS</value></property>
+  <property><name>hbase.regionserver.handler.count</name><value>$HANDLERS</value></property>$TUNED_XML
   <property><name>hbase.master.wait.on.regionservers.mintostart</name><value>1</value></property>
   <property><name>zookeeper.session.timeout</name><value>30000</value></property>
   <!-- The gateway's own HBase client must give up well inside the adapter's claim lease
@@ -140,7 +172,9 @@ L4J
 
 java_bg() { # name heap main args...
   local name=$1 heap=$2 main=$3; shift 3
-  nohup java -Xmx"$heap" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "${JDK17_FLAGS[@]}" \
+  local xms=()
+  [ "$PROFILE" = tuned ] && xms=(-Xms"$heap")
+  nohup java "${xms[@]}" -Xmx"$heap" "${JVM_FLAGS[@]}" "${JDK17_FLAGS[@]}" \
     -Dlog4j2.configurationFile="$RUN_DIR/conf/log4j2.properties" \
     -Dhbase.log.dir="$RUN_DIR/logs" \
     -cp "$RUN_DIR/conf:$LIB/*" "$main" "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
@@ -213,7 +247,7 @@ start() {
   local zk master rs thrift t0=$SECONDS
   zk=$(free_port); master=$(free_port); rs=$(free_port); thrift=$(free_port)
   write_conf "$zk" "$master" "$rs"
-  log "starting HMaster (zk $zk, master $master, rs $rs) and Thrift2 on $thrift; logs in $RUN_DIR/logs"
+  log "starting HMaster (zk $zk, master $master, rs $rs) and Thrift2 on $thrift, profile $PROFILE; logs in $RUN_DIR/logs"
   java_bg master "$MASTER_HEAP" org.apache.hadoop.hbase.master.HMaster start
   start_thrift "$thrift"
   wait_ready "$thrift"

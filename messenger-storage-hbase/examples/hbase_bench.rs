@@ -1,17 +1,28 @@
 //! Appends per second, append latency and latest-50 read latency on a real HBase, through
-//! the adapter and through raw Thrift2 calls in the same run.
+//! the adapter and through raw Thrift2 calls in the same run; and the raw ceilings the
+//! adapter is measured against.
 //!
 //! ```text
 //! scripts/hbase.sh start          # prints HBASE_THRIFT=127.0.0.1:PORT
 //! cargo run --release -p messenger-storage-hbase --example hbase_bench -- 127.0.0.1:PORT
+//! cargo run --release -p messenger-storage-hbase --example hbase_bench -- 127.0.0.1:PORT \
+//!     ceiling [--connections 32] [--rows 25] [--secs 10] [--cas] [--json PATH]
+//! cargo run --release -p messenger-storage-hbase --example hbase_bench -- 127.0.0.1:PORT \
+//!     batches [--threads 50] [--rows 25] [--secs 10] [--json PATH]
 //! ```
 //!
-//! Raw baseline: an append is one put-if-absent `checkAndPut` on the row of a seq the
-//! benchmark already knows (the least a durable, race-free append can cost); a read is one
-//! reversed `getScannerResults` with limit 50. The adapter's append also reads the
-//! idempotency row and seq hint, claims the idempotency row and records the seq (four
-//! round trips in all), so the ratio is the price of dedup and gapless seqs across
-//! processes.
+//! Default mode: an append is the adapter's `append` against one raw put-if-absent
+//! `checkAndPut` of a message row at a seq the benchmark already knows (the least a
+//! durable, race-free append can cost); a read is one reversed `getScannerResults` with
+//! limit 50.
+//!
+//! `ceiling`: the raw write ceiling. `--connections` blocking Thrift connections, each
+//! sending `putMultiple` of `--rows` message-sized rows back to back (with `--cas`,
+//! `checkAndPut` of one row holding `--rows` cells: the shape of the adapter's seq
+//! claim). Prints rows/s.
+//!
+//! `batches`: the adapter alone, without the engine: `--threads` threads, each with one
+//! task appending batches of `--rows` messages back to back.
 
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -164,16 +175,228 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// Options of the `ceiling` and `batches` modes (`--name value` pairs after the mode).
+struct Load {
+    connections: usize,
+    rows: usize,
+    secs: f64,
+    cas: bool,
+    threads: usize,
+    json: Option<String>,
+}
+
+impl Load {
+    fn parse(args: &[String]) -> BoxResult<Load> {
+        let mut l = Load {
+            connections: 32,
+            rows: 25,
+            secs: 10.0,
+            cas: false,
+            threads: 50,
+            json: None,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = || -> BoxResult<&String> {
+                it.next().ok_or_else(|| format!("{a} needs a value").into())
+            };
+            match a.as_str() {
+                "--connections" => l.connections = val()?.parse()?,
+                "--rows" => l.rows = val()?.parse()?,
+                "--secs" => l.secs = val()?.parse()?,
+                "--threads" => l.threads = val()?.parse()?,
+                "--json" => l.json = Some(val()?.clone()),
+                "--cas" => l.cas = true,
+                other => return Err(format!("unknown option {other}").into()),
+            }
+        }
+        if l.connections == 0 || l.rows == 0 || l.threads == 0 || l.secs <= 0.0 {
+            return Err("--connections, --rows, --threads and --secs must be positive".into());
+        }
+        Ok(l)
+    }
+
+    fn report(&self, v: serde_json::Value) -> BoxResult<()> {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        if let Some(p) = &self.json {
+            std::fs::write(p, serde_json::to_string_pretty(&v)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A message-sized row: the same key shape and about the same cell size as a message in
+/// the adapter's block rows (a ~90-byte record).
+fn ceiling_put(run: &str, conn: usize, n: u64) -> TPut {
+    let thread = format!("ceiling-{run}-{conn}");
+    TPut {
+        row: raw_key(&thread, n),
+        column_values: vec![cv(
+            &n.to_be_bytes(),
+            format!(
+                "{:0>90}",
+                format!("bench-user/t{n}/hello from the benchmark")
+            )
+            .into_bytes(),
+        )],
+        timestamp: None,
+        attributes: None,
+        durability: None,
+        cell_visibility: None,
+    }
+}
+
+/// The raw ceiling: `connections` blocking Thrift connections, each sending `putMultiple`
+/// of `rows` message-sized rows back to back for `secs` (with `--cas`: `checkAndPut` of
+/// one row holding `rows` cells, put-if-absent, the shape of the adapter's seq claim).
+fn ceiling(addr: &str, table: &[u8], run: &str, l: &Load) -> BoxResult<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs_f64(l.secs);
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..l.connections)
+        .map(|conn| {
+            let (addr, table, run, rows, cas) = (
+                addr.to_owned(),
+                table.to_vec(),
+                run.to_owned(),
+                l.rows,
+                l.cas,
+            );
+            std::thread::spawn(move || -> BoxResult<(u64, u64)> {
+                let mut c = raw_client(&addr)?;
+                let (mut calls, mut written) = (0u64, 0u64);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if cas {
+                        n += 1;
+                        let row = raw_key(&format!("ceiling-cas-{run}-{conn}"), n);
+                        let cells: Vec<TColumnValue> = (0..rows as u64)
+                            .map(|k| cv(&k.to_be_bytes(), vec![b'x'; 90]))
+                            .collect();
+                        let put = TPut {
+                            row: row.clone(),
+                            column_values: cells,
+                            timestamp: None,
+                            attributes: None,
+                            durability: None,
+                            cell_visibility: None,
+                        };
+                        let won = c.check_and_put(
+                            table.clone(),
+                            row,
+                            b"m".to_vec(),
+                            b"l".to_vec(),
+                            Vec::new(),
+                            put,
+                        )?;
+                        if !won {
+                            return Err("a put-if-absent on a fresh row lost".into());
+                        }
+                    } else {
+                        let puts: Vec<TPut> = (0..rows)
+                            .map(|_| {
+                                n += 1;
+                                ceiling_put(&run, conn, n)
+                            })
+                            .collect();
+                        c.put_multiple(table.clone(), puts)?;
+                    }
+                    calls += 1;
+                    written += rows as u64;
+                }
+                Ok((calls, written))
+            })
+        })
+        .collect();
+    let (mut calls, mut written) = (0u64, 0u64);
+    for h in handles {
+        let (c, w) = h.join().map_err(|_| "a ceiling thread panicked")??;
+        calls += c;
+        written += w;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "mode": if l.cas { "checkAndPut" } else { "putMultiple" },
+        "connections": l.connections,
+        "rows_per_call": l.rows,
+        "secs": (secs * 1000.0).round() / 1000.0,
+        "calls_per_sec": (calls as f64 / secs).round(),
+        "rows_per_sec": (written as f64 / secs).round(),
+    }))
+}
+
+/// The adapter alone: `threads` threads, each with one task appending batches of `rows`
+/// messages back to back for `secs` (concurrent batches of different threads share
+/// coalesced calls, as under the engine).
+async fn batches(store: Arc<HBaseStore>, run: &str, l: &Load) -> BoxResult<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(l.secs);
+    let t0 = Instant::now();
+    let mut hs = Vec::new();
+    for k in 0..l.threads {
+        let store = store.clone();
+        let t = ThreadId::new(format!("bench-batches-{run}-{k}"))?;
+        let rows = l.rows as u64;
+        hs.push(tokio::spawn(async move {
+            let (mut calls, mut n) = (0u64, 0u64);
+            while tokio::time::Instant::now() < deadline {
+                let batch: Vec<NewMessage> = (0..rows)
+                    .map(|_| {
+                        n += 1;
+                        msg(&t, n)
+                    })
+                    .collect();
+                store.append_batch(&t, batch).await?;
+                calls += 1;
+            }
+            Ok::<_, messenger_core::Error>((calls, n))
+        }));
+    }
+    let (mut calls, mut written) = (0u64, 0u64);
+    for h in hs {
+        let (c, w) = h.await??;
+        calls += c;
+        written += w;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "mode": "append_batch",
+        "threads": l.threads,
+        "messages_per_batch": l.rows,
+        "secs": (secs * 1000.0).round() / 1000.0,
+        "batches_per_sec": (calls as f64 / secs).round(),
+        "messages_per_sec": (written as f64 / secs).round(),
+    }))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> BoxResult<()> {
-    let addr = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr = args
+        .first()
+        .cloned()
         .or_else(|| std::env::var("HBASE_THRIFT").ok())
-        .ok_or("usage: hbase_bench HOST:PORT (or HBASE_THRIFT)")?;
+        .ok_or("usage: hbase_bench HOST:PORT [ceiling|batches [options]] (or HBASE_THRIFT)")?;
     let store =
         Arc::new(HBaseStore::connect(HBaseOptions::new(&addr).with_table_prefix("mbench_")).await?);
     let table = b"mbench_messages".to_vec();
     let run = format!("{}-{}", std::process::id(), now_ms());
+    match args.get(1).map(String::as_str) {
+        None => {}
+        Some("ceiling") => {
+            let l = Load::parse(&args[2..])?;
+            let (addr, table, run2) = (addr.clone(), table.clone(), run.clone());
+            let out = tokio::task::spawn_blocking(move || {
+                ceiling(&addr, &table, &run2, &l).map(|v| (v, l))
+            })
+            .await??;
+            return out.1.report(out.0);
+        }
+        Some("batches") => {
+            let l = Load::parse(&args[2..])?;
+            let v = batches(store, &run, &l).await?;
+            return l.report(v);
+        }
+        Some(other) => return Err(format!("unknown mode {other}: ceiling or batches").into()),
+    }
     let id = |s: &str| ThreadId::new(format!("bench-{s}-{run}"));
 
     // Warm-up (JIT on the gateway and region server, connections).

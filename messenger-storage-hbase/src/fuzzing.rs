@@ -4,7 +4,8 @@
 use messenger_core::{ThreadId, UserId};
 
 use crate::schema::{
-    dedup_key, msg_key, msg_prefix, prefix_end, seq_of_key, thread_prefix, user_thread_key,
+    block_key, block_of, block_of_key, block_prefix, dedup2_key, dedup_key, msg_key, msg_prefix,
+    prefix_end, seq_of_key, thread_prefix, user_thread_key,
 };
 
 /// Checks the codec on two thread ids, two (sender, temp id) pairs, a seq and an
@@ -34,6 +35,16 @@ pub fn check_row_keys(
         "{a} seq {seq}"
     );
     assert!(key.as_slice() < prefix_end(&thread_prefix(&a)).as_slice());
+    // Schema v2 (what the store writes; the v1 keys above are what the migration reads).
+    let _ = block_of_key(&block_prefix(&a), row);
+    let block = block_of(seq);
+    let bkey = block_key(&a, block);
+    assert_eq!(
+        block_of_key(&block_prefix(&a), &bkey),
+        Some(block),
+        "{a} block {block}"
+    );
+    assert!(bkey.as_slice() < prefix_end(&thread_prefix(&a)).as_slice());
     if a != b {
         let (pa, pb) = (thread_prefix(&a), thread_prefix(&b));
         assert!(!pa.starts_with(&pb) && !pb.starts_with(&pa), "{a} / {b}");
@@ -41,6 +52,11 @@ pub fn check_row_keys(
             seq_of_key(&msg_prefix(&b), &key),
             None,
             "{a} row read as {b}"
+        );
+        assert_eq!(
+            block_of_key(&block_prefix(&b), &bkey),
+            None,
+            "{a} block row read as {b}"
         );
     }
     let (Ok(s1), Ok(s2)) = (UserId::new(u1), UserId::new(u2)) else {
@@ -51,6 +67,11 @@ pub fn check_row_keys(
             dedup_key(&a, &s1, temp1),
             dedup_key(&a, &s2, temp2),
             "idempotency keys of ({s1}, {temp1:?}) and ({s2}, {temp2:?}) collide"
+        );
+        assert_ne!(
+            dedup2_key(&a, &s1, temp1),
+            dedup2_key(&a, &s2, temp2),
+            "v2 idempotency keys of ({s1}, {temp1:?}) and ({s2}, {temp2:?}) collide"
         );
     }
     if s1 != s2 || a != b {

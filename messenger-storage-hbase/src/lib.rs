@@ -35,6 +35,7 @@
 //! Development HBase: `scripts/hbase.sh start` prints `HBASE_THRIFT=127.0.0.1:PORT`.
 
 mod client;
+mod coalesce;
 /// Entry points for `cargo fuzz` (feature `fuzzing`; not a stable API).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -42,9 +43,12 @@ pub mod fuzzing;
 #[doc(hidden)]
 pub mod gen;
 mod messages;
+mod migrate;
 mod push;
 mod schema;
 mod threads;
+
+pub use migrate::{migrate_v1, MigrationReport};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +56,9 @@ use std::time::Duration;
 use messenger_core::{Error, Result};
 
 use client::{Idempotent, Pool};
+use coalesce::Coalescer;
 use gen::hbase::TTHBaseServiceSyncClient;
-use schema::Tables;
+use schema::*;
 
 /// How to reach HBase and how to behave there. Build with [`HBaseOptions::new`] and
 /// change fields; new options get defaults, so this never breaks callers.
@@ -66,7 +71,8 @@ pub struct HBaseOptions {
     /// `{prefix}user_threads`, `{prefix}push`, in the `default` namespace). Default
     /// `messenger_`.
     pub table_prefix: String,
-    /// Most Thrift connections (and so concurrent calls) at once. Default 16.
+    /// Most Thrift connections (and so concurrent calls) at once. Default 32: the seq
+    /// claims of different threads run in parallel, one connection each.
     pub pool_size: usize,
     /// TCP connect timeout. Default 2 s.
     pub connect_timeout: Duration,
@@ -74,10 +80,12 @@ pub struct HBaseOptions {
     pub call_timeout: Duration,
     /// Extra attempts for idempotent calls on transient errors. Default 3.
     pub retries: u32,
-    /// How long an idempotency claim protects an append in progress before another
-    /// appender of the same (thread, sender, temp_id) may recover it. An appender gives up
-    /// claiming a seq after half of this. Default 30 s.
-    pub claim_lease: Duration,
+    /// Most coalesced `getMultiple` (and, separately, `putMultiple`) calls in flight at
+    /// once; single-row reads and writes that arrive while all are busy wait and go
+    /// together in the next call. Default 4.
+    pub coalesce_in_flight: usize,
+    /// Most rows in one coalesced call. Default 1000.
+    pub coalesce_max_rows: usize,
     /// Time to live of messages, `None` for forever (the default).
     pub message_ttl: Option<Duration>,
     /// Create absent tables in [`HBaseStore::connect`]. Default true.
@@ -90,11 +98,12 @@ impl HBaseOptions {
         HBaseOptions {
             addr: addr.into(),
             table_prefix: "messenger_".into(),
-            pool_size: 16,
+            pool_size: 32,
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
             retries: 3,
-            claim_lease: Duration::from_secs(30),
+            coalesce_in_flight: 4,
+            coalesce_max_rows: 1000,
             message_ttl: None,
             create_tables: true,
         }
@@ -122,13 +131,12 @@ impl HBaseOptions {
 
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
-    /// Last seq this process saw per thread: a lower bound, used to skip reading the
-    /// head row on the next append (see docs/hbase-schema.md).
-    pub(crate) hints: std::sync::Mutex<std::collections::HashMap<messenger_core::ThreadId, u64>>,
+    /// Coalesces single-row gets and puts of many tasks into multi-row calls.
+    pub(crate) coalesce: Arc<Coalescer>,
+    /// What this process knows of each recently appended thread (see `messages`).
+    pub(crate) states: messenger_core::sync::Sharded<messenger_core::ThreadId, messages::StateSlot>,
     pub(crate) tables: Tables,
     pub(crate) opts: HBaseOptions,
-    /// Serialises one thread's appends within this process (striped by thread hash).
-    pub(crate) append_stripes: Box<[tokio::sync::Mutex<()>]>,
 }
 
 /// Both stores over one connection pool. Cheap to clone.
@@ -149,17 +157,34 @@ impl std::fmt::Debug for HBaseStore {
 impl HBaseStore {
     /// Connects to the gateway (failing with `unavailable` if it does not answer) and,
     /// unless `create_tables` is off, creates absent tables.
+    ///
+    /// Then checks that the messages table holds schema v2 (this version's layout),
+    /// recording it in an empty table; a table with data of the previous layout is
+    /// refused with a message that points at [`migrate_v1`].
     pub async fn connect(opts: HBaseOptions) -> Result<HBaseStore> {
+        let store = Self::open(opts).await?;
+        store.ensure_schema().await?;
+        Ok(store)
+    }
+
+    /// Connects and creates tables like [`connect`](Self::connect), without the
+    /// schema check (for the migration).
+    pub(crate) async fn open(opts: HBaseOptions) -> Result<HBaseStore> {
         if opts.addr.is_empty() {
             return Err(Error::bad_request("HBase Thrift2 address is empty"));
         }
+        let pool = Pool::new(&opts);
         let store = HBaseStore {
             inner: Arc::new(Inner {
-                pool: Pool::new(&opts),
-                hints: Default::default(),
+                coalesce: Coalescer::new(
+                    pool.clone(),
+                    opts.coalesce_in_flight,
+                    opts.coalesce_max_rows,
+                ),
+                pool,
+                states: messenger_core::sync::Sharded::new(),
                 tables: Tables::new(&opts.table_prefix),
                 opts,
-                append_stripes: messages::append_stripes(),
             }),
         };
         store
@@ -171,6 +196,98 @@ impl HBaseStore {
             store.ensure_tables().await?;
         }
         Ok(store)
+    }
+
+    /// The schema row of the messages table: (version, block size), if present.
+    pub(crate) async fn schema_row(&self) -> Result<Option<(u64, u64)>> {
+        let table = self.inner.tables.messages.clone();
+        let r = self
+            .inner
+            .pool
+            .call("get schema row", Idempotent::Yes, move |c| {
+                c.get(table.clone(), tget(schema_key(), Some(vec![col(FAM_HEAD)])))
+            })
+            .await?;
+        let get = |q: &[u8]| {
+            r.column_values
+                .iter()
+                .find(|c| c.family == FAM_HEAD && c.qualifier == q)
+                .and_then(|c| bytes_u64(&c.value))
+        };
+        Ok(get(COL_VERSION).map(|v| (v, get(COL_BLOCK).unwrap_or(0))))
+    }
+
+    /// Test support, not API: [`connect`](Self::connect) without the schema check, to
+    /// write an old layout in migration tests.
+    #[doc(hidden)]
+    pub async fn __open_without_schema_check(opts: HBaseOptions) -> Result<HBaseStore> {
+        Self::open(opts).await
+    }
+
+    /// Records schema v2 in the messages table.
+    pub(crate) async fn write_schema_row(&self) -> Result<()> {
+        let table = self.inner.tables.messages.clone();
+        let put = tput(
+            schema_key(),
+            vec![
+                cv(FAM_HEAD, COL_VERSION, u64_bytes(SCHEMA_VERSION)),
+                cv(FAM_HEAD, COL_BLOCK, u64_bytes(BLOCK)),
+            ],
+        );
+        self.inner
+            .pool
+            .call("put schema row", Idempotent::Yes, move |c| {
+                c.put(table.clone(), put.clone())
+            })
+            .await
+    }
+
+    /// Whether the messages table has any row besides the schema row.
+    pub(crate) async fn has_rows(&self) -> Result<bool> {
+        let table = self.inner.tables.messages.clone();
+        let scan = tscan(Vec::new(), Vec::new(), None, false, 2);
+        let rows = self
+            .inner
+            .pool
+            .call("scan messages", Idempotent::Yes, move |c| {
+                c.get_scanner_results(table.clone(), scan.clone(), 2)
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .any(|r| r.row.as_deref() != Some(&schema_key()[..])))
+    }
+
+    async fn ensure_schema(&self) -> Result<()> {
+        let name = String::from_utf8_lossy(&self.inner.tables.messages).into_owned();
+        let check = |found: (u64, u64)| {
+            if found == (SCHEMA_VERSION, BLOCK) {
+                Ok(())
+            } else {
+                Err(Error::internal(format!(
+                    "HBase table {name} holds message schema v{} with blocks of {}; this \
+                     version reads v{SCHEMA_VERSION} with blocks of {BLOCK}",
+                    found.0, found.1
+                )))
+            }
+        };
+        if let Some(found) = self.schema_row().await? {
+            return check(found);
+        }
+        if self.has_rows().await? {
+            // Another process may have just recorded v2 and started writing.
+            if let Some(found) = self.schema_row().await? {
+                return check(found);
+            }
+            return Err(Error::internal(format!(
+                "HBase table {name} holds messages in the previous layout (schema v1): stop \
+                 every server, run `cargo run --release -p messenger-storage-hbase --example \
+                 hbase_migrate -- {} --prefix {}` (docs/hbase-schema.md, Migration), then \
+                 start again",
+                self.inner.opts.addr, self.inner.opts.table_prefix
+            )));
+        }
+        self.write_schema_row().await
     }
 
     /// Creates each table that does not exist yet. Idempotent; concurrent callers in

@@ -1,34 +1,81 @@
-//! `MessageStore` over the messages table. See `docs/hbase-schema.md` for the design.
+//! `MessageStore` over the messages table, schema v2. See `docs/hbase-schema.md`.
+//!
+//! A thread's messages live in block rows of [`BLOCK`] seqs, one cell per message. One
+//! `checkAndPut` on a block row claims a run of seqs *and* writes those messages, on the
+//! condition that the block's last seq (`h:l`) is still the one the appender saw: the
+//! claim and the messages are one atomic row write, so a seq is never claimed without
+//! its message and a batch's seqs are consecutive, whatever other processes do.
+//!
+//! Idempotency rows ((thread, sender, temp_id) -> seq) and id rows are written after
+//! the claim ("bookkeeping"), coalesced with other threads' into one `putMultiple`. The
+//! head row's bookkeeping watermark (`h:x`) says up to which seq they are complete;
+//! messages after it are checked directly (read from their block rows), which is what
+//! makes a crash between claim and bookkeeping harmless: the next appender of the
+//! thread, in any process, sees those messages, de-duplicates against them and writes
+//! their bookkeeping.
 
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use messenger_core::model::{
     check_batch, Appended, HistoryPage, HistoryQuery, NewMessage, StoredMessage,
 };
-use messenger_core::time::now_ms;
 use messenger_core::{Error, ErrorKind, MessageId, MessageStore, Result, ThreadId, UserId};
 
 use crate::client::Idempotent;
-use crate::gen::hbase::{TResult, TTHBaseServiceSyncClient};
+use crate::gen::hbase::{TColumn, TGet, TResult, TTHBaseServiceSyncClient};
 use crate::schema::*;
 use crate::HBaseStore;
 
-/// After this many lost seq claims in a row the appender re-reads the exact last seq
-/// instead of probing one by one.
-const PROBES_BEFORE_JUMP: u32 = 3;
-/// Most threads whose last seq is cached per process (the cache is dropped when full).
-const MAX_CACHED_HINTS: usize = 100_000;
-/// Rows per scan call when a whole range must be walked.
-const PAGE: i32 = 1000;
+/// Threads whose state is cached per shard of the state map (64 shards); when a shard is
+/// full, idle entries are dropped.
+const MAX_STATES_PER_SHARD: usize = 2048;
+/// Block rows per scan call when walking a thread.
+const PAGE_ROWS: usize = 64;
+/// Lost claims in a row before an append gives up with `conflict` (each loss means
+/// another appender of the thread made progress).
+const MAX_CLAIM_ROUNDS: u32 = 1000;
 
-/// A (thread, sender, temp_id) claim as stored in its dedup row.
-#[derive(Debug, Clone, Copy)]
-struct Claim {
-    owner: u64,
-    from: u64,
-    claimed_at: u64,
-    seq: Option<u64>,
+/// What this process knows of one thread. Only the thread's appends in this process
+/// touch it, one at a time (its mutex).
+#[derive(Debug)]
+pub(crate) struct ThreadState {
+    /// The thread's last seq when this process last looked: a lower bound, exact right
+    /// after a claim of ours succeeded.
+    last: u64,
+    /// Every seq up to here has its idempotency and id rows written.
+    done: u64,
+    /// The `h:x` this process last wrote (the head row lags `done` by one call).
+    written_done: u64,
+    /// The messages in `(done, last]`, ascending: checked directly for duplicates and
+    /// written to the idempotency and id rows by the next bookkeeping.
+    recent: Vec<StoredMessage>,
+}
+
+impl ThreadState {
+    fn find(&self, sender: &UserId, temp_id: &str) -> Option<&StoredMessage> {
+        self.recent
+            .iter()
+            .find(|m| m.sender_id == *sender && m.temp_id == temp_id)
+    }
+}
+
+/// A thread's state behind its lock; `None` until loaded (or after an error).
+pub(crate) type StateSlot = Arc<tokio::sync::Mutex<Option<ThreadState>>>;
+
+/// One block row as read.
+struct Block {
+    number: u64,
+    /// `h:l`, the block's last seq (absent when the row was read without family `h`).
+    last: Option<u64>,
+    /// Its messages, ascending by seq.
+    messages: Vec<StoredMessage>,
+}
+
+enum Claim {
+    Won,
+    Lost,
 }
 
 fn cell<'a>(r: &'a TResult, family: &[u8], qualifier: &[u8]) -> Option<&'a [u8]> {
@@ -42,34 +89,65 @@ fn cell_u64(r: &TResult, family: &[u8], qualifier: &[u8]) -> Option<u64> {
     cell(r, family, qualifier).and_then(bytes_u64)
 }
 
-fn parse_claim(r: &TResult) -> Option<Claim> {
-    Some(Claim {
-        owner: cell_u64(r, FAM_MSG, COL_ID)?,
-        from: cell_u64(r, FAM_MSG, COL_FROM).unwrap_or(0),
-        claimed_at: cell_u64(r, FAM_MSG, COL_CLAIMED).unwrap_or(0),
-        seq: cell_u64(r, FAM_MSG, COL_SEQ),
-    })
-}
-
-fn corrupt(what: &str) -> Error {
+fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::internal(format!("corrupt HBase message row: {what}"))
 }
 
-fn parse_message(thread: &ThreadId, seq: u64, r: &TResult) -> Result<StoredMessage> {
-    let text = |q: &[u8], what: &str| -> Result<String> {
-        let b = cell(r, FAM_MSG, q).ok_or_else(|| corrupt(what))?;
-        String::from_utf8(b.to_vec()).map_err(|_| corrupt(what))
+fn to_message(thread: &ThreadId, seq: u64, value: &[u8]) -> Result<StoredMessage> {
+    let r = decode_record(value).ok_or_else(|| corrupt(format!("record at seq {seq}")))?;
+    let text = |b: &[u8], what: &str| {
+        String::from_utf8(b.to_vec()).map_err(|_| corrupt(format!("{what} at seq {seq}")))
     };
-    let sender = UserId::new(text(COL_SENDER, "sender")?).map_err(|_| corrupt("sender"))?;
     Ok(StoredMessage {
         thread_id: thread.clone(),
         seq,
-        message_id: MessageId(cell_u64(r, FAM_MSG, COL_ID).ok_or_else(|| corrupt("id"))?),
-        sender_id: sender,
-        temp_id: text(COL_TEMP, "temp_id")?,
-        text: text(COL_TEXT, "text")?,
-        sent_at: cell_u64(r, FAM_MSG, COL_SENT).ok_or_else(|| corrupt("sent_at"))?,
+        message_id: MessageId(r.message_id),
+        sender_id: UserId::new(text(r.sender, "sender")?)
+            .map_err(|_| corrupt(format!("sender at seq {seq}")))?,
+        temp_id: text(r.temp_id, "temp_id")?,
+        text: text(r.text, "text")?,
+        sent_at: r.sent_at,
     })
+}
+
+fn parse_block(thread: &ThreadId, prefix: &[u8], r: &TResult) -> Result<Block> {
+    let number = r
+        .row
+        .as_deref()
+        .and_then(|k| block_of_key(prefix, k))
+        .ok_or_else(|| corrupt("block row key"))?;
+    let mut messages = Vec::new();
+    for c in &r.column_values {
+        if c.family == FAM_MSG {
+            let seq = bytes_u64(&c.qualifier).ok_or_else(|| corrupt("cell qualifier"))?;
+            messages.push(to_message(thread, seq, &c.value)?);
+        }
+    }
+    messages.sort_by_key(|m| m.seq);
+    Ok(Block {
+        number,
+        last: cell_u64(r, FAM_HEAD, COL_LAST),
+        messages,
+    })
+}
+
+fn stored(m: &NewMessage, seq: u64) -> StoredMessage {
+    StoredMessage {
+        thread_id: m.thread_id.clone(),
+        seq,
+        message_id: m.message_id,
+        sender_id: m.sender_id.clone(),
+        temp_id: m.temp_id.clone(),
+        text: m.text.clone(),
+        sent_at: m.sent_at,
+    }
+}
+
+fn duplicate(m: &StoredMessage) -> Appended {
+    Appended {
+        message: m.clone(),
+        duplicate: true,
+    }
 }
 
 impl HBaseStore {
@@ -77,36 +155,24 @@ impl HBaseStore {
         self.inner.tables.messages.clone()
     }
 
-    fn cached_hint(&self, t: &ThreadId) -> Option<u64> {
-        self.inner.hints.lock().ok()?.get(t).copied()
-    }
-
-    fn remember_hint(&self, t: &ThreadId, seq: u64) {
-        if let Ok(mut h) = self.inner.hints.lock() {
-            if h.len() >= MAX_CACHED_HINTS && !h.contains_key(t) {
-                h.clear();
-            }
-            let e = h.entry(t.clone()).or_insert(0);
-            *e = (*e).max(seq);
+    fn state_slot(&self, t: &ThreadId) -> StateSlot {
+        let mut shard = self.inner.states.shard(t);
+        if let Some(s) = shard.get(t) {
+            return s.clone();
         }
+        if shard.len() >= MAX_STATES_PER_SHARD {
+            shard.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let s = StateSlot::default();
+        shard.insert(t.clone(), s.clone());
+        s
     }
 
-    async fn get_row(&self, what: &'static str, row: Vec<u8>) -> Result<TResult> {
-        let table = self.msg_table();
+    async fn get_rows(&self, gets: Vec<TGet>) -> Result<Vec<TResult>> {
         self.inner
-            .pool
-            .call(what, Idempotent::Yes, move |c| {
-                c.get(table.clone(), tget(row.clone(), None))
-            })
+            .coalesce
+            .get(&self.inner.tables.messages, gets)
             .await
-    }
-
-    async fn message_at(&self, thread: &ThreadId, seq: u64) -> Result<Option<StoredMessage>> {
-        let r = self.get_row("get message", msg_key(thread, seq)).await?;
-        if r.column_values.is_empty() {
-            return Ok(None);
-        }
-        parse_message(thread, seq, &r).map(Some)
     }
 
     async fn scan(
@@ -114,11 +180,12 @@ impl HBaseStore {
         what: &'static str,
         start: Vec<u8>,
         stop: Vec<u8>,
-        columns: Option<Vec<crate::gen::hbase::TColumn>>,
+        columns: Option<Vec<TColumn>>,
         reversed: bool,
-        limit: i32,
+        limit: usize,
     ) -> Result<Vec<TResult>> {
         let table = self.msg_table();
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
         let scan = tscan(start, stop, columns, reversed, limit);
         self.inner
             .pool
@@ -128,369 +195,396 @@ impl HBaseStore {
             .await
     }
 
-    /// The exact highest seq of a thread: one reversed scan of its message rows, limit 1.
-    async fn exact_last_seq(&self, thread: &ThreadId) -> Result<u64> {
-        let prefix = msg_prefix(thread);
-        let rows = self
-            .scan(
-                "last seq",
-                msg_key(thread, u64::MAX),
-                prefix.clone(),
-                Some(vec![col_q(FAM_MSG, COL_ID)]),
-                true,
-                1,
-            )
-            .await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.row.as_deref())
-            .and_then(|k| seq_of_key(&prefix, k))
-            .unwrap_or(0))
-    }
-
-    /// Sends a conditional put once. When the outcome is unknown (the connection broke
-    /// after the request may have left), re-reads `check_col` of `row` and reports success
-    /// iff it now holds `mine`.
-    #[allow(clippy::too_many_arguments)]
-    async fn cas_put(
+    /// Block rows of `t` from block `from` upwards, at most `rows` of them.
+    async fn blocks_from(
         &self,
         what: &'static str,
-        table: Vec<u8>,
-        row: Vec<u8>,
-        check_col: &'static [u8],
-        expected: Vec<u8>,
-        put: crate::gen::hbase::TPut,
-        mine: Vec<u8>,
-    ) -> Result<bool> {
-        let (t, r) = (table.clone(), row.clone());
+        t: &ThreadId,
+        from: u64,
+        rows: usize,
+        with_head: bool,
+    ) -> Result<Vec<Block>> {
+        let prefix = block_prefix(t);
+        let columns = (!with_head).then(|| vec![col(FAM_MSG)]);
+        let rows = self
+            .scan(
+                what,
+                block_key(t, from),
+                prefix_end(&prefix),
+                columns,
+                false,
+                rows,
+            )
+            .await?;
+        rows.iter().map(|r| parse_block(t, &prefix, r)).collect()
+    }
+
+    /// Block rows of `t` from block `from` downwards (newest first), at most `rows`.
+    async fn blocks_down_from(&self, t: &ThreadId, from: u64, rows: usize) -> Result<Vec<Block>> {
+        let prefix = block_prefix(t);
+        let rows = self
+            .scan(
+                "fetch backwards",
+                block_key(t, from),
+                prefix.clone(),
+                Some(vec![col(FAM_MSG)]),
+                true,
+                rows,
+            )
+            .await?;
+        rows.iter().map(|r| parse_block(t, &prefix, r)).collect()
+    }
+
+    /// The messages at `seqs` of `t` (one `getMultiple` of their block rows, only those
+    /// cells), by seq. Absent ones are missing from the map.
+    async fn messages_at(&self, t: &ThreadId, seqs: &[u64]) -> Result<HashMap<u64, StoredMessage>> {
+        let mut by_block: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &s in seqs {
+            by_block.entry(block_of(s)).or_default().push(s);
+        }
+        let gets: Vec<TGet> = by_block
+            .iter()
+            .map(|(b, seqs)| {
+                let cols = seqs
+                    .iter()
+                    .map(|s| col_q(FAM_MSG, &seq_qualifier(*s)))
+                    .collect();
+                tget(block_key(t, *b), Some(cols))
+            })
+            .collect();
+        let prefix = block_prefix(t);
+        let mut out = HashMap::new();
+        for r in self.get_rows(gets).await? {
+            if r.column_values.is_empty() {
+                continue;
+            }
+            for m in parse_block(t, &prefix, &r)?.messages {
+                out.insert(m.seq, m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The head row's bookkeeping watermark of each thread.
+    async fn done_marks(&self, threads: &[ThreadId]) -> Result<Vec<u64>> {
+        let gets = threads
+            .iter()
+            .map(|t| tget(head_key(t), Some(vec![col_q(FAM_HEAD, COL_DONE)])))
+            .collect();
+        Ok(self
+            .get_rows(gets)
+            .await?
+            .iter()
+            .map(|r| cell_u64(r, FAM_HEAD, COL_DONE).unwrap_or(0))
+            .collect())
+    }
+
+    /// Reads the thread's messages after `st.last` into `st.recent` and moves `st.last`
+    /// to the thread's last seq.
+    async fn catch_up(&self, t: &ThreadId, st: &mut ThreadState) -> Result<()> {
+        let mut from = block_of(st.last + 1);
+        loop {
+            let blocks = self
+                .blocks_from("read new messages", t, from, PAGE_ROWS, true)
+                .await?;
+            for b in &blocks {
+                for m in &b.messages {
+                    if m.seq > st.last {
+                        st.last = m.seq;
+                        st.recent.push(m.clone());
+                    }
+                }
+                // `h:l` is authoritative (cells may have expired under a TTL).
+                st.last = st.last.max(b.last.unwrap_or(0));
+                from = b.number + 1;
+            }
+            if blocks.len() < PAGE_ROWS {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A thread's state from HBase: the bookkeeping watermark, then every message after
+    /// it. The watermark is read before anything that relies on it (the idempotency rows
+    /// are read after this returns), so every row it vouches for is visible.
+    async fn load_state(&self, t: &ThreadId) -> Result<ThreadState> {
+        let done = self
+            .done_marks(std::slice::from_ref(t))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let mut st = ThreadState {
+            last: done,
+            done,
+            written_done: done,
+            recent: Vec::new(),
+        };
+        self.catch_up(t, &mut st).await?;
+        Ok(st)
+    }
+
+    /// One conditional write of block row `block_of(last + 1)`: `msgs` (which fit in
+    /// that block) at seqs `last+1 ..`, and `h:l` moved to the last of them, if `h:l` is
+    /// still `last` (or absent, when `last + 1` starts the block).
+    async fn claim(&self, t: &ThreadId, last: u64, msgs: &[&NewMessage]) -> Result<Claim> {
+        let first_seq = last + 1;
+        let block = block_of(first_seq);
+        let row = block_key(t, block);
+        let end = last + msgs.len() as u64;
+        let mut cells = Vec::with_capacity(msgs.len() + 1);
+        cells.push(cv(FAM_HEAD, COL_LAST, u64_bytes(end)));
+        for (k, m) in msgs.iter().enumerate() {
+            cells.push(cv(
+                FAM_MSG,
+                &seq_qualifier(first_seq + k as u64),
+                encode_record(m.message_id, m.sent_at, &m.sender_id, &m.temp_id, &m.text),
+            ));
+        }
+        let expected = if first_seq == block_bounds(block).0 {
+            Vec::new() // "absent": nothing is in this block yet
+        } else {
+            u64_bytes(last)
+        };
+        let (table, r) = (self.msg_table(), row.clone());
+        let put = tput(row.clone(), cells);
         let sent = self
             .inner
             .pool
-            .call(what, Idempotent::No, move |c| {
+            .call("claim seqs", Idempotent::No, move |c| {
                 c.check_and_put(
-                    t.clone(),
+                    table.clone(),
                     r.clone(),
-                    FAM_MSG.to_vec(),
-                    check_col.to_vec(),
+                    FAM_HEAD.to_vec(),
+                    COL_LAST.to_vec(),
                     expected.clone(),
                     put.clone(),
                 )
             })
             .await;
         match sent {
-            Ok(won) => Ok(won),
+            Ok(true) => Ok(Claim::Won),
+            Ok(false) => Ok(Claim::Lost),
+            // The outcome is unknown (the connection broke after the request left): the
+            // write was atomic, so the first cell tells. If it landed later, the caller's
+            // catch-up finds our own messages by id.
             Err(e) if e.kind() == ErrorKind::Unavailable => {
-                let got = self
-                    .inner
-                    .pool
-                    .call(what, Idempotent::Yes, move |c| {
-                        c.get(
-                            table.clone(),
-                            tget(row.clone(), Some(vec![col_q(FAM_MSG, check_col)])),
-                        )
-                    })
-                    .await
-                    .map_err(|_| e)?;
-                Ok(cell(&got, FAM_MSG, check_col) == Some(mine.as_slice()))
+                let mine = msgs.first().map(|m| m.message_id);
+                let got = self.messages_at(t, &[first_seq]).await.map_err(|_| e)?;
+                if got.get(&first_seq).map(|m| m.message_id) == mine {
+                    Ok(Claim::Won)
+                } else {
+                    Ok(Claim::Lost)
+                }
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Looks for the message with id `owner` among the thread's messages after `from`
-    /// (a crashed or slow owner's message). Walks the range in pages, ids only.
-    async fn find_owner_message(
-        &self,
-        thread: &ThreadId,
-        from: u64,
-        owner: u64,
-    ) -> Result<Option<u64>> {
-        let prefix = msg_prefix(thread);
-        let mut next = from.saturating_add(1);
-        loop {
-            let rows = self
-                .scan(
-                    "find claimed message",
-                    msg_key(thread, next),
-                    prefix_end(&prefix),
-                    Some(vec![col_q(FAM_MSG, COL_ID)]),
-                    false,
-                    PAGE,
-                )
-                .await?;
-            for r in &rows {
-                let seq = r.row.as_deref().and_then(|k| seq_of_key(&prefix, k));
-                if let Some(seq) = seq {
-                    if cell_u64(r, FAM_MSG, COL_ID) == Some(owner) {
-                        return Ok(Some(seq));
-                    }
-                    next = seq.saturating_add(1);
-                }
-            }
-            if rows.len() < PAGE as usize {
-                return Ok(None);
-            }
+    /// Writes the idempotency and id rows of every message in `st.recent`, and the head
+    /// row's watermark as confirmed by the previous call, in one (coalesced)
+    /// `putMultiple`. On success everything up to `st.last` is done. A failure is only
+    /// logged: the messages are durable, and the next append repeats the bookkeeping.
+    async fn bookkeep(&self, t: &ThreadId, st: &mut ThreadState) {
+        if st.recent.is_empty() && st.written_done == st.done {
+            return;
         }
-    }
-
-    /// Records where a claimed message landed: dedup row, id row and head hint, in one
-    /// batch of idempotent puts.
-    async fn finish(&self, msg: &NewMessage, owner: u64, seq: u64) -> Result<()> {
-        let t = &msg.thread_id;
-        let puts = vec![
-            tput(
-                dedup_key(t, &msg.sender_id, &msg.temp_id),
-                vec![cv(FAM_MSG, COL_SEQ, u64_bytes(seq))],
-            ),
-            tput(
-                id_key(t, MessageId(owner)),
-                vec![cv(FAM_MSG, COL_SEQ, u64_bytes(seq))],
-            ),
-            // The hint's cell timestamp is the seq itself: with one version kept, the
-            // highest seq wins whatever order concurrent appenders write in.
-            tput(
-                head_key(t),
-                vec![cv_at(FAM_HEAD, COL_LAST, u64_bytes(seq), seq as i64)],
-            ),
-        ];
-        let table = self.msg_table();
-        self.inner
-            .pool
-            .call("putMultiple", Idempotent::Yes, move |c| {
-                c.put_multiple(table.clone(), puts.clone())
-            })
-            .await
-    }
-
-    async fn duplicate_of(&self, msg: &NewMessage, seq: u64, owner: u64) -> Result<Appended> {
-        match self.message_at(&msg.thread_id, seq).await? {
-            Some(m) if m.message_id.get() == owner => Ok(Appended {
-                message: m,
-                duplicate: true,
-            }),
-            _ => Err(Error::internal(format!(
-                "idempotency row of {}/{}/{} points at seq {seq}, which holds another message",
-                msg.thread_id, msg.sender_id, msg.temp_id
-            ))),
-        }
-    }
-
-    /// Claims the next seq for `msg` (already owning its dedup row). Put-if-absent on the
-    /// row of seq n, moving to n+1 when another appender won n.
-    async fn claim_seq(&self, msg: &NewMessage, hint: u64, started: Instant) -> Result<u64> {
-        let t = &msg.thread_id;
-        let mid = u64_bytes(msg.message_id.get());
-        let cells = vec![
-            cv(FAM_MSG, COL_ID, mid.clone()),
-            cv(
-                FAM_MSG,
-                COL_SENDER,
-                msg.sender_id.as_str().as_bytes().to_vec(),
-            ),
-            cv(FAM_MSG, COL_TEMP, msg.temp_id.as_bytes().to_vec()),
-            cv(FAM_MSG, COL_TEXT, msg.text.as_bytes().to_vec()),
-            cv(FAM_MSG, COL_SENT, u64_bytes(msg.sent_at)),
-        ];
-        let give_up = self.inner.opts.claim_lease / 2;
-        let mut n = hint + 1;
-        let mut lost = 0u32;
-        loop {
-            if started.elapsed() > give_up {
-                return Err(Error::unavailable(format!(
-                    "append to {t}: could not claim a seq within {give_up:?}; retry with the same temp_id"
-                )));
-            }
-            let row = msg_key(t, n);
-            let won = self
-                .cas_put(
-                    "claim seq",
-                    self.msg_table(),
-                    row.clone(),
-                    COL_ID,
-                    Vec::new(),
-                    tput(row, cells.clone()),
-                    mid.clone(),
-                )
-                .await?;
-            if won {
-                return Ok(n);
-            }
-            lost += 1;
-            n = if lost.is_multiple_of(PROBES_BEFORE_JUMP) {
-                let last = self.exact_last_seq(t).await?;
-                self.remember_hint(t, last);
-                (last + 1).max(n + 1)
-            } else {
-                n + 1
-            };
-        }
-    }
-}
-
-impl HBaseStore {
-    /// With the idempotency row owned: claim a seq, record it, acknowledge.
-    async fn store_claimed(&self, msg: NewMessage, hint: u64) -> Result<Appended> {
-        let t = msg.thread_id.clone();
-        let seq = self.claim_seq(&msg, hint, Instant::now()).await?;
-        self.remember_hint(&t, seq);
-        if let Err(e) = self.finish(&msg, msg.message_id.get(), seq).await {
-            // The message is durable at `seq`; the bookkeeping is recovered by the next
-            // append of the same temp_id (lease expiry + search) and the hint only ever
-            // lags. Report success.
-            tracing::warn!(thread = %t, seq, error = %e, "append durable but bookkeeping failed");
-        }
-        Ok(Appended {
-            message: StoredMessage {
-                thread_id: t,
-                seq,
-                message_id: msg.message_id,
-                sender_id: msg.sender_id,
-                temp_id: msg.temp_id,
-                text: msg.text,
-                sent_at: msg.sent_at,
-            },
-            duplicate: false,
-        })
-    }
-}
-
-/// Appends of one thread in this process run one at a time (striped by thread), so a
-/// batch's seqs are consecutive with respect to this process's other appends.
-const APPEND_STRIPES: usize = 256;
-
-pub(crate) fn append_stripes() -> Box<[tokio::sync::Mutex<()>]> {
-    (0..APPEND_STRIPES)
-        .map(|_| tokio::sync::Mutex::new(()))
-        .collect()
-}
-
-impl HBaseStore {
-    fn stripe(&self, t: &ThreadId) -> &tokio::sync::Mutex<()> {
-        let h = u32::from_be_bytes(hash4(t.as_str())) as usize;
-        &self.inner.append_stripes[h % APPEND_STRIPES]
-    }
-
-    /// One append; the caller holds the thread's stripe lock.
-    async fn append_one(&self, msg: NewMessage) -> Result<Appended> {
-        let t = msg.thread_id.clone();
-        let dkey = dedup_key(&t, &msg.sender_id, &msg.temp_id);
-        let hkey = head_key(&t);
-        let mine = u64_bytes(msg.message_id.get());
-        let lease = self.inner.opts.claim_lease;
-        let mut wait = Duration::from_millis(5);
-        let claim_cells = |from: u64| {
-            tput(
-                dkey.clone(),
+        let mut puts = Vec::with_capacity(2 * st.recent.len() + 1);
+        for m in &st.recent {
+            puts.push(tput(
+                dedup2_key(t, &m.sender_id, &m.temp_id),
                 vec![
-                    cv(FAM_MSG, COL_ID, mine.clone()),
-                    cv(FAM_MSG, COL_FROM, u64_bytes(from)),
-                    cv(FAM_MSG, COL_CLAIMED, u64_bytes(now_ms())),
+                    cv(FAM_MSG, COL_SEQ, u64_bytes(m.seq)),
+                    cv(FAM_MSG, COL_ID, u64_bytes(m.message_id.get())),
                 ],
-            )
-        };
-        // Fast path: with a cached last seq, claim the idempotency row straight away
-        // (new messages are the common case); a lost claim falls back to reading it.
-        let mut fast = self.cached_hint(&t);
-        loop {
-            if let Some(hint) = fast.take() {
-                let won = self
-                    .cas_put(
-                        "claim temp_id",
-                        self.msg_table(),
-                        dkey.clone(),
-                        COL_ID,
-                        Vec::new(),
-                        claim_cells(hint),
-                        mine.clone(),
-                    )
-                    .await?;
-                if won {
-                    return self.store_claimed(msg, hint).await;
-                }
+            ));
+            puts.push(tput(
+                id2_key(t, m.message_id),
+                vec![cv(FAM_MSG, COL_SEQ, u64_bytes(m.seq))],
+            ));
+        }
+        // Only a watermark whose rows are known written goes out, and never in the same
+        // call as those rows (a partly failed putMultiple could land it without them).
+        // Its cell timestamp is the watermark: with one version kept the highest wins,
+        // whatever order processes write in.
+        let confirmed = st.done;
+        if confirmed > st.written_done {
+            puts.push(tput(
+                head_key(t),
+                vec![cv_at(
+                    FAM_HEAD,
+                    COL_DONE,
+                    u64_bytes(confirmed),
+                    confirmed as i64,
+                )],
+            ));
+        }
+        match self
+            .inner
+            .coalesce
+            .put(&self.inner.tables.messages, puts)
+            .await
+        {
+            Ok(()) => {
+                st.written_done = st.written_done.max(confirmed);
+                st.done = st.last;
+                st.recent.clear();
             }
-            // One round trip: the idempotency row and the last-seq hint.
-            let table = self.msg_table();
-            let gets = vec![
-                tget(dkey.clone(), Some(vec![col(FAM_MSG)])),
-                tget(hkey.clone(), Some(vec![col_q(FAM_HEAD, COL_LAST)])),
-            ];
-            let got = self
-                .inner
-                .pool
-                .call("getMultiple", Idempotent::Yes, move |c| {
-                    c.get_multiple(table.clone(), gets.clone())
-                })
-                .await?;
-            let claim = got.first().and_then(parse_claim);
-            let hint = got
-                .get(1)
-                .and_then(|r| cell_u64(r, FAM_HEAD, COL_LAST))
-                .unwrap_or(0);
-            let owned = match claim {
-                Some(Claim {
-                    owner,
-                    seq: Some(seq),
-                    ..
-                }) => {
-                    return self.duplicate_of(&msg, seq, owner).await;
-                }
-                Some(c) if c.owner == msg.message_id.get() => true,
-                Some(c) => {
-                    let age = now_ms().saturating_sub(c.claimed_at);
-                    if age < lease.as_millis() as u64 {
-                        // Another appender is on it; wait for it to finish.
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_millis(100));
-                        continue;
-                    }
-                    // The owner is gone or stuck past its lease. If its message landed,
-                    // this is a duplicate of it; otherwise take the claim over.
-                    if let Some(seq) = self.find_owner_message(&t, c.from, c.owner).await? {
-                        let owner_msg = NewMessage {
-                            message_id: MessageId(c.owner),
-                            ..msg.clone()
-                        };
-                        self.finish(&owner_msg, c.owner, seq).await?;
-                        return self.duplicate_of(&msg, seq, c.owner).await;
-                    }
-                    tracing::warn!(thread = %t, owner = c.owner, "taking over an expired append claim");
-                    self.cas_put(
-                        "take over claim",
-                        self.msg_table(),
-                        dkey.clone(),
-                        COL_ID,
-                        u64_bytes(c.owner),
-                        claim_cells(hint),
-                        mine.clone(),
-                    )
-                    .await?
-                }
-                None => {
-                    self.cas_put(
-                        "claim temp_id",
-                        self.msg_table(),
-                        dkey.clone(),
-                        COL_ID,
-                        Vec::new(),
-                        claim_cells(hint),
-                        mine.clone(),
-                    )
-                    .await?
-                }
-            };
-            if !owned {
+            Err(e) => {
+                tracing::warn!(thread = %t, error = %e,
+                    "messages stored, idempotency rows not yet written: the next append of the thread writes them");
+            }
+        }
+    }
+
+    /// The append of one batch, with the thread's state locked.
+    async fn append_locked(
+        &self,
+        t: &ThreadId,
+        slot: &mut Option<ThreadState>,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>> {
+        if slot.is_none() {
+            *slot = Some(self.load_state(t).await?);
+        }
+        let Some(st) = slot.as_mut() else {
+            return Err(Error::internal("thread state vanished"));
+        };
+        let n = batch.len();
+        let mut out: Vec<Option<Appended>> = vec![None; n];
+        // 1. Repeats inside the batch, and messages this process knows of.
+        let mut first_of: HashMap<(&UserId, &str), usize> = HashMap::new();
+        let mut repeat_of: Vec<Option<usize>> = vec![None; n];
+        let mut unknown = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let key = (&m.sender_id, m.temp_id.as_str());
+            if let Some(&j) = first_of.get(&key) {
+                repeat_of[i] = Some(j);
                 continue;
             }
-            return self.store_claimed(msg, hint).await;
+            first_of.insert(key, i);
+            match st.find(&m.sender_id, &m.temp_id) {
+                Some(orig) => out[i] = Some(duplicate(orig)),
+                None => unknown.push(i),
+            }
         }
+        // 2. The idempotency rows of the rest, in one getMultiple (coalesced with other
+        //    threads'). They cover every seq up to `st.done`; `st.recent` covers the rest.
+        if !unknown.is_empty() {
+            let gets = unknown
+                .iter()
+                .map(|&i| {
+                    let m = &batch[i];
+                    tget(
+                        dedup2_key(t, &m.sender_id, &m.temp_id),
+                        Some(vec![col(FAM_MSG)]),
+                    )
+                })
+                .collect();
+            let rows = self.get_rows(gets).await?;
+            let found: Vec<(usize, u64, u64)> = unknown
+                .iter()
+                .zip(&rows)
+                .filter_map(|(&i, r)| {
+                    Some((
+                        i,
+                        cell_u64(r, FAM_MSG, COL_SEQ)?,
+                        cell_u64(r, FAM_MSG, COL_ID)?,
+                    ))
+                })
+                .collect();
+            if !found.is_empty() {
+                let seqs: Vec<u64> = found.iter().map(|f| f.1).collect();
+                let originals = self.messages_at(t, &seqs).await?;
+                for (i, seq, id) in found {
+                    match originals.get(&seq) {
+                        Some(m) if m.message_id.get() == id => out[i] = Some(duplicate(m)),
+                        _ => {
+                            return Err(Error::internal(format!(
+                                "idempotency row of {t}/{}/{} points at seq {seq}, which does not hold message {id}",
+                                batch[i].sender_id, batch[i].temp_id
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        // 3. Claim seqs for the new ones, one block row at a time.
+        let mut pending: Vec<usize> = (0..n)
+            .filter(|&i| out[i].is_none() && repeat_of[i].is_none())
+            .collect();
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            rounds += 1;
+            if rounds > MAX_CLAIM_ROUNDS {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("append to {t}: lost {MAX_CLAIM_ROUNDS} seq claims in a row"),
+                ));
+            }
+            let (_, block_end) = block_bounds(block_of(st.last + 1));
+            let take = pending.len().min((block_end - st.last) as usize);
+            let msgs: Vec<&NewMessage> = pending[..take].iter().map(|&i| &batch[i]).collect();
+            match self.claim(t, st.last, &msgs).await? {
+                Claim::Won => {
+                    for (k, &i) in pending[..take].iter().enumerate() {
+                        let m = stored(&batch[i], st.last + 1 + k as u64);
+                        st.recent.push(m.clone());
+                        out[i] = Some(Appended {
+                            message: m,
+                            duplicate: false,
+                        });
+                    }
+                    st.last += take as u64;
+                    pending.drain(..take);
+                }
+                Claim::Lost => {
+                    // Another appender got there first. What it stored may include our
+                    // keys (a client's retry through another server) or, when a claim's
+                    // answer was lost, our own messages (same message id: not duplicates).
+                    let seen = st.recent.len();
+                    self.catch_up(t, st).await?;
+                    let new = &st.recent[seen..];
+                    pending.retain(|&i| {
+                        let m = &batch[i];
+                        match new
+                            .iter()
+                            .find(|r| r.sender_id == m.sender_id && r.temp_id == m.temp_id)
+                        {
+                            Some(r) => {
+                                out[i] = Some(Appended {
+                                    message: r.clone(),
+                                    duplicate: r.message_id != m.message_id,
+                                });
+                                false
+                            }
+                            None => true,
+                        }
+                    });
+                }
+            }
+        }
+        for i in 0..n {
+            if let Some(j) = repeat_of[i] {
+                out[i] = out[j].as_ref().map(|a| duplicate(&a.message));
+            }
+        }
+        // 4. Bookkeeping of everything not yet recorded, this batch included.
+        self.bookkeep(t, st).await;
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| Error::internal("an append left a message unanswered")))
+            .collect()
     }
 }
 
 #[async_trait]
 impl MessageStore for HBaseStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
-        let _one_at_a_time = self.stripe(&msg.thread_id).lock().await;
-        self.append_one(msg).await
+        let thread = msg.thread_id.clone();
+        self.append_batch(&thread, vec![msg])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::internal("append answered nothing"))
     }
 
     async fn append_batch(
@@ -502,16 +596,18 @@ impl MessageStore for HBaseStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _one_at_a_time = self.stripe(thread).lock().await;
-        let mut out = Vec::with_capacity(batch.len());
-        for msg in batch {
-            out.push(self.append_one(msg).await?);
+        let slot = self.state_slot(thread);
+        let mut state = slot.lock().await;
+        let result = self.append_locked(thread, &mut state, batch).await;
+        if result.is_err() {
+            // What happened is unknown: read the thread afresh next time.
+            *state = None;
         }
-        Ok(out)
+        result
     }
 
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {
-        let limit = query.limit.clamp(1, (i32::MAX - 1) as usize);
+        let limit = query.limit.max(1);
         let lo = query.after_seq.map(|a| a.saturating_add(1)).unwrap_or(1); // inclusive
         let hi = query
             .before_seq
@@ -520,100 +616,158 @@ impl MessageStore for HBaseStore {
         if lo > hi || hi == 0 {
             return Ok(HistoryPage::default());
         }
-        let prefix = msg_prefix(thread);
-        let want = limit as i32 + 1;
-        let rows = if query.after_seq.is_some() {
-            let stop = if hi == u64::MAX {
-                prefix_end(&prefix)
-            } else {
-                msg_key(thread, hi + 1)
-            };
-            self.scan("fetch after", msg_key(thread, lo), stop, None, false, want)
-                .await?
+        let want = limit.saturating_add(1);
+        let mut got: Vec<StoredMessage> = Vec::with_capacity(want.min(1024));
+        if query.after_seq.is_some() {
+            // The oldest `want` in range: forward from lo's block.
+            let mut from = block_of(lo);
+            let offset = ((lo - 1) % BLOCK) as usize;
+            loop {
+                let rows = (offset + want - got.len())
+                    .div_ceil(BLOCK as usize)
+                    .clamp(1, PAGE_ROWS);
+                let blocks = self
+                    .blocks_from("fetch after", thread, from, rows, false)
+                    .await?;
+                let mut past_hi = false;
+                for b in &blocks {
+                    for m in &b.messages {
+                        if m.seq > hi {
+                            past_hi = true;
+                        } else if m.seq >= lo && got.len() < want {
+                            got.push(m.clone());
+                        }
+                    }
+                    from = b.number + 1;
+                }
+                if got.len() >= want || past_hi || blocks.len() < rows {
+                    break;
+                }
+            }
         } else {
-            // Reversed: from the newest in range down to (exclusive) the one before lo.
-            let stop = if lo <= 1 {
-                prefix.clone()
+            // The newest `want` in range: backwards from hi's block.
+            let mut from = if hi == u64::MAX {
+                u64::MAX
             } else {
-                msg_key(thread, lo - 1)
+                block_of(hi)
             };
-            self.scan("fetch latest", msg_key(thread, hi), stop, None, true, want)
-                .await?
-        };
-        let has_more = rows.len() > limit;
-        let mut messages = Vec::with_capacity(limit.min(rows.len()));
-        for r in rows.iter().take(limit) {
-            let seq = r
-                .row
-                .as_deref()
-                .and_then(|k| seq_of_key(&prefix, k))
-                .ok_or_else(|| corrupt("row key"))?;
-            messages.push(parse_message(thread, seq, r)?);
+            let lo_block = block_of(lo);
+            loop {
+                let rows = (want - got.len())
+                    .div_ceil(BLOCK as usize)
+                    .clamp(1, PAGE_ROWS)
+                    + 1;
+                let blocks = self.blocks_down_from(thread, from, rows).await?;
+                let mut below_lo = false;
+                for b in &blocks {
+                    for m in b.messages.iter().rev() {
+                        if m.seq < lo {
+                            below_lo = true;
+                        } else if m.seq <= hi && got.len() < want {
+                            got.push(m.clone());
+                        }
+                    }
+                    if b.number <= lo_block {
+                        below_lo = true;
+                    }
+                    match b.number.checked_sub(1) {
+                        Some(next) => from = next,
+                        None => below_lo = true,
+                    }
+                }
+                if got.len() >= want || below_lo || blocks.len() < rows {
+                    break;
+                }
+            }
+            got.reverse();
         }
-        if query.after_seq.is_none() {
-            messages.reverse();
+        let has_more = got.len() > limit;
+        if has_more {
+            if query.after_seq.is_some() {
+                got.truncate(limit);
+            } else {
+                got.drain(..got.len() - limit);
+            }
         }
-        Ok(HistoryPage { messages, has_more })
+        Ok(HistoryPage {
+            messages: got,
+            has_more,
+        })
     }
 
     async fn get(&self, thread: &ThreadId, message_id: MessageId) -> Result<Option<StoredMessage>> {
-        let r = self
-            .get_row("get message id", id_key(thread, message_id))
+        let rows = self
+            .get_rows(vec![tget(
+                id2_key(thread, message_id),
+                Some(vec![col_q(FAM_MSG, COL_SEQ)]),
+            )])
             .await?;
-        let Some(seq) = cell_u64(&r, FAM_MSG, COL_SEQ) else {
-            return Ok(None);
-        };
-        Ok(self
-            .message_at(thread, seq)
+        if let Some(seq) = rows.first().and_then(|r| cell_u64(r, FAM_MSG, COL_SEQ)) {
+            let m = self.messages_at(thread, &[seq]).await?.remove(&seq);
+            return Ok(m.filter(|m| m.message_id == message_id));
+        }
+        // No id row: the message may be stored past the bookkeeping watermark (its
+        // appender died before writing its rows). Look there.
+        let done = self
+            .done_marks(std::slice::from_ref(thread))
             .await?
-            .filter(|m| m.message_id == message_id))
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let mut from = block_of(done + 1);
+        loop {
+            let blocks = self
+                .blocks_from("find message by id", thread, from, PAGE_ROWS, false)
+                .await?;
+            for b in &blocks {
+                if let Some(m) = b
+                    .messages
+                    .iter()
+                    .find(|m| m.seq > done && m.message_id == message_id)
+                {
+                    return Ok(Some(m.clone()));
+                }
+                from = b.number + 1;
+            }
+            if blocks.len() < PAGE_ROWS {
+                return Ok(None);
+            }
+        }
     }
 
     async fn last_seqs(&self, threads: &[ThreadId]) -> Result<Vec<u64>> {
         if threads.is_empty() {
             return Ok(Vec::new());
         }
-        // Hints in one call, then one call checking that no message sits right after any
-        // hint; only threads whose hint lags (a crash between claim and bookkeeping) pay a
-        // reversed scan.
-        let table = self.msg_table();
-        let gets: Vec<_> = threads
-            .iter()
-            .map(|t| tget(head_key(t), Some(vec![col_q(FAM_HEAD, COL_LAST)])))
-            .collect();
-        let hints: Vec<u64> = self
-            .inner
-            .pool
-            .call("getMultiple hints", Idempotent::Yes, move |c| {
-                c.get_multiple(table.clone(), gets.clone())
-            })
-            .await?
-            .iter()
-            .map(|r| cell_u64(r, FAM_HEAD, COL_LAST).unwrap_or(0))
-            .collect();
-        let table = self.msg_table();
-        let probes: Vec<_> = threads
-            .iter()
-            .zip(&hints)
-            .map(|(t, h)| tget(msg_key(t, h + 1), Some(vec![col_q(FAM_MSG, COL_ID)])))
-            .collect();
-        let next_exists = self
-            .inner
-            .pool
-            .call("existsAll", Idempotent::Yes, move |c| {
-                c.exists_all(table.clone(), probes.clone())
-            })
-            .await?;
-        let mut out = Vec::with_capacity(threads.len());
-        for (i, t) in threads.iter().enumerate() {
-            let hint = hints.get(i).copied().unwrap_or(0);
-            if next_exists.get(i).copied().unwrap_or(true) {
-                out.push(self.exact_last_seq(t).await?);
-            } else {
-                out.push(hint);
+        // From each thread's bookkeeping watermark, one getMultiple of the block rows
+        // holding the next seq: a block that is not full ends the thread. Only a thread
+        // whose watermark lags by a whole block needs another round.
+        let mut last = self.done_marks(threads).await?;
+        let mut open: Vec<usize> = (0..threads.len()).collect();
+        while !open.is_empty() {
+            let gets = open
+                .iter()
+                .map(|&i| {
+                    tget(
+                        block_key(&threads[i], block_of(last[i] + 1)),
+                        Some(vec![col_q(FAM_HEAD, COL_LAST)]),
+                    )
+                })
+                .collect();
+            let rows = self.get_rows(gets).await?;
+            let mut still = Vec::new();
+            for (&i, r) in open.iter().zip(&rows) {
+                if let Some(l) = cell_u64(r, FAM_HEAD, COL_LAST) {
+                    let (_, end) = block_bounds(block_of(last[i] + 1));
+                    last[i] = last[i].max(l);
+                    if l >= end {
+                        still.push(i);
+                    }
+                }
             }
+            open = still;
         }
-        Ok(out)
+        Ok(last)
     }
 
     async fn count_unread(
@@ -622,30 +776,38 @@ impl MessageStore for HBaseStore {
         reader: &UserId,
         after_seq: u64,
     ) -> Result<u64> {
-        let prefix = msg_prefix(thread);
         let me = reader.as_str().as_bytes();
-        let mut next = after_seq.saturating_add(1);
+        let mut from = block_of(after_seq.saturating_add(1));
+        let prefix = block_prefix(thread);
         let mut count = 0;
         loop {
             let rows = self
                 .scan(
                     "count unread",
-                    msg_key(thread, next),
+                    block_key(thread, from),
                     prefix_end(&prefix),
-                    Some(vec![col_q(FAM_MSG, COL_SENDER)]),
+                    Some(vec![col(FAM_MSG)]),
                     false,
-                    PAGE,
+                    PAGE_ROWS,
                 )
                 .await?;
             for r in &rows {
-                if cell(r, FAM_MSG, COL_SENDER) != Some(me) {
-                    count += 1;
+                for c in &r.column_values {
+                    let seq = bytes_u64(&c.qualifier).ok_or_else(|| corrupt("cell qualifier"))?;
+                    if seq <= after_seq {
+                        continue;
+                    }
+                    let rec = decode_record(&c.value)
+                        .ok_or_else(|| corrupt(format!("record at seq {seq}")))?;
+                    if rec.sender != me {
+                        count += 1;
+                    }
                 }
-                if let Some(seq) = r.row.as_deref().and_then(|k| seq_of_key(&prefix, k)) {
-                    next = seq.saturating_add(1);
+                if let Some(b) = r.row.as_deref().and_then(|k| block_of_key(&prefix, k)) {
+                    from = b + 1;
                 }
             }
-            if rows.len() < PAGE as usize {
+            if rows.len() < PAGE_ROWS {
                 return Ok(count);
             }
         }
@@ -653,45 +815,31 @@ impl MessageStore for HBaseStore {
 }
 
 impl HBaseStore {
-    /// Test support, not API: writes what an appender that died mid-append leaves behind,
-    /// an idempotency claim by `owner` at `claimed_at` (ms) without a seq, and, when
-    /// `message_seq` is given, that owner's message at that seq (no hint, no id row).
+    /// Test support, not API: writes what an appender that died right after its claim
+    /// leaves behind: the message in its block row (with the block's `h:l`), and no
+    /// idempotency or id row and no watermark.
     #[doc(hidden)]
-    pub async fn __inject_orphan_claim(
-        &self,
-        thread: &ThreadId,
-        sender: &UserId,
-        temp_id: &str,
-        owner: MessageId,
-        claimed_at: u64,
-        message_seq: Option<u64>,
-    ) -> Result<()> {
-        let mut puts = vec![tput(
-            dedup_key(thread, sender, temp_id),
+    pub async fn __inject_unrecorded_message(&self, msg: &NewMessage, seq: u64) -> Result<()> {
+        let put = tput(
+            block_key(&msg.thread_id, block_of(seq)),
             vec![
-                cv(FAM_MSG, COL_ID, u64_bytes(owner.get())),
-                cv(FAM_MSG, COL_FROM, u64_bytes(0)),
-                cv(FAM_MSG, COL_CLAIMED, u64_bytes(claimed_at)),
+                cv(FAM_HEAD, COL_LAST, u64_bytes(seq)),
+                cv(
+                    FAM_MSG,
+                    &seq_qualifier(seq),
+                    encode_record(
+                        msg.message_id,
+                        msg.sent_at,
+                        &msg.sender_id,
+                        &msg.temp_id,
+                        &msg.text,
+                    ),
+                ),
             ],
-        )];
-        if let Some(seq) = message_seq {
-            puts.push(tput(
-                msg_key(thread, seq),
-                vec![
-                    cv(FAM_MSG, COL_ID, u64_bytes(owner.get())),
-                    cv(FAM_MSG, COL_SENDER, sender.as_str().as_bytes().to_vec()),
-                    cv(FAM_MSG, COL_TEMP, temp_id.as_bytes().to_vec()),
-                    cv(FAM_MSG, COL_TEXT, b"orphan".to_vec()),
-                    cv(FAM_MSG, COL_SENT, u64_bytes(claimed_at)),
-                ],
-            ));
-        }
-        let table = self.msg_table();
+        );
         self.inner
-            .pool
-            .call("inject", Idempotent::Yes, move |c| {
-                c.put_multiple(table.clone(), puts.clone())
-            })
+            .coalesce
+            .put(&self.inner.tables.messages, vec![put])
             .await
     }
 }

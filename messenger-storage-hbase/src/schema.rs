@@ -28,11 +28,12 @@ pub(crate) const COL_SENDER: &[u8] = b"s";
 pub(crate) const COL_TEMP: &[u8] = b"t";
 pub(crate) const COL_TEXT: &[u8] = b"x";
 pub(crate) const COL_SENT: &[u8] = b"a";
-// Dedup row columns (COL_ID is the owning message id).
+// Idempotency and id row columns: the seq, and (COL_ID) the message id. Schema v1's
+// claim rows also had the seq hint at claim time and the claim time.
+pub(crate) const COL_SEQ: &[u8] = b"q";
 pub(crate) const COL_FROM: &[u8] = b"f";
 pub(crate) const COL_CLAIMED: &[u8] = b"c";
-pub(crate) const COL_SEQ: &[u8] = b"q";
-// Head row column.
+// Block row column: the last seq stored in the block.
 pub(crate) const COL_LAST: &[u8] = b"l";
 // Thread row columns.
 pub(crate) const COL_KIND: &[u8] = b"k";
@@ -42,10 +43,28 @@ pub(crate) const COL_MEMBERS: &[u8] = b"m";
 // User index column.
 pub(crate) const COL_MARK: &[u8] = b"x";
 
+// Row kinds after `thread_prefix`. 0x01..0x03 are schema v1's message, idempotency and
+// id rows (read only by the migration); v2 uses 0x04..0x06.
 const KIND_HEAD: u8 = 0x00;
 const KIND_MSG: u8 = 0x01;
 const KIND_DEDUP: u8 = 0x02;
 const KIND_ID: u8 = 0x03;
+const KIND_BLOCK: u8 = 0x04;
+const KIND_DEDUP2: u8 = 0x05;
+const KIND_ID2: u8 = 0x06;
+
+/// Schema version of the messages table this build reads and writes.
+pub(crate) const SCHEMA_VERSION: u64 = 2;
+
+/// Seqs per block row: block `b` holds seqs `b*BLOCK+1 ..= (b+1)*BLOCK`. Part of the
+/// stored schema (recorded in the schema row); changing it needs a migration.
+pub(crate) const BLOCK: u64 = 128;
+
+// Head row column (v2): the bookkeeping watermark. Block row column: last seq stored.
+pub(crate) const COL_DONE: &[u8] = b"x";
+// Schema row columns.
+pub(crate) const COL_VERSION: &[u8] = b"v";
+pub(crate) const COL_BLOCK: &[u8] = b"b";
 
 /// 32-bit FNV-1a, big-endian: a stable, well-spread 4-byte prefix.
 pub(crate) fn hash4(s: &str) -> [u8; 4] {
@@ -107,6 +126,147 @@ pub(crate) fn id_key(t: &ThreadId, id: MessageId) -> Vec<u8> {
     k.push(KIND_ID);
     k.extend_from_slice(&id.get().to_be_bytes());
     k
+}
+
+/// The block row holding `seq` (seq >= 1).
+pub(crate) fn block_of(seq: u64) -> u64 {
+    seq.saturating_sub(1) / BLOCK
+}
+
+/// The first and last seq of block `b`.
+pub(crate) fn block_bounds(b: u64) -> (u64, u64) {
+    (b * BLOCK + 1, (b + 1) * BLOCK)
+}
+
+/// Prefix of the thread's block rows; block keys are this plus the 8-byte block number.
+pub(crate) fn block_prefix(t: &ThreadId) -> Vec<u8> {
+    let mut k = thread_prefix(t);
+    k.push(KIND_BLOCK);
+    k
+}
+
+pub(crate) fn block_key(t: &ThreadId, block: u64) -> Vec<u8> {
+    let mut k = block_prefix(t);
+    k.extend_from_slice(&block.to_be_bytes());
+    k
+}
+
+/// The block number in a block row key of `t` (`prefix` = [`block_prefix`]).
+pub(crate) fn block_of_key(prefix: &[u8], row: &[u8]) -> Option<u64> {
+    seq_of_key(prefix, row)
+}
+
+/// Idempotency row (v2): `m:q` = seq, `m:i` = message id.
+pub(crate) fn dedup2_key(t: &ThreadId, sender: &UserId, temp_id: &str) -> Vec<u8> {
+    let mut k = thread_prefix(t);
+    k.push(KIND_DEDUP2);
+    k.extend_from_slice(sender.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(temp_id.as_bytes());
+    k
+}
+
+/// Message id row (v2): `m:q` = seq.
+pub(crate) fn id2_key(t: &ThreadId, id: MessageId) -> Vec<u8> {
+    let mut k = thread_prefix(t);
+    k.push(KIND_ID2);
+    k.extend_from_slice(&id.get().to_be_bytes());
+    k
+}
+
+/// The schema row of the messages table. No thread's rows can start with it: its fifth
+/// byte is 0x00, and a thread id is never empty and never contains 0x00.
+pub(crate) fn schema_key() -> Vec<u8> {
+    let mut k = vec![0xff, 0xff, 0xff, 0xff, 0x00];
+    k.extend_from_slice(b"schema");
+    k
+}
+
+/// The thread id and row kind of a messages-table key (`None` for the schema row or a
+/// key of no known shape).
+pub(crate) fn split_key(row: &[u8]) -> Option<(&str, u8, &[u8])> {
+    let rest = row.get(4..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    if end == 0 {
+        return None;
+    }
+    let thread = std::str::from_utf8(&rest[..end]).ok()?;
+    let kind = *rest.get(end + 1)?;
+    Some((thread, kind, &rest[end + 2..]))
+}
+
+/// Whether a row kind is one of schema v1's (message, idempotency claim, id row).
+pub(crate) fn is_v1_kind(kind: u8) -> bool {
+    matches!(kind, KIND_MSG | KIND_DEDUP | KIND_ID)
+}
+
+/// Whether a row kind is schema v1's message row.
+pub(crate) fn is_v1_message_kind(kind: u8) -> bool {
+    kind == KIND_MSG
+}
+
+/// The qualifier of seq's cell in its block row.
+pub(crate) fn seq_qualifier(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+/// A message as stored in its block row cell (family `m`, qualifier = seq):
+/// `1 | message_id u64 | sent_at u64 | sender_len u16 | sender | temp_len u16 | temp_id |
+/// text` (integers big-endian).
+pub(crate) fn encode_record(
+    message_id: MessageId,
+    sent_at: u64,
+    sender: &UserId,
+    temp_id: &str,
+    text: &str,
+) -> Vec<u8> {
+    let (s, t) = (sender.as_str().as_bytes(), temp_id.as_bytes());
+    let mut v = Vec::with_capacity(1 + 8 + 8 + 2 + s.len() + 2 + t.len() + text.len());
+    v.push(1);
+    v.extend_from_slice(&message_id.get().to_be_bytes());
+    v.extend_from_slice(&sent_at.to_be_bytes());
+    // Ids are at most 64 (user) and 128 (temp) bytes by protocol; u16 holds them.
+    v.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    v.extend_from_slice(s);
+    v.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    v.extend_from_slice(t);
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+/// The fields of a record made by [`encode_record`], borrowed.
+pub(crate) struct Record<'a> {
+    pub(crate) message_id: u64,
+    pub(crate) sent_at: u64,
+    pub(crate) sender: &'a [u8],
+    pub(crate) temp_id: &'a [u8],
+    pub(crate) text: &'a [u8],
+}
+
+/// Decodes a record; `None` when it is not one this version wrote.
+pub(crate) fn decode_record(v: &[u8]) -> Option<Record<'_>> {
+    let (&version, rest) = v.split_first()?;
+    if version != 1 {
+        return None;
+    }
+    let message_id = bytes_u64(rest.get(..8)?)?;
+    let sent_at = bytes_u64(rest.get(8..16)?)?;
+    let rest = rest.get(16..)?;
+    let (sender, rest) = take_u16_prefixed(rest)?;
+    let (temp_id, text) = take_u16_prefixed(rest)?;
+    Some(Record {
+        message_id,
+        sent_at,
+        sender,
+        temp_id,
+        text,
+    })
+}
+
+fn take_u16_prefixed(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_be_bytes(b.get(..2)?.try_into().ok()?));
+    let body = b.get(2..2 + len)?;
+    Some((body, &b[2 + len..]))
 }
 
 /// `hash4(thread) | thread`.
@@ -323,6 +483,46 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let u = UserId::new("alice").expect("id");
+        let r = encode_record(MessageId(7), 99, &u, "tmp-1", "héllo");
+        let d = decode_record(&r).expect("decodes");
+        assert_eq!((d.message_id, d.sent_at), (7, 99));
+        assert_eq!(
+            (d.sender, d.temp_id, d.text),
+            (&b"alice"[..], &b"tmp-1"[..], "héllo".as_bytes())
+        );
+        assert!(decode_record(&r[..10]).is_none());
+        assert!(decode_record(&[2, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn blocks_and_keys() {
+        assert_eq!(
+            (block_of(1), block_of(BLOCK), block_of(BLOCK + 1)),
+            (0, 0, 1)
+        );
+        assert_eq!(block_bounds(1), (BLOCK + 1, 2 * BLOCK));
+        let t = ThreadId::new("g:1").expect("id");
+        assert!(block_key(&t, 1) < block_key(&t, 2));
+        assert!(block_key(&t, 255) < block_key(&t, 256));
+        assert_eq!(
+            block_of_key(&block_prefix(&t), &block_key(&t, 42)),
+            Some(42)
+        );
+        let key = block_key(&t, 3);
+        let (thread, kind, rest) = split_key(&key).expect("splits");
+        assert_eq!(
+            (thread, kind, rest),
+            ("g:1", KIND_BLOCK, &3u64.to_be_bytes()[..])
+        );
+        assert!(split_key(&schema_key()).is_none());
+        let v1 = msg_key(&t, 5);
+        let (_, kind, _) = split_key(&v1).expect("v1 key");
+        assert!(is_v1_message_kind(kind));
+    }
 
     #[test]
     fn keys_sort_by_seq_and_stay_inside_the_thread() {

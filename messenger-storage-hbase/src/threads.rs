@@ -86,15 +86,20 @@ fn parse_thread(thread: &ThreadId, r: &TResult) -> Result<Option<ThreadInfo>> {
 }
 
 impl HBaseStore {
+    /// The thread's row, read through the coalescer: every send checks membership, and
+    /// concurrent checks of many threads share one `getMultiple`.
     async fn thread_row(&self, thread: &ThreadId) -> Result<TResult> {
-        let table = self.inner.tables.threads.clone();
-        let row = thread_key(thread);
-        self.inner
-            .pool
-            .call("get thread", Idempotent::Yes, move |c| {
-                c.get(table.clone(), tget(row.clone(), None))
-            })
-            .await
+        let rows = self
+            .inner
+            .coalesce
+            .get(
+                &self.inner.tables.threads,
+                vec![tget(thread_key(thread), None)],
+            )
+            .await?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("getMultiple answered no row"))
     }
 
     /// Conditional put on the threads table, sent once. An unknown outcome is reported as

@@ -46,6 +46,19 @@ mod conformance {
     messenger_core::push_registry_tests!(|| async {
         Arc::new(store().await) as Arc<dyn PushRegistry>
     });
+
+    /// The batch race through two store instances (two processes' worth of thread state
+    /// and connection pools) on one HBase.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_batches_from_two_store_instances() {
+        let a = Arc::new(store().await) as Arc<dyn MessageStore>;
+        let b = Arc::new(store().await) as Arc<dyn MessageStore>;
+        messenger_core::testkit::bounded(
+            "concurrent_batches_two_stores",
+            messenger_core::testkit::message_store::concurrent_batches_two_stores(a, b),
+        )
+        .await;
+    }
 }
 
 fn unique(prefix: &str) -> String {
@@ -273,7 +286,6 @@ async fn gateway_killed_and_restarted_mid_traffic() {
         .unwrap_or_else(|| panic!("bad address {addr}"));
     let mut opts = options(&addr).with_timeouts(Duration::from_secs(1), Duration::from_secs(3));
     opts.retries = 1;
-    opts.claim_lease = Duration::from_secs(5);
     let store = Arc::new(
         HBaseStore::connect(opts)
             .await
@@ -362,54 +374,17 @@ async fn gateway_killed_and_restarted_mid_traffic() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// An appender died after claiming the temp_id and before claiming a seq: a retry waits
-/// out the lease, finds no message, takes the claim over and appends once.
+/// An appender died right after its claim: its message is stored but has no idempotency
+/// or id row and the watermark lags. `last_seqs` is exact, `get` finds it, a retry of its
+/// temp_id is its duplicate, and the next append records it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphan_claim_without_message_is_taken_over_after_the_lease() {
-    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut opts = options(&addr);
-    opts.claim_lease = Duration::from_secs(2);
-    let store = HBaseStore::connect(opts)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    let thread = ThreadId::new(unique("orphan1")).unwrap_or_else(|e| panic!("{e}"));
-    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
-    store
-        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), now_ms(), None)
-        .await
-        .unwrap_or_else(|e| panic!("inject: {e}"));
-    let t0 = Instant::now();
-    let a = store
-        .append(new_msg(&thread, &sender, "tmp".into(), 222))
-        .await
-        .unwrap_or_else(|e| panic!("append: {e}"));
-    assert!(
-        t0.elapsed() >= Duration::from_millis(1500),
-        "waited for the lease"
-    );
-    assert!(!a.duplicate);
-    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(222)));
-    let again = store
-        .append(new_msg(&thread, &sender, "tmp".into(), 333))
-        .await
-        .unwrap_or_else(|e| panic!("append again: {e}"));
-    assert!(again.duplicate);
-    assert_eq!(again.message.message_id, MessageId(222));
-    assert_eq!(all_messages(&store, &thread).await.len(), 1);
-}
-
-/// An appender died after storing its message and before its bookkeeping: a retry after
-/// the lease finds that message and returns it as the duplicate; nothing is stored twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphan_claim_with_message_is_recovered_as_duplicate() {
+async fn message_stored_without_bookkeeping_is_found_and_recorded() {
     let store = store().await;
-    let thread = ThreadId::new(unique("orphan2")).unwrap_or_else(|e| panic!("{e}"));
-    let sender = UserId::new("orphan-sender").unwrap_or_else(|e| panic!("{e}"));
-    let long_ago = now_ms() - 3_600_000;
+    let thread = ThreadId::new(unique("unrecorded")).unwrap_or_else(|e| panic!("{e}"));
+    let sender = UserId::new("crash-sender").unwrap_or_else(|e| panic!("{e}"));
+    let orphan = new_msg(&thread, &sender, "tmp".into(), 111);
     store
-        .__inject_orphan_claim(&thread, &sender, "tmp", MessageId(111), long_ago, Some(1))
+        .__inject_unrecorded_message(&orphan, 1)
         .await
         .unwrap_or_else(|e| panic!("inject: {e}"));
     assert_eq!(
@@ -418,22 +393,161 @@ async fn orphan_claim_with_message_is_recovered_as_duplicate() {
             .await
             .unwrap_or_else(|e| panic!("{e}")),
         vec![1],
-        "last_seqs is exact although the hint was never written"
+        "last_seqs follows the block row, not the lagging watermark"
     );
-    let a = store
-        .append(new_msg(&thread, &sender, "tmp".into(), 222))
-        .await
-        .unwrap_or_else(|e| panic!("append: {e}"));
-    assert!(a.duplicate);
-    assert_eq!((a.message.seq, a.message.message_id), (1, MessageId(111)));
     let got = store
         .get(&thread, MessageId(111))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got.map(|m| m.seq), Some(1), "recovery wrote the id row");
-    let b = store
-        .append(new_msg(&thread, &sender, "next".into(), 444))
+    assert_eq!(got.map(|m| m.seq), Some(1), "found without its id row");
+    let retry = store
+        .append(new_msg(&thread, &sender, "tmp".into(), 222))
         .await
         .unwrap_or_else(|e| panic!("append: {e}"));
-    assert_eq!(b.message.seq, 2);
+    assert!(
+        retry.duplicate,
+        "the retry is the stored message's duplicate"
+    );
+    assert_eq!(
+        (retry.message.seq, retry.message.message_id),
+        (1, MessageId(111))
+    );
+    let next = store
+        .append(new_msg(&thread, &sender, "next".into(), 333))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert_eq!((next.message.seq, next.duplicate), (2, false));
+    // A process that never saw the thread relies on the rows the recovery wrote.
+    let fresh = self::store().await;
+    let again = fresh
+        .append(new_msg(&thread, &sender, "tmp".into(), 444))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(again.duplicate);
+    assert_eq!(again.message.message_id, MessageId(111));
+    assert_eq!(all_messages(&fresh, &thread).await.len(), 2);
+}
+
+/// Another process appended and died before its bookkeeping while this process holds a
+/// stale view of the thread: this process's next claim loses, reads that message,
+/// appends after it, and a retry of the dead process's temp_id here is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecorded_message_of_another_process_is_seen_by_a_warm_appender() {
+    let store = store().await;
+    let thread = ThreadId::new(unique("unrecorded2")).unwrap_or_else(|e| panic!("{e}"));
+    let alice = UserId::new("alice").unwrap_or_else(|e| panic!("{e}"));
+    let bob = UserId::new("bob").unwrap_or_else(|e| panic!("{e}"));
+    for i in 1..=3u64 {
+        store
+            .append(new_msg(&thread, &alice, format!("a{i}"), i))
+            .await
+            .unwrap_or_else(|e| panic!("append: {e}"));
+    }
+    store
+        .__inject_unrecorded_message(&new_msg(&thread, &bob, "b1".into(), 40), 4)
+        .await
+        .unwrap_or_else(|e| panic!("inject: {e}"));
+    let batch = vec![
+        new_msg(&thread, &alice, "a4".into(), 5),
+        new_msg(&thread, &bob, "b1".into(), 41),
+        new_msg(&thread, &alice, "a5".into(), 6),
+    ];
+    let got = store
+        .append_batch(&thread, batch)
+        .await
+        .unwrap_or_else(|e| panic!("append_batch: {e}"));
+    let shape: Vec<(u64, bool)> = got.iter().map(|a| (a.message.seq, a.duplicate)).collect();
+    assert_eq!(shape, vec![(5, false), (4, true), (6, false)]);
+    assert_eq!(got[1].message.message_id, MessageId(40));
+    let seqs: Vec<u64> = all_messages(&store, &thread)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    let found = store
+        .get(&thread, MessageId(40))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.map(|m| m.seq), Some(4));
+}
+
+/// A table written by schema v1 is refused at connect, migrated by `migrate_v1`, and
+/// then serves the same messages under the same seqs, ids and temp_ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_v1_table_is_refused_then_migrated() {
+    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = HBaseOptions::new(&addr).with_table_prefix(format!(
+        "mmig{}_{}_",
+        std::process::id(),
+        now_ms()
+    ));
+    let old = HBaseStore::__open_without_schema_check(opts.clone())
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    let long = ThreadId::new(unique("v1-long")).unwrap_or_else(|e| panic!("{e}"));
+    let short = ThreadId::new(unique("v1-short")).unwrap_or_else(|e| panic!("{e}"));
+    let alice = UserId::new("alice").unwrap_or_else(|e| panic!("{e}"));
+    // 130 messages cross the first block boundary (128).
+    for (t, n) in [(&long, 130u64), (&short, 5)] {
+        for seq in 1..=n {
+            old.__write_v1_message(&new_msg(t, &alice, format!("t{seq}"), 1000 + seq), seq)
+                .await
+                .unwrap_or_else(|e| panic!("v1 write: {e}"));
+        }
+    }
+    let refused = HBaseStore::connect(opts.clone()).await.err();
+    let msg = refused.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains("hbase_migrate"),
+        "refused with a pointer to the migration: {msg}"
+    );
+
+    let report = messenger_storage_hbase::migrate_v1(opts.clone(), true)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    assert_eq!((report.threads, report.messages), (2, 135), "{report:?}");
+    assert_eq!(report.threads_with_gaps, 0);
+    assert_eq!(
+        report.v1_rows_deleted,
+        3 * 135,
+        "message, claim and id rows"
+    );
+
+    let store = HBaseStore::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect after migration: {e}"));
+    let msgs = all_messages(&store, &long).await;
+    assert_eq!(
+        msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=130).collect::<Vec<_>>()
+    );
+    assert!(msgs
+        .iter()
+        .all(|m| m.message_id == MessageId(1000 + m.seq) && m.temp_id == format!("t{}", m.seq)));
+    assert_eq!(
+        store
+            .last_seqs(&[long.clone(), short.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![130, 5]
+    );
+    let got = store
+        .get(&long, MessageId(1129))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.map(|m| m.seq), Some(129));
+    let retry = store
+        .append(new_msg(&short, &alice, "t2".into(), 9))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert!(retry.duplicate, "idempotency survives the migration");
+    assert_eq!(retry.message.message_id, MessageId(1002));
+    let next = store
+        .append(new_msg(&long, &alice, "new".into(), 9))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    assert_eq!((next.message.seq, next.duplicate), (131, false));
 }
