@@ -373,7 +373,9 @@ pub struct HBaseSettings {
     pub address: Option<String>,
     /// Prefix of the HBase table names. Default `messenger_`.
     pub table_prefix: String,
-    /// Most concurrent Thrift connections to the gateway. Default 16.
+    /// Most concurrent Thrift connections to the gateway. Default 32 (each thread with
+    /// sends in flight holds one for its seq claim; reads and bookkeeping share
+    /// coalesced multi-row calls).
     pub pool_size: usize,
 }
 
@@ -382,7 +384,7 @@ impl Default for HBaseSettings {
         HBaseSettings {
             address: None,
             table_prefix: "messenger_".into(),
-            pool_size: 16,
+            pool_size: 32,
         }
     }
 }

@@ -55,6 +55,8 @@ pub const SERIES: &[&str] = &[
     "messenger_slow_consumers_total",
     "messenger_events_published_total",
     "messenger_limit_refusals_total",
+    "messenger_store_batches_total",
+    "messenger_store_batch_messages_total",
 ];
 
 const SERVER_FRAME_TYPES: [&str; 11] = [
@@ -390,6 +392,18 @@ impl Collector for EngineCollector {
             "events_published",
             "Events handed to the event sink (the Kafka event log with --kafka)",
             &s.events_published,
+        )?;
+        counter(
+            &mut enc,
+            "store_batches",
+            "MessageStore::append_batch calls (group commit: one per thread per store round trip)",
+            &s.store_batches,
+        )?;
+        counter(
+            &mut enc,
+            "store_batch_messages",
+            "Messages handed to append_batch; divided by store_batches, the mean batch size",
+            &s.store_batch_messages,
         )?;
 
         let mut errors = s.errors_by_code();
