@@ -6,7 +6,9 @@
 #
 #   pairs    `pairs` on HBase, then on memory (same flags, one messenger-bench
 #            invocation: the memory server stands in as the "floor" target), then
-#            hbase_bench's raw putMultiple ceiling at the same concurrency
+#            hbase_bench's raw putMultiple ceiling at the same concurrency; with
+#            BEFORE_SERVER=PATH (a messenger-server built from an older commit, e.g.
+#            schema v1), also `pairs` on HBase through that binary (pairs-before-N)
 #   hot      one group of 200 members, all online, 20 of them sending, on HBase
 #   latency  `pairs` on HBase at half the delivered rate this round's `pairs` measured
 #
@@ -14,6 +16,13 @@
 #       -p messenger-storage-hbase --example hbase_bench
 #   /work/tools/quiet messenger-bench/scripts/hbase-bench.sh [OUT] [RUNS] [SCENARIOS...]
 #   python3 messenger-bench/scripts/medians.py OUT
+#
+# To compare with an older build in the same run:
+#   git worktree add --detach /tmp/before OLD_COMMIT && (cd /tmp/before && \
+#     CARGO_TARGET_DIR=$PWD/target-before cargo build --release -p messenger-server \
+#     --features cli --bin messenger-server)
+#   BEFORE_SERVER=target-before/release/messenger-server /work/tools/quiet \
+#     messenger-bench/scripts/hbase-bench.sh OUT 3
 #
 # It starts its own HBase with HBASE_PROFILE=tuned (full JIT, 4 GiB heap: see
 # scripts/hbase.sh) in target/hbase-bench-run, from empty, and stops it at the end.
@@ -34,7 +43,8 @@ PAIRS=(--pairs 50 --window 8 --duration 10)
 export HBASE_RUN_DIR=${HBASE_RUN_DIR:-$PWD/target/hbase-bench-run}
 export HBASE_PROFILE=${HBASE_PROFILE:-tuned}
 mkdir -p "$OUT"
-for b in "$SERVER" "$BENCH" "$HBENCH"; do
+BEFORE_SERVER=${BEFORE_SERVER:-}
+for b in "$SERVER" "$BENCH" "$HBENCH" $BEFORE_SERVER; do
   [ -x "$b" ] || { echo "$b is missing: run the cargo build line at the top of $0" >&2; exit 1; }
 done
 
@@ -61,7 +71,7 @@ SERVER_FLAGS=(--max-connections 1000000 --rate-limit 100000000 --rate-burst 1000
 PIDS=()
 start_server() { # port log args...
   local port=$1 log=$2; shift 2
-  RUST_LOG=warn "$SERVER" --listen "127.0.0.1:$port" "${SERVER_FLAGS[@]}" "$@" >"$log" 2>&1 &
+  RUST_LOG=warn "${BIN:-$SERVER}" --listen "127.0.0.1:$port" "${SERVER_FLAGS[@]}" "$@" >"$log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
@@ -116,6 +126,13 @@ for n in $(seq "$RUNS"); do
         bench pairs "$n" pairs --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
           --floor "ws://127.0.0.1:$MEM_PORT/ws" --floor-pid "${PIDS[1]}" "${PAIRS[@]}"
         stop_servers
+        if [ -n "$BEFORE_SERVER" ]; then
+          BIN=$BEFORE_SERVER start_server "$PORT" "$OUT/pairs-before-$n.server.log" \
+            --hbase "$ADDR" --hbase-table-prefix "b${n}_"
+          bench pairs-before "$n" pairs --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
+            "${PAIRS[@]}" --floor off
+          stop_servers
+        fi
         log "ceiling round $n"
         "$HBENCH" "$ADDR" ceiling --connections 32 --rows 25 --secs 10 \
           --json "$OUT/ceiling-$n.json" >"$OUT/ceiling-$n.txt" 2>&1 || echo "ceiling failed" >&2
