@@ -12,16 +12,15 @@
 #   hot      one group of 200 members, all online, 20 of them sending, on HBase
 #   latency  `pairs` on HBase at half the delivered rate this round's `pairs` measured
 #
-#   cargo build --release -p messenger-server -p messenger-bench \
-#       -p messenger-storage-hbase --example hbase_bench
+#   cargo build --release -p messenger-server --features cli -p messenger-bench
+#   cargo build --release -p messenger-storage-hbase --example hbase_bench
 #   /work/tools/quiet messenger-bench/scripts/hbase-bench.sh [OUT] [RUNS] [SCENARIOS...]
 #   python3 messenger-bench/scripts/medians.py OUT
 #
 # To compare with an older build in the same run:
-#   git worktree add --detach /tmp/before OLD_COMMIT && (cd /tmp/before && \
-#     CARGO_TARGET_DIR=$PWD/target-before cargo build --release -p messenger-server \
-#     --features cli --bin messenger-server)
-#   BEFORE_SERVER=target-before/release/messenger-server /work/tools/quiet \
+#   git worktree add --detach /tmp/before OLD_COMMIT
+#   (cd /tmp/before && cargo build --release -p messenger-server --features cli)
+#   BEFORE_SERVER=/tmp/before/target/release/messenger-server /work/tools/quiet \
 #     messenger-bench/scripts/hbase-bench.sh OUT 3
 #
 # It starts its own HBase with HBASE_PROFILE=tuned (full JIT, 4 GiB heap: see
@@ -36,9 +35,10 @@ shift 2 2>/dev/null || shift $#
 SCENARIOS=${*:-pairs hot latency}
 PORT=${PORT:-18190}
 MEM_PORT=${MEM_PORT:-18191}
-SERVER=target/release/messenger-server
-BENCH=target/release/messenger-bench
-HBENCH=target/release/examples/hbase_bench
+REL=${CARGO_TARGET_DIR:-target}/release
+SERVER=$REL/messenger-server
+BENCH=$REL/messenger-bench
+HBENCH=$REL/examples/hbase_bench
 PAIRS=(--pairs 50 --window 8 --duration 10)
 export HBASE_RUN_DIR=${HBASE_RUN_DIR:-$PWD/target/hbase-bench-run}
 export HBASE_PROFILE=${HBASE_PROFILE:-tuned}
