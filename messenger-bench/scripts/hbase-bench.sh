@@ -6,7 +6,8 @@
 #
 #   pairs    `pairs` on HBase, then on memory (same flags, one messenger-bench
 #            invocation: the memory server stands in as the "floor" target), then
-#            hbase_bench's raw putMultiple ceiling at the same concurrency; with
+#            hbase_bench's raw putMultiple ceiling at the same concurrency (and the
+#            checkAndPut ceiling, the shape of a seq claim); with
 #            BEFORE_SERVER=PATH (a messenger-server built from an older commit, e.g.
 #            schema v1), also `pairs` on HBase through that binary (pairs-before-N)
 #   hot      one group of 200 members, all online, 20 of them sending, on HBase
@@ -137,6 +138,10 @@ for n in $(seq "$RUNS"); do
         "$HBENCH" "$ADDR" ceiling --connections 32 --rows 25 --secs 10 \
           --json "$OUT/ceiling-$n.json" >"$OUT/ceiling-$n.txt" 2>&1 || echo "ceiling failed" >&2
         cat "$OUT/ceiling-$n.txt" >&2
+        # The shape of the seq claim: one checkAndPut of a row holding 25 cells.
+        "$HBENCH" "$ADDR" ceiling --cas --connections 32 --rows 25 --secs 10 \
+          --json "$OUT/ceilingcas-$n.json" >"$OUT/ceilingcas-$n.txt" 2>&1 || echo "cas ceiling failed" >&2
+        cat "$OUT/ceilingcas-$n.txt" >&2
         ;;
       hot)
         start_server "$PORT" "$OUT/hot-$n.server.log" --hbase "$ADDR" --hbase-table-prefix "h${n}_"

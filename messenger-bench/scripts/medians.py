@@ -15,6 +15,7 @@ KEYS = {
                 "target_cpu_us_per_delivered", "floor.target_cpu_us_per_delivered",
                 "generator_cpu_us_per_delivered", "target_cpu_pct", "generator_cpu_pct", "errors", "floor.errors"],
     "ceiling": ["rows_per_sec"],
+    "ceilingcas": ["rows_per_sec"],
     "reconnect": ["caught_up", "all_back_ms", "all_caught_up_ms", "drop_to_all_caught_up_ms",
                   "connect_to_caught_up_us.p50", "connect_to_caught_up_us.p99", "connect_to_caught_up_us.max",
                   "floor.all_caught_up_ms", "floor.connect_to_caught_up_us.p50",
@@ -34,7 +35,7 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     runs[name].append(json.load(open(f)))
 for name, docs in runs.items():
     base = name.split(".")[0]  # pairs.sqlite: STORES="memory sqlite" in bench.sh
-    kind = base if base in ("idle", "reconnect", "ceiling") else "traffic"
+    kind = base if base in ("idle", "reconnect", "ceiling", "ceilingcas") else "traffic"
     print(f"## {name} ({len(docs)} runs)")
     for k in KEYS[kind]:
         vals = [get(d, k) for d in docs]
