@@ -123,7 +123,7 @@ for n in $(seq "$RUNS"); do
     case $s in
       pairs)
         start_server "$PORT" "$OUT/pairs-$n.server.log" --hbase "$ADDR" --hbase-table-prefix "p${n}_"
-        start_server "$MEM_PORT" "$OUT/pairs-$n.mem.log"
+        start_server "$MEM_PORT" "$OUT/pairs-$n.mem.log" --store memory
         bench pairs "$n" pairs --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
           --floor "ws://127.0.0.1:$MEM_PORT/ws" --floor-pid "${PIDS[1]}" "${PAIRS[@]}"
         stop_servers
