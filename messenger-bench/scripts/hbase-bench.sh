@@ -10,6 +10,8 @@
 #            checkAndPut ceiling, the shape of a seq claim); with
 #            BEFORE_SERVER=PATH (a messenger-server built from an older commit, e.g.
 #            schema v1), also `pairs` on HBase through that binary (pairs-before-N)
+#            and `pairs` in memory, this build against that one as the floor
+#            (pairs-mem-N)
 #   hot      one group of 200 members, all online, 20 of them sending, on HBase
 #   latency  `pairs` on HBase at half the delivered rate this round's `pairs` measured
 #
@@ -132,6 +134,12 @@ for n in $(seq "$RUNS"); do
             --hbase "$ADDR" --hbase-table-prefix "b${n}_"
           bench pairs-before "$n" pairs --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
             "${PAIRS[@]}" --floor off
+          stop_servers
+          # The in-memory path, this build against the older one (as the floor).
+          start_server "$PORT" "$OUT/pairs-mem-$n.server.log" --store memory
+          BIN=$BEFORE_SERVER start_server "$MEM_PORT" "$OUT/pairs-mem-$n.before.log" --store memory
+          bench pairs-mem "$n" pairs --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
+            --floor "ws://127.0.0.1:$MEM_PORT/ws" --floor-pid "${PIDS[1]}" "${PAIRS[@]}"
           stop_servers
         fi
         log "ceiling round $n"
