@@ -125,7 +125,12 @@ export interface WebPushSubscriptionJSON {
   /** The push service URL (https). */
   endpoint: string;
   /** The subscription's keys, base64url. */
-  keys: { p256dh: string; auth: string };
+  keys: {
+    /** The user agent's P-256 ECDH public key, base64url. */
+    p256dh: string;
+    /** The authentication secret, base64url. */
+    auth: string;
+  };
 }
 
 /** One of the user's push targets, as the server shows it (never its token). */
