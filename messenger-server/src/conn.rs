@@ -1,18 +1,28 @@
-//! One WebSocket session: a reader task that feeds client frames to the engine and a
-//! writer task that drains the session's bounded outbox to the socket in batches.
+//! One WebSocket session in one task: it reads client frames and feeds them to the
+//! engine, drains the session's bounded outbox to the socket in batches, sends pings and
+//! watches the peer's liveness, all from one `select!` loop.
 //!
-//! Generic over `Sink`/`Stream` of tungstenite messages so it can be driven without a
+//! One task instead of a reader and a writer: an idle connection holds one future (no
+//! second task, no `BiLock` between the halves, no channel between them), and a frame
+//! queued for the session wakes the task that writes it, with no hop through another.
+//! Liveness costs no timer per frame: the read path stores the instant of the last frame,
+//! and one timer per connection, re-armed only when it fires, sends the pings and closes
+//! a peer silent for two ping intervals.
+//!
+//! Generic over a `Sink + Stream` of tungstenite messages so it can be driven without a
 //! socket.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use messenger_core::engine::{CloseReason, Engine, OutboxItem, Session, SessionHandle};
+use messenger_core::engine::{CloseReason, Engine, Outbox, OutboxItem, Session, SessionHandle};
 use messenger_core::protocol::{decode_client, ClientFrame, ServerFrame};
-use tokio::sync::{oneshot, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
@@ -88,153 +98,205 @@ impl TokenBucket {
     }
 }
 
-/// What the reader tells the writer when the reader ends first.
+/// How a session's loop ended, and what is left to do on the socket.
 #[derive(Debug)]
-enum Ctl {
-    /// Send a close frame with this code and stop.
+enum End {
+    /// Send a close frame with this code and reason, then give the peer a moment to
+    /// answer it.
     Close(u16, &'static str),
-    /// The peer is gone or closed: finish the close handshake and stop.
+    /// The peer closed or went away: finish the close handshake if there is one.
     PeerGone,
+    /// The socket is unusable (write error, write timeout): drop it.
+    Dead,
 }
 
-/// Runs a session to its end and then disconnects it from the engine.
-pub(crate) async fn run_session<W, R>(ctx: ConnCtx, session: Session, sink: W, stream: R)
+/// Runs a session to its end and disconnects it from the engine.
+pub(crate) async fn run_session<S>(ctx: ConnCtx, session: Session, mut ws: S)
 where
-    W: Sink<Message, Error = WsError> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let Session { handle, outbox } = session;
+    let Session { handle, mut outbox } = session;
     if *ctx.shutdown.borrow() {
         handle.close(CloseReason::Shutdown);
     }
-    let (ctl_tx, ctl_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(ctx.clone(), outbox, sink, ctl_rx));
-    let ended = read_loop(&ctx, &handle, stream, &mut writer).await;
-    if let Some(ctl) = ended {
-        let _ = ctl_tx.send(ctl);
-    }
+    let end = drive(&ctx, &handle, &mut outbox, &mut ws).await;
     // The session ends for routing and presence now, not after the close frame is
     // written: a dead peer's full socket must not delay its presence going offline.
     ctx.engine.disconnect(&handle).await;
-    // A JoinHandle must not be polled again once it completed inside the reader.
-    if !writer.is_finished() {
-        let wait = ctx.config.websocket.write_timeout + CLOSE_LINGER;
-        if tokio::time::timeout(wait, &mut writer).await.is_err() {
-            writer.abort();
+    let write_timeout = ctx.config.websocket.write_timeout;
+    match end {
+        End::Close(code, reason) => {
+            if close(&mut ws, code, reason, write_timeout).await {
+                // Give the peer a moment to answer the close so its unread data does not
+                // turn our close into a reset.
+                let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
         }
+        End::PeerGone => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, ws.close()).await;
+        }
+        End::Dead => {}
     }
     tracing::debug!(session = %handle.id(), user = %handle.user(), "session ended");
 }
 
-/// Reads until the peer goes away, breaks a limit, or the writer ends. Returns what the
-/// writer should do, or `None` if the writer already finished.
-async fn read_loop<R>(
-    ctx: &ConnCtx,
-    handle: &SessionHandle,
-    mut stream: R,
-    writer: &mut tokio::task::JoinHandle<()>,
-) -> Option<Ctl>
+/// The session's loop over its outbox, its socket and its timer (pings and the
+/// liveness deadline).
+async fn drive<S>(ctx: &ConnCtx, handle: &SessionHandle, outbox: &mut Outbox, ws: &mut S) -> End
 where
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let dead_after = ctx.config.websocket.ping_interval * 2;
+    let cfg = &ctx.config.websocket;
+    let interval = cfg.ping_interval;
+    let dead_after = interval * 2;
+    let start = tokio::time::Instant::now();
+    // One timer per connection, for both the next ping and the liveness deadline. The
+    // instant of the last frame read is only stored; the timer is re-armed from it when
+    // it fires, so reading a frame costs no timer operation.
+    let mut next_ping = start + interval;
+    let mut last_read = start;
+    let mut timer = pin!(tokio::time::sleep_until(next_ping));
     let mut bucket = TokenBucket::new(
         ctx.config.limits.rate_limit_per_sec,
         ctx.config.limits.rate_limit_burst,
         Instant::now(),
     );
+    let mut batch = Batch::default();
     loop {
-        let next = tokio::select! {
-            r = tokio::time::timeout(dead_after, stream.next()) => r,
-            _ = &mut *writer => {
-                // The writer closed the session (slow consumer, shutdown, write error):
-                // give the peer a moment to answer the close so its unread data does
-                // not turn our close into a reset.
-                let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
-                return None;
-            }
-        };
-        let msg = match next {
-            Err(_) => {
-                ctx.metrics.heartbeat_timeouts.inc();
-                tracing::info!(session = %handle.id(), user = %handle.user(),
-                    "peer silent for two ping intervals: closing");
-                return Some(Ctl::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout"));
-            }
-            Ok(None) => return Some(Ctl::PeerGone),
-            Ok(Some(Err(WsError::Capacity(e)))) => {
-                ctx.metrics.oversized_frames.inc();
-                tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
-                return Some(Ctl::Close(CLOSE_TOO_BIG, "frame too large"));
-            }
-            Ok(Some(Err(WsError::Utf8))) => {
-                return Some(Ctl::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8"));
-            }
-            Ok(Some(Err(WsError::Protocol(e)))) => {
-                tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
-                return Some(Ctl::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error"));
-            }
-            Ok(Some(Err(e))) => {
-                tracing::debug!(session = %handle.id(), error = %e, "read error");
-                return Some(Ctl::PeerGone);
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        match msg {
-            Message::Text(text) => {
-                let decoded = decode_client(text.as_str());
-                ctx.metrics
-                    .frame_in(decoded.as_ref().ok().map(|r| r.frame.type_name()));
-                if !bucket.take(Instant::now()) {
-                    let req_id = match &decoded {
-                        Ok(r) => r.req_id.clone(),
-                        Err(e) => e.req_id.clone(),
-                    };
-                    reject(
-                        ctx,
-                        handle,
-                        req_id,
-                        "rate_limited",
-                        "too many frames; slow down",
-                    );
-                    continue;
-                }
-                match decoded {
-                    Ok(req) => {
-                        if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
-                            ctx.metrics.limit(limit);
-                            reject(ctx, handle, req.req_id, code, message);
-                            continue;
-                        }
-                        // Boxed: the engine's request future is over 1 KiB and would
-                        // otherwise sit in every idle connection's task.
-                        Box::pin(ctx.engine.handle(handle, req)).await
+        // Unbiased: a session flooded with deliveries still reads its own frames, and a
+        // chatty peer does not starve its deliveries.
+        tokio::select! {
+            item = outbox.recv() => {
+                let first = match item {
+                    Some(OutboxItem::Frame(f)) => f,
+                    None => return End::Close(1000, "session ended"),
+                    Some(OutboxItem::Close(CloseReason::SlowConsumer)) => {
+                        ctx.metrics.slow_consumer_closes.inc();
+                        return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and catch up");
                     }
-                    Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
+                    Some(OutboxItem::Close(CloseReason::Shutdown)) => {
+                        return End::Close(CLOSE_GOING_AWAY, "server shutting down");
+                    }
+                    // A reason added later: close as on shutdown, the client reconnects.
+                    Some(OutboxItem::Close(_)) => {
+                        return End::Close(CLOSE_GOING_AWAY, "session closed by the server");
+                    }
+                };
+                if let Err(end) = batch.write(ctx, ws, outbox, first).await {
+                    return end;
                 }
             }
-            Message::Binary(_) => {
-                ctx.metrics.binary_in();
-                let code = if bucket.take(Instant::now()) {
-                    "bad_request"
-                } else {
-                    "rate_limited"
+            next = ws.next() => {
+                last_read = tokio::time::Instant::now();
+                let msg = match next {
+                    None => return End::PeerGone,
+                    Some(Ok(m)) => m,
+                    Some(Err(WsError::Capacity(e))) => {
+                        ctx.metrics.oversized_frames.inc();
+                        tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
+                        return End::Close(CLOSE_TOO_BIG, "frame too large");
+                    }
+                    Some(Err(WsError::Utf8)) => {
+                        return End::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8");
+                    }
+                    Some(Err(WsError::Protocol(e))) => {
+                        tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
+                        return End::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error");
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(session = %handle.id(), error = %e, "read error");
+                        return End::PeerGone;
+                    }
+                };
+                on_message(ctx, handle, &mut bucket, msg).await;
+            }
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= last_read + dead_after {
+                    ctx.metrics.heartbeat_timeouts.inc();
+                    tracing::info!(session = %handle.id(), user = %handle.user(),
+                        "peer silent for two ping intervals: closing");
+                    return End::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                }
+                if now >= next_ping {
+                    let sent = tokio::time::timeout(cfg.write_timeout, ws.send(Message::Ping(Bytes::new()))).await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::Dead,
+                        Err(_) => {
+                            ctx.metrics.slow_consumer_closes.inc();
+                            tracing::info!(session = %handle.id(), "ping blocked past the write timeout: dropping slow consumer");
+                            return End::Dead;
+                        }
+                    }
+                    // A late tick delays the next ping rather than bunching them.
+                    next_ping += interval;
+                    if next_ping <= now {
+                        next_ping = now + interval;
+                    }
+                }
+                timer.as_mut().reset(next_ping.min(last_read + dead_after));
+            }
+        }
+    }
+}
+
+/// One frame from the peer.
+async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, bucket: &mut TokenBucket, msg: Message) {
+    match msg {
+        Message::Text(text) => {
+            let decoded = decode_client(text.as_str());
+            ctx.metrics
+                .frame_in(decoded.as_ref().ok().map(|r| r.frame.type_name()));
+            if !bucket.take(Instant::now()) {
+                let req_id = match &decoded {
+                    Ok(r) => r.req_id.clone(),
+                    Err(e) => e.req_id.clone(),
                 };
                 reject(
                     ctx,
                     handle,
-                    None,
-                    code,
-                    "binary frames are reserved; send JSON text frames",
+                    req_id,
+                    "rate_limited",
+                    "too many frames; slow down",
                 );
+                return;
             }
-            // tungstenite answers pings and close frames itself; any frame counts as
-            // liveness because it reset the timeout above.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            match decoded {
+                Ok(req) => {
+                    if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
+                        ctx.metrics.limit(limit);
+                        reject(ctx, handle, req.req_id, code, message);
+                        return;
+                    }
+                    // Boxed: the engine's request future is over 1 KiB and would
+                    // otherwise sit in every idle connection's task.
+                    Box::pin(ctx.engine.handle(handle, req)).await
+                }
+                Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
+            }
         }
+        Message::Binary(_) => {
+            ctx.metrics.binary_in();
+            let code = if bucket.take(Instant::now()) {
+                "bad_request"
+            } else {
+                "rate_limited"
+            };
+            reject(
+                ctx,
+                handle,
+                None,
+                code,
+                "binary frames are reserved; send JSON text frames",
+            );
+        }
+        // tungstenite answers pings and close frames itself (a close then ends the
+        // stream); any frame counts as liveness.
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
     }
 }
 
@@ -291,102 +353,41 @@ fn reject(
     handle.send_frame(&ServerFrame::error(req_id, code, message));
 }
 
-/// Drains the outbox to the socket: batches frames, flushes once per batch, pings.
-async fn write_loop<W>(
-    ctx: ConnCtx,
-    mut outbox: messenger_core::engine::Outbox,
-    mut sink: W,
-    mut ctl: oneshot::Receiver<Ctl>,
-) where
-    W: Sink<Message, Error = WsError> + Unpin,
-{
-    let cfg = ctx.config.clone();
-    let interval = cfg.websocket.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut kinds: Vec<&'static str> = Vec::new();
-    let mut accepted: Vec<Instant> = Vec::new();
-    loop {
-        let item = tokio::select! {
-            biased;
-            c = &mut ctl => {
-                match c {
-                    Ok(Ctl::Close(code, reason)) => close(&mut sink, code, reason, cfg.websocket.write_timeout).await,
-                    Ok(Ctl::PeerGone) | Err(_) => {
-                        let _ = tokio::time::timeout(CLOSE_LINGER, sink.close()).await;
-                    }
-                }
-                return;
-            }
-            item = outbox.recv() => item,
-            _ = ping.tick() => {
-                let sent = tokio::time::timeout(cfg.websocket.write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    return;
-                }
-                continue;
-            }
-        };
-        let first = match item {
-            None => {
-                close(
-                    &mut sink,
-                    1000,
-                    "session ended",
-                    cfg.websocket.write_timeout,
-                )
-                .await;
-                return;
-            }
-            Some(OutboxItem::Close(CloseReason::SlowConsumer)) => {
-                ctx.metrics.slow_consumer_closes.inc();
-                close(
-                    &mut sink,
-                    CLOSE_SLOW_CONSUMER,
-                    "slow consumer: reconnect and catch up",
-                    cfg.websocket.write_timeout,
-                )
-                .await;
-                return;
-            }
-            Some(OutboxItem::Close(CloseReason::Shutdown)) => {
-                close(
-                    &mut sink,
-                    CLOSE_GOING_AWAY,
-                    "server shutting down",
-                    cfg.websocket.write_timeout,
-                )
-                .await;
-                return;
-            }
-            // A reason added later: close as on shutdown, the client reconnects.
-            Some(OutboxItem::Close(_)) => {
-                close(
-                    &mut sink,
-                    CLOSE_GOING_AWAY,
-                    "session closed by the server",
-                    cfg.websocket.write_timeout,
-                )
-                .await;
-                return;
-            }
-            Some(OutboxItem::Frame(f)) => f,
-        };
-        kinds.clear();
-        accepted.clear();
+/// The frames of one write batch, for the metrics counted once it is flushed. Empty
+/// until the first batch; kept for the next.
+#[derive(Default)]
+struct Batch {
+    kinds: Vec<&'static str>,
+    accepted: Vec<Instant>,
+}
+
+impl Batch {
+    /// Writes `first` and whatever else is queued (up to a batch), with one flush, within
+    /// the write timeout.
+    async fn write<S>(
+        &mut self,
+        ctx: &ConnCtx,
+        ws: &mut S,
+        outbox: &mut Outbox,
+        first: messenger_core::engine::Outbound,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        self.kinds.clear();
+        self.accepted.clear();
+        let (kinds, accepted) = (&mut self.kinds, &mut self.accepted);
         let batch = async {
             let mut next = Some(first);
             let mut bytes = 0usize;
             while let Some(out) = next.take() {
                 bytes += out.frame.len();
-                let text = match Utf8Bytes::try_from(out.frame) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        tracing::error!(kind = out.kind, "engine produced a non-UTF-8 frame");
-                        continue;
-                    }
-                };
-                sink.feed(Message::Text(text)).await?;
+                // A text frame straight from the engine's shared bytes: the engine
+                // encodes every frame from a `String`, so it is UTF-8 already, and
+                // checking it again for each recipient (what `Message::Text` needs)
+                // would cost a pass over every copy.
+                let frame = Frame::message(out.frame, OpCode::Data(Data::Text), true);
+                ws.feed(Message::Frame(frame)).await?;
                 kinds.push(out.kind);
                 if let Some(at) = out.accepted_at {
                     accepted.push(at);
@@ -395,33 +396,40 @@ async fn write_loop<W>(
                     next = outbox.try_recv();
                 }
             }
-            sink.flush().await
+            ws.flush().await
         };
-        match tokio::time::timeout(cfg.websocket.write_timeout, batch).await {
+        match tokio::time::timeout(ctx.config.websocket.write_timeout, batch).await {
             Ok(Ok(())) => {
                 let now = Instant::now();
-                for k in &kinds {
+                for k in &self.kinds {
                     ctx.metrics.frame_out(k);
                 }
-                for at in &accepted {
+                for at in &self.accepted {
                     ctx.metrics
                         .observe_delivery(now.saturating_duration_since(*at));
                 }
+                // A batch that grew large gives its memory back.
+                if self.kinds.capacity() > BATCH_FRAMES {
+                    self.kinds = Vec::new();
+                    self.accepted = Vec::new();
+                }
+                Ok(())
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "write error");
-                return;
+                Err(End::Dead)
             }
             Err(_) => {
                 ctx.metrics.slow_consumer_closes.inc();
                 tracing::info!("write blocked past the write timeout: dropping slow consumer");
-                return;
+                Err(End::Dead)
             }
         }
     }
 }
 
-async fn close<W>(sink: &mut W, code: u16, reason: &'static str, limit: Duration)
+/// Sends a close frame within `limit`; true if it was written.
+async fn close<W>(sink: &mut W, code: u16, reason: &'static str, limit: Duration) -> bool
 where
     W: Sink<Message, Error = WsError> + Unpin,
 {
@@ -429,11 +437,14 @@ where
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = tokio::time::timeout(limit, async {
-        sink.send(Message::Close(Some(frame))).await?;
-        sink.flush().await
-    })
-    .await;
+    matches!(
+        tokio::time::timeout(limit, async {
+            sink.send(Message::Close(Some(frame))).await?;
+            sink.flush().await
+        })
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 #[cfg(test)]
@@ -466,6 +477,47 @@ mod session_tests {
     type In = mpsc::Sender<Result<Message, WsError>>;
     type Out = mpsc::Receiver<Message>;
 
+    /// A sink and a stream as one socket.
+    struct Duplex<W, R> {
+        tx: W,
+        rx: R,
+    }
+
+    impl<W: Sink<Message, Error = WsError> + Unpin, R: Unpin> Sink<Message> for Duplex<W, R> {
+        type Error = WsError;
+        fn poll_ready(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), WsError>> {
+            std::pin::Pin::new(&mut self.tx).poll_ready(cx)
+        }
+        fn start_send(mut self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), WsError> {
+            std::pin::Pin::new(&mut self.tx).start_send(m)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), WsError>> {
+            std::pin::Pin::new(&mut self.tx).poll_flush(cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), WsError>> {
+            std::pin::Pin::new(&mut self.tx).poll_close(cx)
+        }
+    }
+
+    impl<W: Unpin, R: Stream + Unpin> Stream for Duplex<W, R> {
+        type Item = R::Item;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<R::Item>> {
+            std::pin::Pin::new(&mut self.rx).poll_next(cx)
+        }
+    }
+
     async fn open(config: ServerConfig) -> (In, Out, tokio::task::JoinHandle<()>, Engine) {
         let engine = Engine::start(EngineConfig::default(), messenger_storage_mem::adapters())
             .await
@@ -490,8 +542,11 @@ mod session_tests {
         };
         let (out_tx, out_rx) = mpsc::channel::<Message>(64);
         let (in_tx, in_rx) = mpsc::channel::<Result<Message, WsError>>(64);
-        let sink = out_tx.sink_map_err(|_| WsError::ConnectionClosed);
-        let task = tokio::spawn(run_session(ctx, session, sink, in_rx));
+        let ws = Duplex {
+            tx: out_tx.sink_map_err(|_| WsError::ConnectionClosed),
+            rx: in_rx,
+        };
+        let task = tokio::spawn(run_session(ctx, session, ws));
         (in_tx, out_rx, task, engine)
     }
 
@@ -499,6 +554,11 @@ mod session_tests {
         loop {
             match out.next().await.expect("open") {
                 Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+                // The session writes engine frames as raw text frames.
+                Message::Frame(f) => {
+                    assert_eq!(f.header().opcode, OpCode::Data(Data::Text));
+                    return serde_json::from_slice(f.payload()).expect("json");
+                }
                 Message::Ping(_) => continue,
                 other => panic!("unexpected {other:?}"),
             }
@@ -526,6 +586,32 @@ mod session_tests {
         assert_eq!(t0.elapsed(), Duration::from_secs(20));
         task.await.expect("session ends");
         assert_eq!(engine.local_sessions(), 0, "disconnected from the engine");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_closed_two_intervals_after_its_last_frame_not_before() {
+        let mut config = ServerConfig::default();
+        config.websocket.ping_interval = Duration::from_secs(10);
+        let (mut inp, mut out, task, _engine) = open(config).await;
+        assert_eq!(next_text(&mut out).await["type"], "welcome");
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        inp.send(Ok(Message::Pong(Bytes::new())))
+            .await
+            .expect("send");
+        // Pings keep coming every interval; the close comes 20 s after the pong (t = 27),
+        // not 20 s after the start.
+        let code = loop {
+            match out.next().await {
+                Some(Message::Ping(_)) => continue,
+                Some(Message::Close(Some(f))) => break u16::from(f.code),
+                other => panic!("expected a close, got {other:?}"),
+            }
+        };
+        assert_eq!(code, 4001);
+        assert_eq!(t0.elapsed(), Duration::from_secs(27));
+        drop(inp);
+        task.await.expect("session ends");
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Sink, Stream, StreamExt};
+use futures::{Sink, Stream};
 use messenger_core::engine::{Adapters, Engine, EngineConfig};
 use messenger_core::idgen::Snowflake;
 use messenger_core::{
@@ -682,8 +682,7 @@ where
     ctx.metrics.connections_open.inc();
     ctx.metrics.connections_total.inc();
     let metrics = ctx.metrics.clone();
-    let (sink, stream) = ws.split();
-    run_session(ctx, session, sink, stream).await;
+    run_session(ctx, session, ws).await;
     metrics.connections_open.dec();
 }
 
