@@ -231,6 +231,88 @@ struct Head<'a> {
 /// Malformed JSON, a missing or ill-typed field and an invalid id are `bad_request`;
 /// a `type` that is not a client frame type is `unknown_type`.
 pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
+    // The frames of the hot path are read in one pass into plain fields; anything else
+    // (other types, a missing or ill-typed field) takes the general path below, which
+    // produces the same frames and every error message.
+    if let Ok(hot) = serde_json::from_str::<Hot<'_>>(text) {
+        if let Some(req) = hot.into_request() {
+            return Ok(req);
+        }
+    }
+    decode_general(text)
+}
+
+/// The fields of the frames sent most (`send_message`, `message_ack`, `typing`,
+/// `ping`), deserialized in one pass without buffering (an internally tagged enum
+/// buffers every field before it knows the variant).
+#[derive(Deserialize)]
+struct Hot<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    req_id: Option<serde_json::Value>,
+    #[serde(default)]
+    thread_id: Option<ThreadId>,
+    #[serde(default)]
+    temp_id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    message_id: Option<MessageId>,
+    #[serde(default)]
+    status: Option<AckStatus>,
+    #[serde(default)]
+    typing: Option<bool>,
+}
+
+impl Hot<'_> {
+    /// The request, if this is a hot frame with every field it needs.
+    fn into_request(self) -> Option<Request> {
+        let req_id = req_id_of(self.req_id).ok()?;
+        let frame = match &*self.ty {
+            "send_message" => ClientFrame::SendMessage {
+                thread_id: self.thread_id?,
+                temp_id: self.temp_id?,
+                text: self.text?,
+            },
+            "message_ack" => ClientFrame::MessageAck {
+                thread_id: self.thread_id?,
+                message_id: self.message_id?,
+                status: self.status?,
+            },
+            "typing" => ClientFrame::Typing {
+                thread_id: self.thread_id?,
+                typing: self.typing?,
+            },
+            "ping" => ClientFrame::Ping {},
+            _ => return None,
+        };
+        Some(Request { req_id, frame })
+    }
+}
+
+/// The `req_id` as sent: absent or null, a string, or an integer.
+fn req_id_of(v: Option<serde_json::Value>) -> Result<Option<ReqId>, DecodeError> {
+    let bad = || DecodeError {
+        code: "bad_request",
+        message: "req_id must be a string or an integer".into(),
+        req_id: None,
+    };
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(ReqId::Str(s)),
+        Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Some(ReqId::UInt(u)),
+            (None, Some(i)) => Some(ReqId::Int(i)),
+            _ => return Err(bad()),
+        },
+        Some(_) => return Err(bad()),
+    })
+}
+
+/// Every client frame: the head first (for the `req_id` echo and the type check), then
+/// the frame.
+fn decode_general(text: &str) -> Result<Request, DecodeError> {
     let head: Head<'_> = serde_json::from_str(text).map_err(|e| DecodeError {
         code: "bad_request",
         message: if e.is_data() {
@@ -240,28 +322,7 @@ pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
         },
         req_id: None,
     })?;
-    let req_id = match head.req_id {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(ReqId::Str(s)),
-        Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => Some(ReqId::UInt(u)),
-            (None, Some(i)) => Some(ReqId::Int(i)),
-            _ => {
-                return Err(DecodeError {
-                    code: "bad_request",
-                    message: "req_id must be a string or an integer".into(),
-                    req_id: None,
-                })
-            }
-        },
-        Some(_) => {
-            return Err(DecodeError {
-                code: "bad_request",
-                message: "req_id must be a string or an integer".into(),
-                req_id: None,
-            })
-        }
-    };
+    let req_id = req_id_of(head.req_id)?;
     let Some(ty) = head.ty else {
         return Err(DecodeError {
             code: "bad_request",
@@ -622,6 +683,35 @@ mod tests {
 
     fn code(text: &str) -> &'static str {
         decode_client(text).expect_err("should fail").code
+    }
+
+    #[test]
+    fn the_one_pass_path_decodes_as_the_general_one() {
+        for f in [
+            r#"{"type":"send_message","req_id":7,"thread_id":"dm:a:b","temp_id":"t1","text":"hi \u00e9\n"}"#,
+            r#"{"text":"x","temp_id":"t","thread_id":"g:1","type":"send_message","req_id":"r-1"}"#,
+            r#"{"type":"send_message","req_id":-3,"thread_id":"dm:a:b","temp_id":"t","text":"x","extra":[1,{"a":2}]}"#,
+            r#"{"type":"message_ack","thread_id":"dm:a:b","message_id":"123","status":"READ"}"#,
+            r#"{"type":"typing","thread_id":"dm:a:b","typing":true,"req_id":null}"#,
+            r#"{"type":"ping","req_id":9}"#,
+            r#"{"type":"ping","thread_id":"not a valid id!!"}"#,
+            r#"{"type":"list_threads","req_id":1,"text":"ignored"}"#,
+            r#"{"type":"send_message","thread_id":"dm:a:b","temp_id":"t"}"#,
+            r#"{"type":"send_message","thread_id":"dm:a:b","temp_id":"t","text":5}"#,
+            r#"{"type":"send_message","thread_id":null,"temp_id":"t","text":"x"}"#,
+            r#"{"type":"send_message","req_id":1.5,"thread_id":"dm:a:b","temp_id":"t","text":"x"}"#,
+            r#"{"type":"nope","req_id":2}"#,
+        ] {
+            assert_eq!(decode_client(f), decode_general(f), "{f}");
+        }
+        let hot = serde_json::from_str::<Hot<'_>>(
+            r#"{"type":"send_message","req_id":7,"thread_id":"dm:a:b","temp_id":"t1","text":"hi"}"#,
+        )
+        .expect("hot");
+        assert!(
+            hot.into_request().is_some(),
+            "send_message takes the one-pass path"
+        );
     }
 
     #[test]
