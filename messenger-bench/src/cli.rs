@@ -14,6 +14,10 @@ pub enum Scenario {
     Pairs,
     /// Groups of size G; throughput and latency per delivered copy.
     Group,
+    /// One group of G members (`--group-size`), only K of them online (`--online`), S
+    /// senders (`--senders`, default 1): deliveries per second and the latency from a
+    /// send to its last online member.
+    Biggroup,
     /// K clients dropped at once, reconnecting with jitter and catching up.
     Reconnect,
     /// Run the floor relay (a minimal WebSocket relay with no logic and no storage).
@@ -27,6 +31,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Pairs => "pairs",
             Scenario::Group => "group",
+            Scenario::Biggroup => "biggroup",
             Scenario::Reconnect => "reconnect",
             Scenario::Floor => "floor",
         }
@@ -134,6 +139,17 @@ pub struct Args {
     /// not collide on a long-running server).
     #[arg(long)]
     pub run_id: Option<String>,
+
+    /// biggroup: how many of the group's members connect (default: all).
+    #[arg(long)]
+    pub online: Option<usize>,
+
+    /// Which block of source addresses to use (0, 1, ...): several generator processes
+    /// against one box each take their own block, so their source ports never collide.
+    /// Block b starts at 127.0.(2b).1 for the server and 127.0.(2b+1).1 for the floor
+    /// and holds 254 addresses each.
+    #[arg(long, default_value_t = 0)]
+    pub source_block: usize,
 }
 
 impl Args {
@@ -142,6 +158,7 @@ impl Args {
         self.connections.unwrap_or(match self.scenario {
             Scenario::Idle => 10_000,
             Scenario::Group => 200,
+            Scenario::Biggroup => self.online.unwrap_or(self.group_size),
             Scenario::Reconnect => 1000,
             Scenario::Pairs | Scenario::Floor => 2 * self.pairs,
         })
@@ -157,13 +174,32 @@ impl Args {
         if self.scenario == Scenario::Group && self.group_size < 2 {
             return Err("--group-size must be at least 2".into());
         }
+        let big = self.scenario == Scenario::Biggroup;
+        if big && self.group_size < 2 {
+            return Err("--group-size must be at least 2".into());
+        }
         if let Some(k) = self.senders {
-            if self.scenario != Scenario::Group {
-                return Err("--senders applies to the group scenario only".into());
+            if self.scenario != Scenario::Group && !big {
+                return Err("--senders applies to the group and biggroup scenarios only".into());
             }
-            if k == 0 || k > self.group_size {
+            let most = if big {
+                self.online.unwrap_or(self.group_size).min(self.group_size)
+            } else {
+                self.group_size
+            };
+            if k == 0 || k > most {
                 return Err(format!(
-                    "--senders must be 1 to --group-size ({})",
+                    "--senders must be 1 to the members online ({most})"
+                ));
+            }
+        }
+        if let Some(k) = self.online {
+            if !big {
+                return Err("--online applies to the biggroup scenario only".into());
+            }
+            if k < 2 || k > self.group_size {
+                return Err(format!(
+                    "--online must be 2 to --group-size ({})",
                     self.group_size
                 ));
             }

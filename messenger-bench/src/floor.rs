@@ -2,8 +2,9 @@
 //! same load as the server so every figure can be given as a ratio to it.
 //!
 //! It speaks just enough of protocol v1 for the scenarios, with the same per-connection
-//! shape the server is meant to have (a reader, a writer task draining a bounded queue
-//! with batched writes, small tungstenite buffers):
+//! shape as the server (one task per connection that drains a lazily allocated bounded
+//! queue with batched writes and reads the socket, small tungstenite buffers), so it
+//! stays the upper bound the server is compared with:
 //! - the upgrade at any path with `?token=USER` (dev auth; 401 without a token), then
 //!   `welcome`;
 //! - `send_message`: `message_sent` to the sender and `receive_message` to every other
@@ -11,6 +12,7 @@
 //!   id `dm:<a>:<b>`; a group's members from the `create_thread` that made it (the one
 //!   table the floor keeps). `message_id` and `seq` come from one global counter;
 //! - `create_thread`: `thread` with the canonical direct id, or `fg-N` for a group;
+//!   `add_members`: `thread` with the group's members (no notes to the other members);
 //! - `list_threads`: an empty `threads`; `fetch_history`: an empty `history`;
 //! - `ping`: `pong`. Everything else is ignored.
 
@@ -25,7 +27,7 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -41,7 +43,41 @@ pub const QUEUE: usize = 4096;
 const BATCH: usize = 256;
 const SHARDS: usize = 64;
 
-type SessionTx = mpsc::Sender<Utf8Bytes>;
+/// A session's outbound queue: empty and unallocated while idle (like the server's),
+/// a wake-up for its task when a frame is queued.
+#[derive(Default)]
+pub struct Queue {
+    frames: Mutex<std::collections::VecDeque<Utf8Bytes>>,
+    wake: Notify,
+}
+
+impl Queue {
+    fn frames(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Utf8Bytes>> {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next frame, waiting for one.
+    async fn next(&self) -> Utf8Bytes {
+        loop {
+            if let Some(f) = self.frames().pop_front() {
+                return f;
+            }
+            // `notify_one` keeps a permit when nobody waits: no wake-up is lost.
+            self.wake.notified().await;
+        }
+    }
+
+    fn try_next(&self) -> Option<Utf8Bytes> {
+        let mut q = self.frames();
+        let f = q.pop_front();
+        if q.is_empty() && q.capacity() > 64 {
+            q.shrink_to(0);
+        }
+        f
+    }
+}
+
+type SessionTx = Arc<Queue>;
 /// Sessions of one shard: user -> (session number, queue).
 type Shard = HashMap<String, Vec<(u64, SessionTx)>>;
 
@@ -157,11 +193,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The WebSocket settings of a floor connection: small buffers, as the server should use.
+/// The WebSocket settings of a floor connection: the server's default buffers (1 KiB
+/// read, writes coalesced up to 1 KiB before they reach the socket).
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(1024)
+        .write_buffer_size(1024)
         .max_message_size(Some(64 * 1024))
         .max_frame_size(Some(64 * 1024))
 }
@@ -198,9 +235,15 @@ impl Floor {
     }
 
     fn push(&self, tx: &SessionTx, frame: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
+        let mut q = tx.frames();
+        if q.len() >= QUEUE {
+            drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        q.push_back(frame);
+        drop(q);
+        tx.wake.notify_one();
     }
 
     fn deliver(&self, member: &str, except: u64, frame: &Utf8Bytes) {
@@ -328,6 +371,36 @@ impl Floor {
                 }
                 self.push(tx, reply);
             }
+            "add_members" => {
+                let Some(thread) = &f.thread_id else {
+                    return bad("add_members needs thread_id");
+                };
+                let members: Arc<[String]> = {
+                    let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+                    let Some(old) = groups.get(&**thread) else {
+                        return bad("no such group");
+                    };
+                    let mut all = old.to_vec();
+                    let mut seen: std::collections::HashSet<String> = all.iter().cloned().collect();
+                    for m in f.members.iter().flatten() {
+                        if seen.insert(m.to_string()) {
+                            all.push(m.to_string());
+                        }
+                    }
+                    let all: Arc<[String]> = all.into();
+                    groups.insert(thread.to_string(), all.clone());
+                    all
+                };
+                let reply = Out::Thread {
+                    req_id,
+                    thread_id: thread,
+                    kind: "group",
+                    title: None,
+                    members: &members,
+                }
+                .bytes();
+                self.push(tx, reply);
+            }
             "list_threads" => self.push(
                 tx,
                 Out::Threads {
@@ -386,29 +459,8 @@ async fn connection(floor: Arc<Floor>, tcp: TcpStream) {
     };
     let Some(user) = user else { return };
     let sid = floor.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(QUEUE);
-    let (mut sink, mut stream) = ws.split();
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            if sink.feed(Message::Text(first)).await.is_err() {
-                return;
-            }
-            for _ in 1..BATCH {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        if sink.feed(Message::Text(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let mut ws = ws;
+    let tx: SessionTx = Arc::default();
     let welcome = Out::Welcome {
         user_id: &user,
         session_id: format!("f-{sid}"),
@@ -416,16 +468,37 @@ async fn connection(floor: Arc<Floor>, tcp: TcpStream) {
     };
     floor.push(&tx, welcome.bytes());
     floor.register(&user, sid, tx.clone());
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(Message::Text(t)) => floor.handle(&user, sid, &tx, t.as_str()),
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
+    // One task per connection, as the server: queued frames (written in batches with
+    // one flush) and the socket, neither starving the other.
+    loop {
+        tokio::select! {
+            first = tx.next() => {
+                if ws.feed(Message::Text(first)).await.is_err() {
+                    break;
+                }
+                for _ in 1..BATCH {
+                    match tx.try_next() {
+                        Some(m) => {
+                            if ws.feed(Message::Text(m)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                if ws.flush().await.is_err() {
+                    break;
+                }
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => floor.handle(&user, sid, &tx, t.as_str()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
         }
     }
     floor.unregister(&user, sid);
-    drop(tx);
-    let _ = writer.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
 }
 
 /// Serves the floor relay on `listener` until `shutdown` is cancelled.
@@ -451,7 +524,16 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
 /// Binds `addr` and serves until `shutdown`; prints `floor relay listening on ADDR` first
 /// (a parent process reads that line to learn the port).
 pub async fn run(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    // The server's listen backlog (4096, not bind's 128), so a connect burst is queued
+    // the same way for both.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     println!("floor relay listening on {}", listener.local_addr()?);
     serve(listener, shutdown).await;
     Ok(())

@@ -43,8 +43,9 @@ pub struct Ctx {
 impl Ctx {
     fn source(&self, i: usize, total: usize) -> Option<std::net::Ipv4Addr> {
         self.target.is_loopback_v4().then(|| {
-            // The floor's run uses 127.0.128.0 and up, the server's 127.0.0.0 and up.
-            let base = if self.is_floor { 128 * 254 } else { 0 };
+            // Source block b: the server's run uses 127.0.(2b).1 and up, the floor's
+            // 127.0.(2b+1).1 and up (254 addresses, up to ~7M connections, each).
+            let base = (2 * self.args.source_block + usize::from(self.is_floor)) * 254;
             client::source_ip(i, total, self.args.per_source_ip, base)
         })
     }
@@ -54,7 +55,7 @@ impl Ctx {
 pub async fn run(ctx: &Ctx) -> Result<Figures, BoxError> {
     match ctx.args.scenario {
         Scenario::Idle => idle(ctx).await,
-        Scenario::Pairs | Scenario::Group => traffic(ctx).await,
+        Scenario::Pairs | Scenario::Group | Scenario::Biggroup => traffic(ctx).await,
         Scenario::Reconnect => reconnect(ctx).await,
         Scenario::Floor => Err("floor is not a load scenario".into()),
     }
@@ -307,9 +308,12 @@ async fn create_thread(ws: &mut Ws, frame: String) -> Result<String, BoxError> {
 async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
     let a = &ctx.args;
     let group = a.scenario == Scenario::Group;
+    let big = a.scenario == Scenario::Biggroup;
     let (size, n_threads) = if group {
         let g = a.group_size;
         (g, (a.connections_or_default() / g).max(1))
+    } else if big {
+        (a.group_size, 1)
     } else {
         (2, a.pairs)
     };
@@ -318,19 +322,35 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
             (0..size).map(move |k| {
                 if group {
                     format!("{}g{t}m{k}", ctx.run_id)
+                } else if big {
+                    format!("{}B{k}", ctx.run_id)
                 } else {
                     format!("{}p{t}{}", ctx.run_id, if k == 0 { 'a' } else { 'b' })
                 }
             })
         })
         .collect();
-    let mut conns = Vec::with_capacity(users.len());
-    for (i, r) in open_all(ctx, &users, true).await.into_iter().enumerate() {
+    // biggroup: only the first `online` members connect; the others stay offline.
+    let online = if big {
+        a.online.unwrap_or(size).min(size)
+    } else {
+        users.len()
+    };
+    let mut conns = Vec::with_capacity(online);
+    for (i, r) in open_all(ctx, &users[..online], true)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         conns.push(r.map_err(|e| format!("connect {}: {e}", users[i]))?);
     }
     // One thread per pair or group, created by its first member.
     let mut threads = Vec::with_capacity(n_threads);
-    {
+    if big {
+        threads.push(Arc::<str>::from(
+            create_big_group(&mut conns[0], &users[1..]).await?,
+        ));
+    } else {
         let creates = conns.chunks_mut(size).enumerate().map(|(t, chunk)| {
             let members: Vec<&String> = users[t * size + 1..(t + 1) * size].iter().collect();
             let frame = if group {
@@ -346,12 +366,17 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         }
     }
     let connections = conns.len();
-    // Members of each thread that send: all of them, or the first --senders of a group.
+    // Members of each thread that send: all of them, or the first --senders of a group
+    // (biggroup: one by default).
     let senders_per_thread = if group {
         a.senders.unwrap_or(size).min(size)
+    } else if big {
+        a.senders.unwrap_or(1).min(online)
     } else {
         size
     };
+    // biggroup: every message is expected by each online member but its sender.
+    let last = big.then(|| Arc::new(LastMember::new(online as u32 - 1)));
     let senders = n_threads * senders_per_thread;
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
@@ -374,6 +399,7 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
             window.clone(),
             stamps.clone(),
             counters.clone(),
+            last.clone(),
             drained.clone(),
             hard.clone(),
         )));
@@ -496,6 +522,13 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
     }
     hard_timer.abort();
     let pct = hist.percentiles();
+    let (last_pct, last_samples, last_incomplete) = match &last {
+        Some(l) => {
+            let (h, incomplete) = l.finish();
+            (Some(h.percentiles()), Some(h.count()), Some(incomplete))
+        }
+        None => (None, None, None),
+    };
     let first_error = counters
         .first_error
         .lock()
@@ -513,6 +546,10 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         "delivered_per_sec": (delivered as f64 / window_secs).round(),
         "latency_us": pct,
         "latency_samples": hist.count(),
+        "online": big.then_some(online),
+        "last_member_latency_us": last_pct,
+        "last_member_samples": last_samples,
+        "last_member_incomplete": last_incomplete,
         "sent_latency_us": sent_hist.percentiles(),
         "sent_latency_samples": sent_hist.count(),
         "target_cpu_pct": cpu_pct(cpu0.0, cpu1.0),
@@ -557,6 +594,88 @@ impl Stamps {
     }
 }
 
+/// Creates one group of `members` (besides the creator on `ws`): `create_thread` with
+/// the first members, then `add_members` in chunks, so no frame nears the server's
+/// frame limit. Returns the thread id.
+async fn create_big_group(ws: &mut Ws, members: &[String]) -> Result<String, BoxError> {
+    const CHUNK: usize = 1000;
+    let first = &members[..members.len().min(CHUNK)];
+    let frame = json!({"type": "create_thread", "req_id": 1, "kind": "group",
+                       "members": first, "title": "biggroup"});
+    let thread = create_thread(ws, frame.to_string()).await?;
+    for (k, chunk) in members[first.len()..].chunks(CHUNK).enumerate() {
+        let req = (k + 2).to_string();
+        let frame = json!({"type": "add_members", "req_id": k + 2, "thread_id": &thread,
+                           "members": chunk});
+        ws.send(Message::text(frame.to_string())).await?;
+        let wait = async {
+            while let Some(m) = ws.next().await {
+                if let Message::Text(t) = m? {
+                    let f = Lite::decode(t.as_str())?;
+                    match (&*f.ty, f.req_id.map(|r| r.get())) {
+                        ("thread", Some(r)) if r == req => return Ok(()),
+                        ("error", _) => return Err(format!("add_members: {}", t.as_str()).into()),
+                        _ => {}
+                    }
+                }
+            }
+            Err::<(), BoxError>("connection ended before the add_members reply".into())
+        };
+        tokio::time::timeout(REPLY_TIMEOUT, wait)
+            .await
+            .map_err(|_| -> BoxError { "add_members timed out".into() })??;
+    }
+    Ok(thread)
+}
+
+/// biggroup: the latency from a send to its last online member. Copies are matched by
+/// the send stamp at the head of the text (unique per message); a message counts once
+/// all `expected` copies arrived, with the slowest copy's latency.
+struct LastMember {
+    expected: u32,
+    shards: Vec<Mutex<std::collections::HashMap<u64, (u32, u64)>>>,
+    hist: Mutex<Latency>,
+}
+
+impl LastMember {
+    fn new(expected: u32) -> Self {
+        LastMember {
+            expected: expected.max(1),
+            shards: (0..64).map(|_| Mutex::default()).collect(),
+            hist: Mutex::new(Latency::new()),
+        }
+    }
+
+    /// One copy of the message stamped `sent`, `latency_ns` after its send.
+    fn copy(&self, sent: u64, latency_ns: u64) {
+        let shard = &self.shards[(sent.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize];
+        let mut m = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(sent).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(latency_ns);
+        if e.0 >= self.expected {
+            let worst = e.1;
+            m.remove(&sent);
+            drop(m);
+            self.hist
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(worst);
+        }
+    }
+
+    /// The histogram, and how many measured messages did not reach every member.
+    fn finish(&self) -> (Latency, usize) {
+        let incomplete = self
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        let h = std::mem::take(&mut *self.hist.lock().unwrap_or_else(|p| p.into_inner()));
+        (h, incomplete)
+    }
+}
+
 /// The number at the end of a temp_id made by [`Writer::frame`].
 fn temp_number(temp_id: &str) -> Option<u64> {
     temp_id.rsplit('-').next()?.parse().ok()
@@ -569,6 +688,7 @@ async fn reader(
     window: Arc<Semaphore>,
     stamps: Stamps,
     c: Arc<Counters>,
+    last: Option<Arc<LastMember>>,
     closing: CancellationToken,
     hard: CancellationToken,
 ) -> (Latency, Latency) {
@@ -608,6 +728,9 @@ async fn reader(
                     c.delivered_measured.fetch_add(1, Ordering::Relaxed);
                     if let Some(sent) = f.text.as_deref().and_then(proto::parse_stamp) {
                         hist.record(now.saturating_sub(sent));
+                        if let Some(l) = &last {
+                            l.copy(sent, now.saturating_sub(sent));
+                        }
                     }
                 }
             }

@@ -187,6 +187,39 @@ async fn scenarios_run_end_to_end_against_the_floor() {
             "{argv:?}: {r:?}"
         );
     }
+    // biggroup: 2 500 members (creation in chunks of 1 000), 6 online, 2 senders; every
+    // message reaches its last online member.
+    let r = scenario::run(&ctx(
+        target.clone(),
+        &[
+            "biggroup",
+            "--group-size",
+            "2500",
+            "--online",
+            "6",
+            "--senders",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+        ],
+    ))
+    .await
+    .expect("biggroup");
+    assert_eq!(r["errors"], 0, "{r:?}");
+    assert_eq!(r["online"], 6, "{r:?}");
+    assert!(
+        r["last_member_samples"].as_u64().expect("samples") > 0,
+        "{r:?}"
+    );
+    assert!(
+        r["last_member_latency_us"]["max"].as_f64().expect("max")
+            >= r["latency_us"]["p50"].as_f64().expect("p50"),
+        "{r:?}"
+    );
     let r = scenario::run(&ctx(
         target.clone(),
         &["idle", "--connections", "20", "--duration", "0.1"],
