@@ -565,6 +565,17 @@ mod session_tests {
         }
     }
 
+    /// The code of the close frame that comes next, skipping pings.
+    async fn close_code(out: &mut Out) -> u16 {
+        loop {
+            match out.next().await {
+                Some(Message::Ping(_)) => continue,
+                Some(Message::Close(Some(f))) => return u16::from(f.code),
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn silent_peer_gets_pings_then_4001_after_two_intervals() {
         let mut config = ServerConfig::default();
@@ -575,13 +586,7 @@ mod session_tests {
         assert!(matches!(out.next().await, Some(Message::Ping(_))));
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         // The second ping and the timeout fall on the same instant: either order.
-        let code = loop {
-            match out.next().await {
-                Some(Message::Ping(_)) => continue,
-                Some(Message::Close(Some(f))) => break u16::from(f.code),
-                other => panic!("expected a close, got {other:?}"),
-            }
-        };
+        let code = close_code(&mut out).await;
         assert_eq!(code, 4001);
         assert_eq!(t0.elapsed(), Duration::from_secs(20));
         task.await.expect("session ends");
@@ -601,13 +606,7 @@ mod session_tests {
             .expect("send");
         // Pings keep coming every interval; the close comes 20 s after the pong (t = 27),
         // not 20 s after the start.
-        let code = loop {
-            match out.next().await {
-                Some(Message::Ping(_)) => continue,
-                Some(Message::Close(Some(f))) => break u16::from(f.code),
-                other => panic!("expected a close, got {other:?}"),
-            }
-        };
+        let code = close_code(&mut out).await;
         assert_eq!(code, 4001);
         assert_eq!(t0.elapsed(), Duration::from_secs(27));
         drop(inp);
