@@ -595,11 +595,13 @@ impl Stamps {
 }
 
 /// Creates one group of `members` (besides the creator on `ws`): `create_thread` with
-/// the first members, then `add_members` in chunks, so no frame nears the server's
-/// frame limit. Returns the thread id.
+/// the first 1 000 members (no frame near the server's frame limit), then `add_members`
+/// in chunks of 100 (the server's default `limits.max_add_members`). Returns the thread
+/// id.
 async fn create_big_group(ws: &mut Ws, members: &[String]) -> Result<String, BoxError> {
-    const CHUNK: usize = 1000;
-    let first = &members[..members.len().min(CHUNK)];
+    const FIRST: usize = 1000;
+    const CHUNK: usize = 100;
+    let first = &members[..members.len().min(FIRST)];
     let frame = json!({"type": "create_thread", "req_id": 1, "kind": "group",
                        "members": first, "title": "biggroup"});
     let thread = create_thread(ws, frame.to_string()).await?;
