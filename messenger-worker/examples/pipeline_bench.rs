@@ -86,6 +86,8 @@ enum Cmd {
 
 #[derive(Default)]
 struct Rx {
+    /// The probe's last push arrived (see `push`).
+    probe_done: std::sync::atomic::AtomicBool,
     count: AtomicU64,
     first_ms: AtomicU64,
     last_ms: AtomicU64,
@@ -104,6 +106,9 @@ async fn receive(State(r): State<Arc<Rx>>, body: Bytes) -> StatusCode {
     };
     let mut lat = Vec::new();
     for it in &items {
+        if it["text"] == "probe-last" {
+            r.probe_done.store(true, Ordering::Relaxed);
+        }
         if it["type"] == "push.notification" {
             if let Some(sent) = it["sent_at"].as_u64() {
                 lat.push(now.saturating_sub(sent));
@@ -308,6 +313,21 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
+/// Connects as `me` and opens a direct thread with `other` (who never connects):
+/// the socket and the thread id.
+async fn direct_with_offline(url: &str, me: &str, other: &str) -> (Ws, Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={me}"))
+        .await
+        .expect("connect");
+    let _ = next_of(&mut ws, "welcome").await;
+    let create = serde_json::json!({"type":"create_thread","kind":"direct","members":[other]});
+    ws.send(Message::Text(create.to_string().into()))
+        .await
+        .expect("send");
+    let thread = next_of(&mut ws, "thread").await["thread_id"].clone();
+    (ws, thread)
+}
+
 async fn push(
     brokers: String,
     worker: PathBuf,
@@ -326,6 +346,49 @@ async fn push(
     let (_w, listen) = spawn_worker(&worker, &config, &cpus);
     wait_assigned(listen).await;
     let run = now_ms();
+    // The new group starts from "latest", which librdkafka resolves at its first fetch,
+    // after the assignment: a probe message's push shows that the worker reads from
+    // before what is measured, so every measured message must come out as a push.
+    {
+        let (mut ws, thread) =
+            direct_with_offline(&url, &format!("probe{run}"), &format!("offprobe{run}")).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        while rx.count.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no probe push in 30 s");
+            let f = serde_json::json!({"type":"send_message","thread_id":thread,"temp_id":format!("p{n}"),"text":"probe"});
+            ws.send(Message::Text(f.to_string().into()))
+                .await
+                .expect("send");
+            let _ = next_of(&mut ws, "message_sent").await;
+            n += 1;
+            let until = Instant::now() + Duration::from_millis(500);
+            while rx.count.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // The worker now reads everything: one last probe, and once its push is in (after
+        // any earlier probe's: same thread, same partition) the counters start over.
+        let f = serde_json::json!({"type":"send_message","thread_id":thread,"temp_id":"last","text":"probe-last"});
+        ws.send(Message::Text(f.to_string().into()))
+            .await
+            .expect("send");
+        let _ = next_of(&mut ws, "message_sent").await;
+        while !rx.probe_done.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "the last probe's push did not come in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rx.count.store(0, Ordering::Relaxed);
+        rx.first_ms.store(0, Ordering::Relaxed);
+        rx.last_ms.store(0, Ordering::Relaxed);
+        rx.latencies_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
     let sent = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(duration);
@@ -338,16 +401,9 @@ async fn push(
             rate as f64 / senders as f64
         };
         tasks.push(tokio::spawn(async move {
-            let me = format!("snd{run}x{i}");
-            let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={me}"))
-                .await
-                .expect("connect");
-            let _ = next_of(&mut ws, "welcome").await;
-            let create = serde_json::json!({"type":"create_thread","kind":"direct","members":[format!("off{run}x{i}")]});
-            ws.send(Message::Text(create.to_string().into()))
-                .await
-                .expect("send");
-            let thread = next_of(&mut ws, "thread").await["thread_id"].clone();
+            let (mut ws, thread) =
+                direct_with_offline(&url, &format!("snd{run}x{i}"), &format!("off{run}x{i}"))
+                    .await;
             let mut n = 0u64;
             let start = Instant::now();
             while Instant::now() < until {
@@ -389,6 +445,7 @@ async fn push(
             "bench": "push", "rate_asked": rate, "sent": total,
             "sent_per_sec": (total as f64 / send_secs).round(),
             "pushes": got,
+            "missing": total.saturating_sub(got),
             "pushes_per_sec": (got as f64 / ((last.saturating_sub(first)).max(1) as f64 / 1000.0)).round(),
             "latency_ms": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9),
                            "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0)},
