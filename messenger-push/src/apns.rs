@@ -18,14 +18,14 @@
 //! - Development tokens (`sandbox`) go to the sandbox endpoint.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::common::{self, ConfigError, CredentialGuard};
+use crate::common::{self, unix_now, ConfigError, CredentialGuard};
 use crate::content::Privacy;
 use crate::directory::keys;
 use crate::provider::{Notification, Outcome, Platform, PushProvider, PushTarget};
@@ -110,13 +110,6 @@ impl std::fmt::Debug for ApnsProvider {
             .field("team_id", &self.config.team_id)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A stable `apns-id` (canonical UUID form) from the notification id, so a retry is

@@ -123,3 +123,5 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+pub(crate) use crate::webhook::unix_now;

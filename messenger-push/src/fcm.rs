@@ -16,14 +16,14 @@
 //!   429 / 5xx retry (honouring `Retry-After`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::common::{self, ConfigError, CredentialGuard};
+use crate::common::{self, unix_now, ConfigError, CredentialGuard};
 use crate::content::Privacy;
 use crate::directory::keys;
 use crate::provider::{Notification, Outcome, Platform, PushProvider, PushTarget};
@@ -141,13 +141,6 @@ impl std::fmt::Debug for FcmProvider {
             .field("project", &self.config.account.project_id)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn form_escape(s: &str) -> String {

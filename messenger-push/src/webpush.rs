@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
@@ -262,11 +262,7 @@ impl WebPushProvider {
                 return Ok(jwt.clone());
             }
         }
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + JWT_LIFETIME.as_secs();
+        let exp = common::unix_now() + JWT_LIFETIME.as_secs();
         let claims = serde_json::json!({ "aud": aud, "exp": exp, "sub": self.config.subject });
         let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key)
             .map_err(|e| format!("signing the VAPID JWT failed: {e}"))?;

@@ -19,7 +19,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
@@ -167,12 +166,7 @@ impl Failure {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::webhook::unix_now as now;
 
 fn err(status: StatusCode, body: serde_json::Value) -> Response {
     (
@@ -308,17 +302,21 @@ async fn apns_handler(
     let Some(jwt) = auth.strip_prefix("bearer ") else {
         return reason(StatusCode::FORBIDDEN, "InvalidProviderToken");
     };
+    // A token verified before is trusted again (as Apple does, which caches them and
+    // asks for a new one at most once an hour).
+    let known = s.lock().jwts.contains(jwt);
     let mut v = Validation::new(Algorithm::ES256);
     v.required_spec_claims = HashSet::from(["iss".to_string()]);
     v.validate_exp = false;
     v.set_issuer(&[&s.team_id]);
-    let ok = jsonwebtoken::decode_header(jwt)
-        .ok()
-        .is_some_and(|h| h.kid.as_deref() == Some(s.key_id.as_str()))
-        && jsonwebtoken::decode::<serde_json::Value>(jwt, &s.decoding, &v)
+    let ok = known
+        || jsonwebtoken::decode_header(jwt)
             .ok()
-            .and_then(|d| d.claims.get("iat").and_then(|i| i.as_u64()))
-            .is_some_and(|iat| iat + 3600 > now() && iat <= now() + 60);
+            .is_some_and(|h| h.kid.as_deref() == Some(s.key_id.as_str()))
+            && jsonwebtoken::decode::<serde_json::Value>(jwt, &s.decoding, &v)
+                .ok()
+                .and_then(|d| d.claims.get("iat").and_then(|i| i.as_u64()))
+                .is_some_and(|iat| iat + 3600 > now() && iat <= now() + 60);
     if !ok {
         return reason(StatusCode::FORBIDDEN, "InvalidProviderToken");
     }
