@@ -740,7 +740,11 @@ impl FakeWebPush {
         let mut id = [0u8; 12];
         OsRng.fill_bytes(&mut id);
         let id = URL_SAFE_NO_PAD.encode(id);
-        let public = secret.public_key().to_encoded_point(false).as_bytes().to_vec();
+        let public = secret
+            .public_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
         let sub = Subscription {
             endpoint: format!("{}/push/{id}", self.url),
             p256dh: URL_SAFE_NO_PAD.encode(&public),
