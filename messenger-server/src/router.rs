@@ -412,38 +412,15 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
     let ws_cfg = ws_config(&ctx.config);
     server.track(async move {
         match tokio::time::timeout(wait, on_upgrade).await {
-            // Our own accept loop's socket: take it back from hyper, so the session
-            // holds the bare TCP stream, not hyper's boxed `Upgraded` with its rewind
-            // buffer inside two I/O adapters (less memory per idle connection, one
-            // indirection less per read and write). Bytes the client sent after its
-            // request head (it may not wait for the 101) are handed to tungstenite.
-            Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<Permitted>>() {
-                Ok(parts) => {
-                    let io = parts.io.into_inner();
-                    let ws = if parts.read_buf.is_empty() {
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_cfg)).await
-                    } else {
-                        WebSocketStream::from_partially_read(
-                            io,
-                            parts.read_buf.to_vec(),
-                            Role::Server,
-                            Some(ws_cfg),
-                        )
-                        .await
-                    };
-                    run_counted(ctx, session, ws).await;
-                }
-                // Mounted in someone else's server (axum::serve, ...): keep hyper's I/O.
-                Err(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_cfg),
-                    )
-                    .await;
-                    run_counted(ctx, session, ws).await;
-                }
-            },
+            Ok(Ok(upgraded)) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_cfg),
+                )
+                .await;
+                run_counted(ctx, session, ws).await;
+            }
             _ => {
                 tracing::debug!(user = %session.handle.user(), "upgrade did not complete");
                 ctx.engine.disconnect(&session.handle).await;
