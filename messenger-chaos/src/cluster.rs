@@ -29,7 +29,8 @@ pub struct ClusterConfig {
     pub hbase: String,
     /// `scripts/hbase.sh`'s run dir of that gateway (to restart it), if known.
     pub hbase_run_dir: Option<PathBuf>,
-    /// Further flags for every node (such as `--max-connections 25000`).
+    /// Further flags for every node (such as `--max-connections 25000`); a flag given
+    /// here replaces the harness's default for it (such as `--ping-interval`).
     pub extra_args: Vec<String>,
 }
 
@@ -214,7 +215,11 @@ impl Cluster {
             "--drain-timeout".into(),
             "2s".into(),
         ]
-        .into_iter()
+        .chunks(2)
+        // A flag given in `extra_args` replaces the default one.
+        .filter(|kv| !self.cfg.extra_args.contains(&kv[0]))
+        .flatten()
+        .cloned()
         .chain(self.cfg.extra_args.iter().cloned())
         .collect()
     }

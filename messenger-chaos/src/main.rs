@@ -132,6 +132,8 @@ fn main() -> ExitCode {
                     extra_args: vec![
                         "--max-connections".into(),
                         "25000".into(),
+                        "--ping-interval".into(),
+                        "15s".into(),
                         "--hbase-pool-size".into(),
                         "32".into(),
                     ],
