@@ -132,8 +132,9 @@ fn main() -> ExitCode {
                     extra_args: vec![
                         "--max-connections".into(),
                         "25000".into(),
+                        // Talkers and clients are silent while the others connect.
                         "--ping-interval".into(),
-                        "15s".into(),
+                        "120s".into(),
                         "--hbase-pool-size".into(),
                         "32".into(),
                     ],

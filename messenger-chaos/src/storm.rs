@@ -239,7 +239,7 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     // Each client reads its socket until it breaks, then reconnects and catches up.
     let refused = Arc::new(AtomicU64::new(0));
     let kill_at = Arc::new(tokio::sync::OnceCell::<Instant>::new());
-    let expect_last = 1 + cfg.messages as u64;
+    let expect_last = cfg.messages as u64;
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(cfg.clients);
     for (i, mut ws) in conns.into_iter().enumerate() {
@@ -328,18 +328,21 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     let _ = kill_at.set(kill);
     cluster.kill(0);
     eprintln!("storm: node 1 SIGKILLed with {} clients", cfg.clients);
-    let post = async {
-        for k in 0..cfg.messages {
-            for (g, ws) in talkers.iter_mut().enumerate() {
+    // Every talker posts its messages at once (each waits only for its own replies).
+    let post = futures::future::join_all(talkers.iter_mut().enumerate().map(|(g, ws)| {
+        let thread = group_ids[g].clone();
+        let run = run.clone();
+        async move {
+            for k in 0..cfg.messages {
                 let q = json!({"type":"send_message","req_id":format!("m{k}"),
-                               "thread_id":group_ids[g],"temp_id":format!("{run}-{g}-{k}"),
+                               "thread_id":thread,"temp_id":format!("{run}-{g}-{k}"),
                                "text":format!("after the kill {k}")});
                 if let Err(e) = request(ws, q).await {
                     eprintln!("storm: talker {g} send failed: {e}");
                 }
             }
         }
-    };
+    }));
     let mut peak: Vec<u64> = rss_before.clone();
     let watch = async {
         loop {
