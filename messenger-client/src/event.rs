@@ -190,7 +190,9 @@ pub enum Event {
     Sent(Sent),
     /// One of the app's sends was refused for good and left the outbox.
     SendFailed(SendFailed),
-    /// A delivered/read receipt (the "delivered" and "read" marks).
+    /// A delivered/read receipt (the "delivered" and "read" marks). Emitted only when
+    /// it moves the member's watermark forward: a stale receipt (relayed receipts can
+    /// cross during a failover) or one already known from a catch-up is not shown.
     Receipt(Receipt),
     /// A presence change of a subscribed user.
     Presence(Presence),

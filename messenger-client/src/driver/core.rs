@@ -224,6 +224,10 @@ pub(crate) struct Core {
     /// The acks written on the current connection: owed again if it turns out dead
     /// (acks have no reply; a connection the server already dropped swallows them).
     acks_on_connection: HashMap<ThreadId, AckDue>,
+    /// The highest delivered and read seq seen per (thread, member): a receipt frame at
+    /// or below it is stale (frames relayed by different nodes can cross during a
+    /// failover) and is not shown to the app, so the watermarks it sees never go back.
+    receipt_marks: HashMap<(ThreadId, UserId), (u64, u64)>,
     /// Changes not yet handed to the store.
     changes: StoreChanges,
     /// Frames to write, in order.
@@ -247,6 +251,11 @@ impl Core {
             }
             seq.advance_to(t, p.held_seq);
         }
+        let receipt_marks = stored
+            .receipts
+            .into_iter()
+            .map(|r| ((r.thread_id, r.user_id), (r.delivered_seq, r.read_seq)))
+            .collect();
         let mut outbox = Outbox::default();
         for e in stored.outbox {
             outbox.restore(e);
@@ -267,6 +276,7 @@ impl Core {
             positions,
             acked: HashMap::new(),
             acks_on_connection: HashMap::new(),
+            receipt_marks,
             changes: StoreChanges::default(),
             out: Vec::new(),
             events: Vec::new(),
@@ -587,13 +597,32 @@ impl Core {
         self.apply(&thread_id, step);
     }
 
-    fn receipt(&mut self, thread_id: &ThreadId, user_id: &UserId, delivered: u64, read: u64) {
+    /// Records a member's watermarks; returns whether either moved forward.
+    fn receipt(
+        &mut self,
+        thread_id: &ThreadId,
+        user_id: &UserId,
+        delivered: u64,
+        read: u64,
+    ) -> bool {
+        let mark = self
+            .receipt_marks
+            .entry((thread_id.clone(), user_id.clone()))
+            .or_default();
+        let delivered = delivered.max(read);
+        let moved = delivered > mark.0 || read > mark.1;
+        mark.0 = mark.0.max(delivered);
+        mark.1 = mark.1.max(read);
+        if !moved {
+            return false;
+        }
         self.changes.receipts.push(ReceiptMark {
             thread_id: thread_id.clone(),
             user_id: user_id.clone(),
-            delivered_seq: delivered.max(read),
+            delivered_seq: delivered,
             read_seq: read,
         });
+        true
     }
 
     /// A frame from the server.
@@ -667,7 +696,10 @@ impl Core {
                     AckStatus::Delivered => (seq, 0),
                     AckStatus::Read => (seq, seq),
                 };
-                self.receipt(&thread_id, &user_id, delivered, read);
+                if !self.receipt(&thread_id, &user_id, delivered, read) {
+                    tracing::debug!(%thread_id, %user_id, seq, "ignoring a stale receipt");
+                    return;
+                }
                 self.events.push(Event::Receipt(Receipt {
                     thread_id,
                     message_id,
@@ -1384,6 +1416,52 @@ mod tests {
                 .all(|p| matches!(p, Pending::CatchUpList)),
             "only the unanswered catch-up remains: {:?}",
             c.pending
+        );
+    }
+
+    /// Receipt frames relayed by different nodes can cross during a failover: the app
+    /// sees each member's watermarks only move forward, a stale or repeated one is not
+    /// shown, and a READ raises the delivered mark too.
+    #[test]
+    fn stale_receipts_are_not_shown() {
+        let mut c = core(settings());
+        connect(&mut c);
+        let ack = |seq: u64, status: AckStatus| ServerFrame::MessageAck {
+            thread_id: t("g"),
+            message_id: MessageId(100 + seq),
+            seq,
+            status,
+            user_id: u("bob"),
+            at: 0,
+        };
+        c.events.clear();
+        for (seq, status) in [
+            (5, AckStatus::Delivered),
+            (9, AckStatus::Delivered),
+            (7, AckStatus::Delivered),
+            (9, AckStatus::Delivered),
+            (8, AckStatus::Read),
+            (6, AckStatus::Read),
+            (8, AckStatus::Delivered),
+            (12, AckStatus::Delivered),
+        ] {
+            c.on_frame(ack(seq, status), Instant::now());
+        }
+        let shown: Vec<(u64, AckStatus)> = std::mem::take(&mut c.events)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Receipt(r) => Some((r.seq, r.status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (5, AckStatus::Delivered),
+                (9, AckStatus::Delivered),
+                (8, AckStatus::Read),
+                (12, AckStatus::Delivered),
+            ]
         );
     }
 
