@@ -27,10 +27,13 @@ pub mod keys {
 }
 
 /// The users' registered devices and browsers, from the store: a muted thread gives
-/// no targets, and a target its provider reports gone is unregistered.
+/// no targets, and a target its provider reports gone is unregistered. Shared targets
+/// ([`with_shared_targets`](Self::with_shared_targets), e.g. the application's push
+/// webhook) come with every user's, and are muted with them.
 #[derive(Clone)]
 pub struct RegistryDirectory {
     registry: Arc<dyn PushRegistry>,
+    shared: Vec<PushTarget>,
 }
 
 impl std::fmt::Debug for RegistryDirectory {
@@ -42,7 +45,18 @@ impl std::fmt::Debug for RegistryDirectory {
 impl RegistryDirectory {
     /// A directory over `registry`.
     pub fn new(registry: Arc<dyn PushRegistry>) -> Self {
-        RegistryDirectory { registry }
+        RegistryDirectory {
+            registry,
+            shared: Vec::new(),
+        }
+    }
+
+    /// The same directory with `shared` targets added to every user's (unless the user
+    /// muted the thread). A shared target is never removed: one "gone" answer from it
+    /// is logged and it stays configured.
+    pub fn with_shared_targets(mut self, shared: Vec<PushTarget>) -> Self {
+        self.shared = shared;
+        self
     }
 }
 
@@ -75,14 +89,21 @@ pub fn target_of(r: &PushRegistration) -> Option<PushTarget> {
 impl TargetDirectory for RegistryDirectory {
     async fn targets(&self, user: &UserId, thread: &ThreadId) -> Result<Vec<PushTarget>> {
         let found = self.registry.push_targets(user, thread).await?;
-        Ok(found
-            .deliverable(now_ms())
-            .iter()
-            .filter_map(target_of)
-            .collect())
+        let now = now_ms();
+        if found.mute.as_ref().is_some_and(|m| m.active(now)) {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<PushTarget> = found.targets.iter().filter_map(target_of).collect();
+        out.extend(self.shared.iter().cloned());
+        Ok(out)
     }
 
     async fn remove(&self, user: &UserId, target_id: &str) -> Result<()> {
+        if self.shared.iter().any(|t| t.id == target_id) {
+            tracing::warn!(%user, target = target_id,
+                "a shared push target answered \"gone\"; it stays configured");
+            return Ok(());
+        }
         let removed = self.registry.unregister_target(user, target_id).await?;
         tracing::info!(%user, target = target_id, removed, "push target reported gone: unregistered");
         Ok(())

@@ -40,8 +40,10 @@ mod common;
 pub mod content;
 mod directory;
 pub mod fcm;
+pub mod metrics;
 mod provider;
 mod service;
+pub mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;
@@ -52,7 +54,11 @@ pub use common::ConfigError;
 pub use content::Privacy;
 pub use directory::{keys, target_of, RegistryDirectory};
 pub use fcm::{FcmConfig, FcmProvider};
+pub use metrics::PushMetrics;
 pub use provider::{Notification, Outcome, Platform, PushProvider, PushTarget};
 pub use service::{PushService, PushStats, Report, RetryPolicy, StaticTargets, TargetDirectory};
+pub use settings::{
+    ApnsSettings, FcmSettings, PushSettings, SettingsError, WebPushSettings, WebhookSettings,
+};
 pub use webhook::WebhookProvider;
 pub use webpush::{VapidKey, WebPushConfig, WebPushProvider};

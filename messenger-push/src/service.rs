@@ -12,6 +12,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use messenger_core::model::PushNotification;
 use messenger_core::{Error, PushSink, Result, ThreadId, UserId};
 
+use crate::metrics::PushMetrics;
 use crate::provider::{Notification, Outcome, Platform, PushProvider, PushTarget};
 
 /// Where each user's notifications go. Issue 13's device registrations and thread
@@ -131,6 +132,7 @@ pub struct PushService {
     directory: Arc<dyn TargetDirectory>,
     retry: RetryPolicy,
     stats: PushStats,
+    metrics: PushMetrics,
 }
 
 impl std::fmt::Debug for PushService {
@@ -150,11 +152,13 @@ impl PushService {
             directory,
             retry: RetryPolicy::default(),
             stats: PushStats::default(),
+            metrics: PushMetrics::default(),
         }
     }
 
     /// Adds (or replaces) the provider for its platform.
     pub fn with_provider(mut self, provider: Arc<dyn PushProvider>) -> Self {
+        self.metrics.init(provider.platform());
         self.providers.insert(provider.platform(), provider);
         self
     }
@@ -170,6 +174,11 @@ impl PushService {
         &self.stats
     }
 
+    /// The per-provider metrics; [`PushMetrics::register`] puts them on a `/metrics`.
+    pub fn metrics(&self) -> &PushMetrics {
+        &self.metrics
+    }
+
     async fn send_once(&self, n: &Notification, targets: Vec<PushTarget>) -> Report {
         let mut by_platform: HashMap<Platform, Vec<PushTarget>> = HashMap::new();
         for t in targets {
@@ -178,7 +187,12 @@ impl PushService {
         let mut report = Report::default();
         for (platform, targets) in by_platform {
             let outcomes = match self.providers.get(&platform) {
-                Some(p) => p.send(n, &targets).await,
+                Some(p) => {
+                    let started = std::time::Instant::now();
+                    let o = p.send(n, &targets).await;
+                    self.metrics.observe(platform, started.elapsed());
+                    o
+                }
                 None => targets
                     .iter()
                     .map(|_| Outcome::Rejected(format!("no {platform} provider is configured")))
@@ -205,21 +219,25 @@ impl PushService {
             let mut wait = Duration::ZERO;
             let next_delay = delays.next();
             for (t, o) in report.outcomes {
+                let p = t.platform;
                 match &o {
                     Outcome::Delivered => {
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.sent(p);
                     }
                     Outcome::TargetGone => {
                         self.stats.gone.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = self.directory.remove(&n.user_id, &t.id).await {
-                            tracing::warn!(user = %n.user_id, target = %t.id, error = %e,
-                                "could not remove a push target reported gone");
+                        match self.directory.remove(&n.user_id, &t.id).await {
+                            Ok(()) => self.metrics.removed(p),
+                            Err(e) => tracing::warn!(user = %n.user_id, target = %t.id,
+                                error = %e, "could not remove a push target reported gone"),
                         }
                     }
                     Outcome::CredentialRejected(why) => {
                         self.stats
                             .credential_rejected
                             .fetch_add(1, Ordering::Relaxed);
+                        self.metrics.failed(p, "credentials");
                         // The provider itself logs the refusal once, loudly; here it is
                         // one more notification that could not go out.
                         tracing::debug!(platform = %t.platform, %why,
@@ -228,14 +246,22 @@ impl PushService {
                     Outcome::RetryAfter(after) => {
                         if let Some(d) = next_delay {
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.retried(p);
                             wait = wait.max(after.unwrap_or(d).min(self.retry.max_delay));
                             pending.push(t);
                             continue;
                         }
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.failed(p, "transient");
                     }
                     Outcome::Rejected(_) => {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let reason = if self.providers.contains_key(&p) {
+                            "rejected"
+                        } else {
+                            "no_provider"
+                        };
+                        self.metrics.failed(p, reason);
                     }
                 }
                 done.push((t, o));

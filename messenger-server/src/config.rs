@@ -17,6 +17,8 @@
 //! | `[redis]` | [`RedisSettings`] | cluster mode: sessions, presence, relay on Redis |
 //! | `[hbase]` | [`HBaseSettings`] | messages and threads on HBase |
 //! | `[store]` | [`StoreSettings`] | the embedded store (memory or SQLite) when HBase is not set |
+//! | `[kafka]` | [`KafkaSettings`] | the event log and the Kafka relay |
+//! | `[push]` | [`PushSettings`] (feature `push`) | APNs, FCM, Web Push, the push webhook: `messenger_push::settings`, shared with messenger-worker |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,13 @@ use std::time::Duration;
 
 use messenger_core::NodeId;
 use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "push")]
+pub use messenger_push::settings::{
+    ApnsSettings, FcmSettings, PushSettings, WebPushSettings, WebhookSettings,
+};
+#[cfg(feature = "push")]
+pub use messenger_push::Privacy as PushPrivacy;
 
 /// Everything the server needs besides its adapters and its listener.
 ///
@@ -56,7 +65,10 @@ pub struct ServerConfig {
     pub store: StoreSettings,
     /// Kafka: the event log and, in cluster mode, the relay.
     pub kafka: KafkaSettings,
-    /// Push notifications through APNs, FCM and Web Push.
+    /// Push notifications through APNs, FCM, Web Push and the push webhook (feature
+    /// `push`; the sections are [`messenger_push::settings`], shared with
+    /// messenger-worker). Without the feature a `[push]` section is an unknown key.
+    #[cfg(feature = "push")]
     pub push: PushSettings,
 }
 
@@ -530,117 +542,6 @@ impl KafkaSettings {
     }
 }
 
-/// `[push]` (feature `push`): notifications for members with no live session, sent
-/// through APNs, FCM and Web Push to the devices and browsers users registered
-/// (`register_push_target`), skipping muted threads. With no provider configured the
-/// server keeps its default push sink (none leave the process).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct PushSettings {
-    /// What a notification shows, and so what leaves the server: `full` (sender and
-    /// text, the default), `sender_only` (sender and "New message") or `generic`
-    /// ("New message"). See docs/operations.md.
-    pub privacy: PushPrivacy,
-    /// Tries per notification and target for transient failures (429, 5xx, network),
-    /// with jittered exponential backoff honouring `Retry-After`. Default 5.
-    pub attempts: u32,
-    /// APNs (token-based auth).
-    pub apns: Option<ApnsSettings>,
-    /// Firebase Cloud Messaging (HTTP v1).
-    pub fcm: Option<FcmSettings>,
-    /// Web Push (VAPID).
-    pub webpush: Option<WebPushSettings>,
-}
-
-impl Default for PushSettings {
-    fn default() -> Self {
-        PushSettings {
-            privacy: PushPrivacy::Full,
-            attempts: 5,
-            apns: None,
-            fcm: None,
-            webpush: None,
-        }
-    }
-}
-
-impl PushSettings {
-    /// Whether any provider is configured.
-    pub fn enabled(&self) -> bool {
-        self.apns.is_some() || self.fcm.is_some() || self.webpush.is_some()
-    }
-}
-
-/// `push.privacy`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum PushPrivacy {
-    /// Sender id and text (cut to 1 KiB).
-    #[default]
-    Full,
-    /// Sender id and "New message".
-    SenderOnly,
-    /// "New message" only.
-    Generic,
-}
-
-/// `[push.apns]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ApnsSettings {
-    /// The `.p8` signing key file (PKCS#8 PEM).
-    pub key_file: PathBuf,
-    /// Its key id.
-    pub key_id: String,
-    /// The Apple developer team id.
-    pub team_id: String,
-    /// `apns-topic` (bundle id) for targets registered without an `app_id`.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Default `https://api.push.apple.com`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// For `sandbox` targets. Default `https://api.sandbox.push.apple.com`.
-    #[serde(default)]
-    pub sandbox_endpoint: Option<String>,
-    /// Extra CA certificates (PEM file) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[push.fcm]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct FcmSettings {
-    /// The service-account JSON file (project id, client email, private key, token URI).
-    pub service_account_file: PathBuf,
-    /// Default `https://fcm.googleapis.com`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Extra CA certificates (PEM file) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[push.webpush]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct WebPushSettings {
-    /// The VAPID private key file: P-256 PEM, or the 32 bytes base64url. Its public key
-    /// is the `applicationServerKey` browsers subscribe with (logged at start).
-    pub vapid_key_file: PathBuf,
-    /// The contact in every VAPID JWT: `mailto:...` or `https://...`.
-    pub subject: String,
-    /// Extra CA certificates (PEM file) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
 /// A configuration the server refuses to run with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -768,18 +669,8 @@ impl ServerConfig {
                     .into(),
             ));
         }
-        if self.push.attempts == 0 {
-            return Err(ConfigError::Invalid(
-                "push.attempts must be at least 1".into(),
-            ));
-        }
-        if let Some(w) = &self.push.webpush {
-            if !(w.subject.starts_with("mailto:") || w.subject.starts_with("https://")) {
-                return Err(ConfigError::Invalid(
-                    "push.webpush.subject must be a mailto: or https:// contact".into(),
-                ));
-            }
-        }
+        #[cfg(feature = "push")]
+        self.push.validate().map_err(ConfigError::Invalid)?;
         if w.ping_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "websocket.ping_interval must be positive".into(),

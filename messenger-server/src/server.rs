@@ -211,7 +211,11 @@ impl ServerBuilder {
         self
     }
 
-    fn into_adapters(mut self) -> Result<(ServerConfig, Adapters), ServerError> {
+    /// `registry`: where the push providers' metrics go (feature `push`).
+    fn into_adapters(
+        mut self,
+        #[cfg_attr(not(feature = "push"), allow(unused_variables))] registry: &SharedRegistry,
+    ) -> Result<(ServerConfig, Adapters), ServerError> {
         // Ids carry the node id in the Snowflake node field, so they are unique across
         // nodes with distinct ids.
         if self.ids.is_none() {
@@ -231,6 +235,7 @@ impl ServerBuilder {
                 self.$field.ok_or(ServerError::MissingAdapter($name))?
             };
         }
+        #[cfg(feature = "push")]
         let push_unset = self.push.is_none();
         // Only the `push` feature replaces the push sink below.
         #[cfg_attr(not(feature = "push"), allow(unused_mut))]
@@ -247,20 +252,15 @@ impl ServerBuilder {
         };
         #[cfg(feature = "push")]
         if push_unset {
-            if let Some(sink) =
-                crate::push::sink(&self.config.push, adapters.push_registry.clone())?
+            if let Some(service) =
+                crate::push::service(&self.config.push, adapters.push_registry.clone())?
             {
-                adapters.push = sink;
+                let mut reg = registry.write().unwrap_or_else(|p| p.into_inner());
+                service
+                    .metrics()
+                    .register(reg.sub_registry_with_prefix("messenger"));
+                adapters.push = service;
             }
-        }
-        #[cfg(not(feature = "push"))]
-        if push_unset && self.config.push.enabled() {
-            return Err(crate::config::ConfigError::Invalid(
-                "push providers are configured but this build has no `push` feature: \
-                 build messenger-server with --features push (the binary's `cli` has it)"
-                    .into(),
-            )
-            .into());
         }
         Ok((self.config, adapters))
     }
@@ -315,13 +315,18 @@ impl ServerBuilder {
         #[cfg(feature = "redis")]
         let redis = backends.redis;
         let started = async {
-            let (config, adapters) = self.into_adapters()?;
+            let (config, adapters) = self.into_adapters(&registry)?;
             let mut ec = EngineConfig::with_node(config.node_id);
             ec.max_text_bytes = config.limits.max_text_bytes;
             ec.outbound_queue = config.limits.outbound_queue;
             ec.presence_grace = config.presence.grace;
             ec.max_group_members = config.limits.max_group_members;
             ec.single_node = single_node;
+            #[cfg(feature = "push")]
+            {
+                ec.large_group_threshold = config.push.large_group_threshold;
+                ec.large_group_push_interval = config.push.large_group_interval;
+            }
             let engine = Engine::start(ec, adapters).await?;
             Ok::<_, ServerError>((config, engine))
         }

@@ -166,6 +166,29 @@ async fn offline_members_get_one_notification_per_message_muted_none_gone_never(
         let targets = r["targets"].as_array().expect("targets");
         assert_eq!(targets.len(), 1, "{r}");
         assert_eq!(targets[0]["platform"], "webpush");
+        // The providers' series on /metrics (counted just after each answer: polled).
+        let want = [
+            "messenger_push_sent_total{provider=\"apns\"} 3",
+            "messenger_push_sent_total{provider=\"web_push\"} 5",
+            "messenger_push_targets_removed_total{provider=\"apns\"} 1",
+            "messenger_push_failed_total{provider=\"apns\",reason=\"credentials\"} 0",
+        ];
+        let end = Instant::now() + Duration::from_secs(20);
+        let m = loop {
+            let m = srv.metrics().await;
+            if want.iter().all(|w| m.lines().any(|l| l == *w)) {
+                break m;
+            }
+            assert!(Instant::now() < end, "expected {want:?} in\n{m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let value = |series: &str| -> f64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{series} missing from\n{m}"))
+        };
+        assert!(value("messenger_push_request_seconds_count{provider=\"web_push\"}") >= 5.0);
     })
     .await
     .expect("test timed out");

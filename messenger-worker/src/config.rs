@@ -9,7 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use messenger_kafka::KafkaOptions;
-use messenger_push::RetryPolicy;
+use messenger_push::{PushSettings, RetryPolicy, WebhookSettings};
 use serde::{Deserialize, Serialize};
 
 /// Everything the worker needs. `docs/operations.md` lists every key.
@@ -24,10 +24,14 @@ pub struct WorkerConfig {
     /// Events being handed off at once, across partitions (default 4096): the bound on
     /// memory and on how far the worker reads ahead of its committed offsets.
     pub max_in_flight: usize,
-    /// Retries of webhook and push deliveries before an event is dead-lettered.
+    /// Retries of application webhook deliveries before an event is dead-lettered.
     pub retry: RetrySection,
-    /// Push notifications for members with no live session.
-    pub push: PushSection,
+    /// The shared HBase store the servers use: where users' push targets and thread
+    /// mutes are read from (needed by APNs, FCM and Web Push).
+    pub hbase: HbaseSection,
+    /// Push notifications for members with no live session: the same `[push]`
+    /// sections as messenger-server's (`messenger_push::settings`).
+    pub push: PushSettings,
     /// Application webhooks: each gets the events it subscribes to, signed.
     pub webhooks: Vec<WebhookEndpoint>,
 }
@@ -39,7 +43,8 @@ impl Default for WorkerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             max_in_flight: 4096,
             retry: RetrySection::default(),
-            push: PushSection::default(),
+            hbase: HbaseSection::default(),
+            push: PushSettings::default(),
             webhooks: Vec::new(),
         }
     }
@@ -134,68 +139,31 @@ impl RetrySection {
     }
 }
 
-/// `[push]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PushSection {
-    /// Groups with more members than this get throttled push (default 100, as the
-    /// engine).
-    pub large_group_threshold: Option<usize>,
-    /// In a large group, at most one push per member and thread per this interval
-    /// (default 60s).
-    #[serde(with = "humantime_serde")]
-    pub large_group_interval: Option<Duration>,
-    /// The webhook push provider: every notification is POSTed, signed, here.
-    pub webhook: Option<Endpoint>,
-}
-
-impl PushSection {
-    /// The large-group threshold.
-    pub fn threshold(&self) -> usize {
-        self.large_group_threshold.unwrap_or(100)
-    }
-
-    /// The large-group interval.
-    pub fn interval(&self) -> Duration {
-        self.large_group_interval.unwrap_or(Duration::from_secs(60))
-    }
-}
-
-/// A URL with its signing secret.
+/// `[hbase]`: the servers' HBase (Thrift2 gateway), for the push registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    /// Where to POST.
-    pub url: String,
-    /// The HMAC secret, or
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// the name of an environment variable that holds it (keeps it out of the file).
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// Per-request timeout (default 10s).
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+#[serde(deny_unknown_fields, default)]
+pub struct HbaseSection {
+    /// Thrift2 gateway `host:port`, the one the servers use (`--hbase`). Default none.
+    pub address: Option<String>,
+    /// Prefix of the HBase table names, as the servers' (default `messenger_`).
+    pub table_prefix: String,
+    /// Most concurrent Thrift connections (default 8: the worker only reads targets
+    /// and mutes, and removes gone targets).
+    pub pool_size: usize,
 }
 
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl Endpoint {
-    /// The secret, from the config or the environment.
-    pub fn secret(&self, what: &str) -> Result<String, String> {
-        match (&self.secret, &self.secret_env) {
-            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
-            (_, Some(var)) => std::env::var(var).map_err(|_| {
-                format!("{what}: the environment variable {var} (secret_env) is not set")
-            }),
-            _ => Err(format!(
-                "{what}: a signing secret is required (secret = \"...\" or secret_env = \"VAR\")"
-            )),
+impl Default for HbaseSection {
+    fn default() -> Self {
+        HbaseSection {
+            address: None,
+            table_prefix: "messenger_".into(),
+            pool_size: 8,
         }
     }
 }
+
+/// A URL with its signing secret (`[push.webhook]`, each of `[[webhooks]]`).
+pub type Endpoint = WebhookSettings;
 
 /// `[[webhooks]]`: one application endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +228,8 @@ pub struct Overrides {
     pub group: Option<String>,
     /// `--listen`.
     pub listen: Option<SocketAddr>,
+    /// `--hbase`.
+    pub hbase: Option<String>,
     /// `--kafka-property`.
     pub properties: Vec<(String, String)>,
 }
@@ -286,6 +256,10 @@ impl WorkerConfig {
         if let Some(l) = flags.listen {
             cfg.listen = l;
         }
+        if let Some(h) = &flags.hbase {
+            cfg.hbase.address = Some(h.clone());
+        }
+        cfg.hbase.address = cfg.hbase.address.filter(|a| !a.trim().is_empty());
         for (k, v) in &flags.properties {
             cfg.kafka.properties.insert(k.clone(), v.clone());
         }
@@ -311,24 +285,35 @@ impl WorkerConfig {
         if self.max_in_flight == 0 {
             return Err("max_in_flight must be at least 1".into());
         }
-        if self.push.webhook.is_none() && self.webhooks.is_empty() {
+        if !self.push.enabled() && self.webhooks.is_empty() {
             return Err(
-                "nothing to hand events to: configure [push.webhook] and/or \
-                        [[webhooks]] (see docs/operations.md)"
+                "nothing to hand events to: configure push providers ([push.apns], \
+                 [push.fcm], [push.webpush], [push.webhook]) and/or [[webhooks]] (see \
+                 docs/operations.md)"
                     .into(),
             );
         }
-        if let Some(p) = &self.push.webhook {
-            check_url("push.webhook.url", &p.url)?;
-            p.secret("push.webhook")?;
+        self.push.validate()?;
+        if self.push.device_providers() && self.hbase.address.is_none() {
+            return Err(format!(
+                "push providers {:?} send to the devices and browsers users registered, \
+                 which the worker reads from the servers' shared HBase store: set \
+                 hbase.address (--hbase HOST:PORT, MESSENGER_WORKER_HBASE__ADDRESS) to the \
+                 Thrift2 gateway the servers use. A server on the embedded store (SQLite \
+                 or memory) is one process that no worker can share: configure [push] on \
+                 that server instead",
+                self.push.provider_names()
+            ));
+        }
+        if self.hbase.pool_size == 0 {
+            return Err("hbase.pool_size must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
         for w in &self.webhooks {
             if !names.insert(&w.name) {
                 return Err(format!("two webhooks are named {:?}", w.name));
             }
-            check_url(&format!("webhooks.{}.url", w.name), &w.endpoint.url)?;
-            w.endpoint.secret(&format!("webhook {}", w.name))?;
+            w.endpoint.validate(&format!("webhooks.{}", w.name))?;
             for e in &w.events {
                 if e != "*" && !EVENT_TYPES.contains(&e.as_str()) {
                     return Err(format!(
@@ -346,15 +331,5 @@ impl WorkerConfig {
             }
         }
         Ok(())
-    }
-}
-
-fn check_url(what: &str, url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} must be an http:// or https:// URL, got {url:?}"
-        ))
     }
 }

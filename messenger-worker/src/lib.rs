@@ -4,8 +4,11 @@
 //! (produced by `messenger-server --kafka`) and hand each event off:
 //!
 //! - push notifications for the members with no live session of each
-//!   `message.created`, through [`messenger_push`] providers (the webhook provider
-//!   here), throttled per user and thread in large groups as the engine does;
+//!   `message.created`, through [`messenger_push`] providers: APNs, FCM and Web Push
+//!   to the devices and browsers users registered (read, with thread mutes, from the
+//!   servers' shared HBase store: `[hbase]`), and/or the signed push webhook;
+//!   throttled per user and thread in large groups as the engine does. The `[push]`
+//!   sections are the server's ([`messenger_push::settings`]);
 //! - signed webhooks to the application's endpoints, for the event types each
 //!   subscribes to, one request per event or batched, retried with jittered
 //!   exponential backoff and dead-lettered after the last try.
@@ -24,8 +27,9 @@ mod metrics;
 mod worker;
 
 pub use config::{
-    Endpoint, KafkaSection, Overrides, PushSection, RetrySection, WebhookEndpoint, WorkerConfig,
+    Endpoint, HbaseSection, KafkaSection, Overrides, RetrySection, WebhookEndpoint, WorkerConfig,
     EVENT_TYPES,
 };
+pub use messenger_push::PushSettings;
 pub use metrics::Metrics;
 pub use worker::{run, WorkerError};

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use messenger_worker::{Overrides, WorkerConfig, WorkerError};
 
-/// Reads messenger's event log from Kafka and hands off push notifications and signed
-/// webhooks. Configuration: a TOML file (--config), then MESSENGER_WORKER_* environment
-/// variables (nested keys joined with __, e.g. MESSENGER_WORKER_KAFKA__BROKERS), then
+/// Reads messenger's event log from Kafka and hands off push notifications (APNs, FCM,
+/// Web Push, the push webhook) and signed webhooks. Configuration: a TOML file
+/// (--config), then MESSENGER_WORKER_* environment variables (nested keys joined with
+/// __, e.g. MESSENGER_WORKER_KAFKA__BROKERS), then
 /// these flags.
 #[derive(Parser, Debug)]
 #[command(name = "messenger-worker", version)]
@@ -27,6 +28,10 @@ struct Args {
     /// Where /metrics and /healthz listen (default 127.0.0.1:9100).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The servers' HBase Thrift2 gateway, HOST:PORT: where users' push targets and
+    /// thread mutes are read from (needed by [push.apns], [push.fcm], [push.webpush]).
+    #[arg(long, value_name = "HOST:PORT")]
+    hbase: Option<String>,
     /// An extra librdkafka property, KEY=VALUE (repeatable), e.g.
     /// security.protocol=SASL_SSL.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = messenger_kafka::parse_property)]
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         brokers: args.kafka,
         group: args.group,
         listen: args.listen,
+        hbase: args.hbase,
         properties: args.kafka_property,
     };
     let cfg = match WorkerConfig::load(args.config.as_ref(), &flags) {

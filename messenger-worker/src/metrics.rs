@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use messenger_push::PushMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,9 +44,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric registered.
-    pub fn new() -> Arc<Metrics> {
+    /// A fresh registry with every metric registered, the push providers' too
+    /// (`push_sent_total{provider}` ..., see [`messenger_push::metrics`]) when given.
+    pub fn new(push: Option<&PushMetrics>) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("messenger_worker");
+        if let Some(p) = push {
+            p.register(&mut registry);
+        }
         let events = Family::<Labels, Counter>::default();
         let webhook_requests = Family::<Labels, Counter>::default();
         let webhook_events = Family::<Labels, Counter>::default();

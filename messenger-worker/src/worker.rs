@@ -12,13 +12,11 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use messenger_core::events::{Event, EventBody, EventId, MessageCreated};
 use messenger_core::time::now_ms;
+use messenger_core::PushRegistry;
 use messenger_core::{ThreadId, UserId};
 use messenger_kafka::{ensure_topics, TopicSpec};
 use messenger_push::webhook::WebhookClient;
-use messenger_push::{
-    Notification, Outcome, Platform, PushService, PushTarget, RetryPolicy, StaticTargets,
-    WebhookProvider,
-};
+use messenger_push::{Notification, Outcome, PushService, RetryPolicy};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -44,6 +42,9 @@ pub enum WorkerError {
     /// Kafka could not be used (unreachable, a topic missing and not creatable).
     #[error("{0}")]
     Kafka(String),
+    /// The push registry's store (HBase) could not be used.
+    #[error("{0}")]
+    Store(String),
     /// The HTTP listener failed.
     #[error("cannot listen on {addr} for /metrics and /healthz: {source}")]
     Listen {
@@ -476,6 +477,44 @@ async fn batcher(
     }
 }
 
+/// The push service of `[push]`: over the users' registrations and mutes in the shared
+/// HBase store when `[hbase]` is set (APNs, FCM and Web Push need it; `validate`
+/// refuses them without), else only the push webhook gets every notification.
+async fn push_service(cfg: &WorkerConfig) -> Result<Option<PushService>, WorkerError> {
+    if !cfg.push.enabled() {
+        return Ok(None);
+    }
+    let registry: Option<Arc<dyn PushRegistry>> = match &cfg.hbase.address {
+        Some(addr) => {
+            let mut opts = messenger_storage_hbase::HBaseOptions::new(addr)
+                .with_table_prefix(cfg.hbase.table_prefix.clone())
+                .with_pool_size(cfg.hbase.pool_size);
+            // The servers create the tables; a worker that created them would hide a
+            // wrong prefix behind empty registries.
+            opts.create_tables = false;
+            let store = messenger_storage_hbase::HBaseStore::connect(opts)
+                .await
+                .map_err(|e| {
+                    WorkerError::Store(format!(
+                        "cannot use HBase at {addr} (tables {}*) for the push registry: {}. \
+                         Check that the HBase Thrift2 gateway the servers use answers there \
+                         and that a server has created its tables with this prefix, or fix \
+                         hbase.address (--hbase) / hbase.table_prefix",
+                        cfg.hbase.table_prefix,
+                        e.message()
+                    ))
+                })?;
+            tracing::info!(%addr, prefix = %cfg.hbase.table_prefix,
+                "push targets and mutes: read from HBase");
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    cfg.push
+        .service(registry)
+        .map_err(|e| WorkerError::Config(e.to_string()))
+}
+
 fn kafka_err(e: messenger_core::Error) -> WorkerError {
     WorkerError::Kafka(e.message().to_string())
 }
@@ -504,7 +543,8 @@ pub async fn run(
             addr: cfg.listen,
             source,
         })?;
-    let metrics = Metrics::new();
+    let push = push_service(&cfg).await?;
+    let metrics = Metrics::new(push.as_ref().map(|p| p.metrics()));
     let offsets = Arc::new(Offsets {
         topic: cfg.kafka.events_topic.clone(),
         parts: Mutex::new(HashMap::new()),
@@ -538,23 +578,6 @@ pub async fn run(
         .create()
         .map_err(|e| WorkerError::Config(format!("bad Kafka producer configuration: {e}")))?;
     let retry = cfg.retry.policy();
-    let push = match &cfg.push.webhook {
-        Some(p) => {
-            let secret = p.secret("push.webhook").map_err(WorkerError::Config)?;
-            let client = WebhookClient::new(secret.into_bytes(), p.timeout)
-                .map_err(|e| WorkerError::Config(format!("push webhook client: {e}")))?;
-            Some(
-                PushService::new(Arc::new(StaticTargets(vec![PushTarget::new(
-                    "push-webhook",
-                    Platform::Webhook,
-                    &p.url,
-                )])))
-                .with_provider(Arc::new(WebhookProvider::new(client)))
-                .with_retry(retry),
-            )
-        }
-        None => None,
-    };
     let mut endpoints = Vec::new();
     let mut batchers = Vec::new();
     for w in &cfg.webhooks {
@@ -574,7 +597,10 @@ pub async fn run(
         dlq,
         push,
         endpoints,
-        throttle: PushThrottle::new(cfg.push.threshold(), cfg.push.interval()),
+        throttle: PushThrottle::new(
+            cfg.push.large_group_threshold,
+            cfg.push.large_group_interval,
+        ),
     });
     for (w, client, rx) in batchers {
         tokio::spawn(batcher(Arc::downgrade(&shared), w, client, retry, rx));
@@ -598,7 +624,8 @@ pub async fn run(
         topic = %cfg.kafka.events_topic,
         listen = %cfg.listen,
         webhooks = cfg.webhooks.len(),
-        push = cfg.push.webhook.is_some(),
+        push = ?cfg.push.provider_names(),
+        hbase = cfg.hbase.address.as_deref().unwrap_or("none"),
         "messenger-worker running"
     );
 

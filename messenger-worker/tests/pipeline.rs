@@ -3,10 +3,13 @@
 //! and `messenger-worker` processes, a local webhook receiver in this test process,
 //! WebSocket clients. Messages and threads stay in each server's memory (the
 //! HBase-backed cluster is `messenger-server`'s processes test); what crosses nodes here
-//! goes through Kafka: the relay and the event log.
+//! goes through Kafka: the relay and the event log. The push test puts a server and the
+//! worker on one real HBase (the push registry) and local APNs, FCM and Web Push
+//! endpoints (`messenger_push::testkit`).
 //!
 //! Kafka: one private broker for this test binary (`scripts/kafka.sh`, stopped when the
-//! process exits). Redis: a `redis-server` per test. The server binary is the one
+//! process exits). HBase: `messenger_test_support::hbase` (started on first use, or
+//! `MESSENGER_TEST_HBASE`). Redis: a `redis-server` per test. The server binary is the one
 //! `cargo test --workspace` (scripts/test.sh) builds next to this test; run
 //! `cargo build -p messenger-server` first when running this crate's tests alone.
 //! The tests run one at a time (they share the broker, and one restarts it).
@@ -846,6 +849,17 @@ async fn bad_configuration_exits_non_zero_with_a_message() {
     let (code, err) = run_worker(&["--kafka", &brokers, "--config", &push], &[]);
     assert_eq!(code, 2, "unknown keys are refused: {err}");
     assert!(err.contains("connect_timeout_note"), "{err}");
+    // Device providers need the registrations: the shared HBase store.
+    let apns = write(
+        "apns-no-hbase.toml",
+        "[push.apns]\nkey_file = \"/nonexistent.p8\"\nkey_id = \"K\"\nteam_id = \"T\"\n",
+    );
+    let (code, err) = run_worker(&["--kafka", &brokers, "--config", &apns], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hbase.address") && err.contains("SQLite"),
+        "{err}"
+    );
     let push = write(
         "push-ok.toml",
         "[kafka]\nconnect_timeout = \"2s\"\n[push.webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"s\"\n",
@@ -925,4 +939,324 @@ async fn bad_configuration_exits_non_zero_with_a_message() {
         err.contains("cannot use Kafka") && err.contains("cannot reach"),
         "{err}"
     );
+}
+
+/// A worker's `/metrics` sample `name` (the full series with labels), 0 when absent.
+async fn worker_metric(listen: SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(listen, "/metrics").await.unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Where the event of message `id` is in the event log: (partition, offset).
+async fn event_position(brokers: &str, id: &str) -> (i32, i64) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", uniq("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&["messenger.events"])
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event {id} in the log within 60 s"))
+            .expect("consume");
+        let v: Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        if v["id"] == id {
+            return (m.partition(), m.offset());
+        }
+    }
+}
+
+/// Waits until consumer group `group` committed past `offset` of `partition`: the
+/// worker commits only past events whose every hand-off finished.
+async fn wait_committed(brokers: &str, group: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let (brokers, group) = (brokers.to_string(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition("messenger.events", partition);
+            let at = c
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .ok()
+                .and_then(|t| t.elements().first().map(|e| e.offset()));
+            if let Some(Offset::Offset(o)) = at {
+                if o > offset {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} did not commit past {partition}/{offset} within 60 s (at {at:?})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("committed offsets");
+}
+
+/// The seed's push path with real processes: a device registered through the protocol
+/// on the server (stored in HBase), its user offline, a message sent; the worker reads
+/// the event from Kafka, the user's targets and mutes from the same HBase, and sends
+/// through the real APNs, FCM and Web Push protocols to local endpoints
+/// (`messenger_push::testkit`). A muted thread gets nothing; a token FCM reports gone is
+/// unregistered in HBase; the providers' metrics are on the worker's /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_notifies_registered_devices_through_apns_fcm_and_web_push() {
+    use messenger_push::testkit::{FakeApns, FakeFcm, FakeWebPush, TestPki};
+    use messenger_push::VapidKey;
+
+    let _serial = SERIAL.lock().await;
+    let brokers = brokers().await;
+    let hbase = tokio::task::spawn_blocking(|| messenger_test_support::hbase::hbase().addr.clone())
+        .await
+        .expect("hbase");
+    let prefix = format!("{}_", uniq("pushw"));
+    let pki = TestPki::new();
+    let apns = FakeApns::start(&pki).await;
+    let fcm = FakeFcm::start(&pki).await;
+    let wp = FakeWebPush::start(&pki).await;
+    let dir = log_dir();
+    let write = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).expect("write");
+        p.display().to_string()
+    };
+    let (key, ca) = (
+        write("apns.p8", &apns.key_pem),
+        write("ca.pem", &pki.ca_pem),
+    );
+    let account = write("fcm.json", &fcm.service_account_json());
+    let vapid = write("vapid.key", &VapidKey::generate().private_key_base64url());
+
+    // One server on HBase with the event log on Kafka; no push provider of its own.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut srv = Proc::spawn(
+        "push-srv",
+        &server_bin(),
+        &[
+            "--listen".into(),
+            addr.to_string(),
+            "--kafka".into(),
+            brokers.clone(),
+            "--hbase".into(),
+            hbase.clone(),
+            "--hbase-table-prefix".into(),
+            prefix.clone(),
+        ],
+    );
+    wait_healthy(&mut srv, addr).await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let group = uniq("g");
+    let config = write(
+        "w-push.toml",
+        &format!(
+            r#"listen = "{listen}"
+[kafka]
+brokers = "{brokers}"
+group = "{group}"
+[hbase]
+address = "{hbase}"
+table_prefix = "{prefix}"
+[push]
+attempts = 2
+[push.apns]
+key_file = "{key}"
+key_id = "{key_id}"
+team_id = "{team_id}"
+topic = "com.example.chat"
+endpoint = "{apns_url}"
+sandbox_endpoint = "{apns_url}"
+ca_file = "{ca}"
+[push.fcm]
+service_account_file = "{account}"
+endpoint = "{fcm_url}"
+ca_file = "{ca}"
+[push.webpush]
+vapid_key_file = "{vapid}"
+subject = "mailto:ops@example.com"
+ca_file = "{ca}"
+"#,
+            key_id = apns.key_id,
+            team_id = apns.team_id,
+            apns_url = apns.url,
+            fcm_url = fcm.url,
+        ),
+    );
+    let mut wk = Proc::spawn(
+        "w-push",
+        Path::new(env!("CARGO_BIN_EXE_messenger-worker")),
+        &["--config".into(), config],
+    );
+    wait_worker(&mut wk, listen).await;
+
+    // bob registers an iPhone, an Android phone and a browser, and mutes one thread.
+    let (alice, bob) = (uniq("alice"), uniq("bob"));
+    let mut wa = connect(addr, &alice).await;
+    let mut wb = connect(addr, &bob).await;
+    let open = create_group(&mut wa, &alice, &[&bob]).await;
+    let _ = next_of(&mut wb, &bob, "thread").await;
+    let quiet = create_group(&mut wa, &alice, &[&bob]).await;
+    let _ = next_of(&mut wb, &bob, "thread").await;
+    let apns_token = "ab".repeat(32);
+    let fcm_token = format!("fcm-{}", "x1".repeat(40));
+    let sub = wp.subscribe();
+    for (i, reg) in [
+        json!({"type":"register_push_target","platform":"apns","token":apns_token}),
+        json!({"type":"register_push_target","platform":"fcm","token":fcm_token,"locale":"de"}),
+        json!({"type":"register_push_target","platform":"webpush",
+               "subscription":{"endpoint":sub.endpoint,"keys":{"p256dh":sub.p256dh,"auth":sub.auth}}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut reg = reg;
+        reg["req_id"] = json!(i);
+        send(&mut wb, reg).await;
+        let r = next_of(&mut wb, &bob, "push_target").await;
+        assert_eq!(r["req_id"], json!(i), "{r}");
+    }
+    send(
+        &mut wb,
+        json!({"type":"mute_thread","thread_id":quiet,"req_id":"m"}),
+    )
+    .await;
+    let r = next_of(&mut wb, &bob, "thread_mute").await;
+    assert_eq!(r["muted"], true, "{r}");
+    // bob goes offline (alice sees it), then alice writes in both threads.
+    send(
+        &mut wa,
+        json!({"type":"presence_subscribe","user_ids":[bob],"req_id":"p"}),
+    )
+    .await;
+    drop(wb);
+    loop {
+        let p = next_of(&mut wa, &alice, "presence").await;
+        if p["user_id"] == bob.as_str() && p["status"] == "offline" {
+            break;
+        }
+    }
+    let m1 = send_text(&mut wa, &alice, &open, "o1", "hello bob").await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let muted = send_text(&mut wa, &alice, &quiet, "q1", "muted").await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let apns_ids = || -> Vec<String> {
+        apns.accepted()
+            .iter()
+            .map(|a| a.payload["message_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let fcm_ids = || -> Vec<String> {
+        fcm.accepted()
+            .iter()
+            .map(|m| m["data"]["message_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let wp_ids = || -> Vec<String> {
+        wp.accepted()
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<Value>(&m.plaintext).expect("json")["data"]["message_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let has = |ids: Vec<String>, id: &str| ids.iter().filter(|x| x.as_str() == id).count();
+    wait_for("m1 on every device", Duration::from_secs(60), || {
+        has(apns_ids(), &m1) == 1 && has(fcm_ids(), &m1) == 1 && has(wp_ids(), &m1) == 1
+    })
+    .await;
+    let (part, off) = event_position(&brokers, &muted).await;
+    wait_committed(&brokers, &group, part, off).await;
+    assert_eq!(
+        has(apns_ids(), &muted),
+        0,
+        "a muted thread: nothing to APNs"
+    );
+    assert_eq!(has(fcm_ids(), &muted), 0, "nothing to FCM");
+    assert_eq!(has(wp_ids(), &muted), 0, "nothing to Web Push");
+    let a = &apns.accepted()[0];
+    assert_eq!(a.token, apns_token);
+    assert_eq!(a.payload["aps"]["alert"]["title"], alice.as_str());
+    assert_eq!(a.payload["aps"]["alert"]["body"], "hello bob");
+    assert_eq!(
+        fcm.accepted()[0]["token"],
+        fcm_token.as_str(),
+        "{:?}",
+        fcm.accepted()
+    );
+
+    // FCM reports the token gone: the worker unregisters it in HBase; the others stay.
+    fcm.unregister(&fcm_token);
+    let m2 = send_text(&mut wa, &alice, &open, "o2", "again").await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_for("m2 on APNs and Web Push", Duration::from_secs(60), || {
+        has(apns_ids(), &m2) == 1 && has(wp_ids(), &m2) == 1
+    })
+    .await;
+    let (part, off) = event_position(&brokers, &m2).await;
+    wait_committed(&brokers, &group, part, off).await;
+    let removed = "messenger_worker_push_targets_removed_total{provider=\"fcm\"}";
+    assert_eq!(worker_metric(listen, removed).await, 1.0);
+    let mut wb = connect(addr, &bob).await;
+    send(&mut wb, json!({"type":"list_push_targets","req_id":"l"})).await;
+    let r = next_of(&mut wb, &bob, "push_targets").await;
+    let platforms: BTreeSet<String> = r["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| t["platform"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        platforms,
+        BTreeSet::from(["apns".to_string(), "webpush".to_string()]),
+        "{r}"
+    );
+    for (series, at_least) in [
+        ("messenger_worker_push_sent_total{provider=\"apns\"}", 2.0),
+        ("messenger_worker_push_sent_total{provider=\"fcm\"}", 1.0),
+        (
+            "messenger_worker_push_sent_total{provider=\"web_push\"}",
+            2.0,
+        ),
+        (
+            "messenger_worker_push_request_seconds_count{provider=\"apns\"}",
+            2.0,
+        ),
+    ] {
+        let v = worker_metric(listen, series).await;
+        assert!(
+            v >= at_least,
+            "{series} = {v}, expected at least {at_least}"
+        );
+    }
+    wk.assert_running();
+    srv.assert_running();
 }
