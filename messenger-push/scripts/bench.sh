@@ -5,6 +5,10 @@
 #
 #   messenger-push/scripts/bench.sh [OUT_DIR] [RUNS] [N] [CONCURRENCY]
 #
+# PROFILE=webpush (or apns, fcm) afterwards runs that sender once more (PROFILE_N
+# notifications, default 5000) under /usr/bin/time and once under `perf record`, and
+# writes $OUT/PROFILE.time (CPU seconds) and $OUT/PROFILE.perf.txt (the flat profile).
+#
 # Run it under /work/tools/quiet on a shared machine. Needs taskset (util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,3 +42,19 @@ rates = sorted(r["per_sec"] for r in rows)
 print(f'{rows[0]["provider"]}: median {statistics.median(rates):.0f}/s over {len(rates)} runs ({", ".join(f"{x:.0f}" for x in rates)})')
 PY
 done
+if [ -n "${PROFILE:-}" ]; then
+  PN=${PROFILE_N:-5000}
+  echo "profiling the $PROFILE sender: $PN notifications"
+  /usr/bin/time -f "%U s user, %S s sys, %e s wall for $PN notifications" \
+    -o "$OUT/$PROFILE.time" taskset -c 1 "$BIN" send "$PARAMS" "$PROFILE" "$PN" "$CONC"
+  cat "$OUT/$PROFILE.time"
+  if command -v perf >/dev/null 2>&1; then
+    perf record -q -F 999 -o "$OUT/$PROFILE.perf.data" -- \
+      taskset -c 1 "$BIN" send "$PARAMS" "$PROFILE" "$PN" "$CONC" >/dev/null
+    perf report -i "$OUT/$PROFILE.perf.data" --stdio --no-children --sort dso,symbol \
+      --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' > "$OUT/$PROFILE.perf.txt" || true
+    head -40 "$OUT/$PROFILE.perf.txt"
+  else
+    echo "perf is not installed: no profile"
+  fi
+fi
