@@ -521,7 +521,7 @@ events = ["thread.created"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The broken endpoint's thread.created is dead-lettered after 3 tries.
-    let dlq = read_topic(&brokers, "messenger.events.dlq", |v| {
+    let (dlq, _, _) = read_topic(&brokers, "messenger.events.dlq", |v| {
         v["kind"] == "webhook"
             && v["endpoint"] == "broken"
             && v["event"]["data"]["thread_id"] == thread.as_str()
@@ -583,8 +583,13 @@ events = ["thread.created"]
     wp.assert_running();
 }
 
-/// Reads `topic` from the start until a record's JSON matches `pred`.
-async fn read_topic(brokers: &str, topic: &str, pred: impl Fn(&Value) -> bool) -> Value {
+/// Reads `topic` from the start until a record's JSON matches `pred`: the record, its
+/// partition and offset.
+async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> (Value, i32, i64) {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", uniq("reader"))
@@ -593,17 +598,17 @@ async fn read_topic(brokers: &str, topic: &str, pred: impl Fn(&Value) -> bool) -
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("no matching record in {topic} within 30 s"))
+            .unwrap_or_else(|_| panic!("no matching record in {topic} within 60 s"))
             .expect("consume");
         let v: Value =
             serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
         if pred(&v) {
-            return v;
+            return (v, m.partition(), m.offset());
         }
     }
 }
@@ -952,29 +957,8 @@ async fn worker_metric(listen: SocketAddr, series: &str) -> f64 {
 
 /// Where the event of message `id` is in the event log: (partition, offset).
 async fn event_position(brokers: &str, id: &str) -> (i32, i64) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", uniq("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&["messenger.events"])
-        .expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no event {id} in the log within 60 s"))
-            .expect("consume");
-        let v: Value =
-            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
-        if v["id"] == id {
-            return (m.partition(), m.offset());
-        }
-    }
+    let (_, partition, offset) = read_topic(brokers, "messenger.events", |v| v["id"] == id).await;
+    (partition, offset)
 }
 
 /// Waits until consumer group `group` committed past `offset` of `partition`: the
