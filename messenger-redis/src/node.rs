@@ -174,20 +174,30 @@ impl Shared {
                 std::mem::take(&mut l.failed_offline),
             )
         };
-        let mut first_err = None;
-        for e in unreg {
+        // The first failure ends the pass: Redis is most likely still unreachable, and
+        // trying the thousands of others one by one (each waiting up to op_timeout)
+        // would hold the heartbeat, and a shutdown waiting for it, for as many
+        // timeouts. What was not done stays queued for the next heartbeat.
+        let mut unreg = unreg.into_iter();
+        while let Some(e) = unreg.next() {
             if let Err(err) = adapters::unregister_entry(self, &e).await {
-                self.local().failed_unregister.insert(e);
-                first_err.get_or_insert(err);
+                let mut l = self.local();
+                l.failed_unregister.insert(e);
+                l.failed_unregister.extend(unreg);
+                l.failed_offline.extend(offline);
+                return Err(err);
             }
         }
-        for ((u, s), seen) in offline {
+        let mut offline = offline.into_iter();
+        while let Some(((u, s), seen)) = offline.next() {
             if let Err(err) = adapters::set_offline(self, &u, &s, seen).await {
-                self.local().failed_offline.insert((u, s), seen);
-                first_err.get_or_insert(err);
+                let mut l = self.local();
+                l.failed_offline.insert((u, s), seen);
+                l.failed_offline.extend(offline);
+                return Err(err);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(())
     }
 
     pub fn subscription(&self, channel: String) -> SubscriptionParams {
@@ -495,38 +505,48 @@ async fn heartbeat(sh: Weak<Shared>, mut shutdown: watch::Receiver<bool>, every:
             _ = shutdown.changed() => return,
         }
         let Some(sh) = sh.upgrade() else { return };
-        match sh.claim("refresh").await {
-            Ok(1) => {
-                if !sh.claim_held.send_replace(true) {
-                    tracing::info!(node = %sh.node, "node id claim held again");
-                }
-            }
-            Ok(2) => {
-                tracing::warn!(node = %sh.node,
-                    "node id claim had expired (redis restarted or heartbeats were missed); \
-                     re-claimed it and re-registering this node's sessions");
-                sh.claim_held.send_replace(true);
-                need_resync = true;
-            }
-            Ok(_) => {
-                if sh.claim_held.send_replace(false) {
-                    tracing::error!(node = %sh.node,
-                        "node id is now claimed by another instance: two nodes run with one id; \
-                         this node's sessions will be reaped");
-                }
-                need_resync = false;
-            }
-            Err(e) => tracing::warn!(node = %sh.node, error = %e, "heartbeat failed"),
+        // A shutdown does not wait for a pass that is stuck on an unreachable Redis:
+        // the shutdown removes this node's sessions in one go anyway.
+        tokio::select! {
+            _ = heartbeat_pass(&sh, &mut need_resync) => {}
+            _ = shutdown.changed() => return,
         }
-        if let Err(e) = sh.retry_failed_removals().await {
-            tracing::debug!(node = %sh.node, error = %e, "retrying failed removals failed");
+    }
+}
+
+/// One heartbeat: refresh the claim, retry failed removals, re-register after a loss.
+async fn heartbeat_pass(sh: &Shared, need_resync: &mut bool) {
+    match sh.claim("refresh").await {
+        Ok(1) => {
+            if !sh.claim_held.send_replace(true) {
+                tracing::info!(node = %sh.node, "node id claim held again");
+            }
         }
-        if need_resync {
-            match sh.resync().await {
-                Ok(()) => need_resync = false,
-                Err(e) => {
-                    tracing::warn!(node = %sh.node, error = %e, "re-registering sessions failed; retrying")
-                }
+        Ok(2) => {
+            tracing::warn!(node = %sh.node,
+                "node id claim had expired (redis restarted or heartbeats were missed); \
+                 re-claimed it and re-registering this node's sessions");
+            sh.claim_held.send_replace(true);
+            *need_resync = true;
+        }
+        Ok(_) => {
+            if sh.claim_held.send_replace(false) {
+                tracing::error!(node = %sh.node,
+                    "node id is now claimed by another instance: two nodes run with one id; \
+                     this node's sessions will be reaped");
+            }
+            *need_resync = false;
+        }
+        Err(e) => tracing::warn!(node = %sh.node, error = %e, "heartbeat failed"),
+    }
+    if let Err(e) = sh.retry_failed_removals().await {
+        tracing::debug!(node = %sh.node, error = %e, "retrying failed removals failed");
+    }
+    if *need_resync {
+        match sh.resync().await {
+            Ok(()) => *need_resync = false,
+            Err(e) => {
+                tracing::warn!(node = %sh.node, error = %e, "re-registering sessions failed; retrying")
             }
         }
     }

@@ -276,3 +276,69 @@ async fn failed_offline_is_retried_after_a_stall() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_while_redis_stalls() {
+    // A node whose sessions all ended while Redis did not answer holds hundreds of
+    // removals to retry. Its shutdown must not wait for them one timeout at a time
+    // (it removes the node's sessions in one go, or leaves them to the reapers).
+    let server = common::RedisServer::start();
+    let opts = common::fast_options("stallstop");
+    let a = RedisCluster::connect(&server.url(), node(1), opts.clone())
+        .await
+        .unwrap();
+    let (dir, pres) = (a.directory(), a.presence());
+    let prefix = common::unique_prefix("many");
+    let entries: Vec<SessionEntry> = (0..200)
+        .map(|i| SessionEntry {
+            user_id: UserId::new(format!("{prefix}-{i}")).unwrap(),
+            session_id: SessionId::new(format!("s-{i}")).unwrap(),
+            node: node(1),
+        })
+        .collect();
+    for e in &entries {
+        dir.register(e).await.unwrap();
+        pres.set_online(&e.user_id, &e.session_id, node(1))
+            .await
+            .unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(120_000)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    // Every session ends during the stall: 400 removals fail and are queued.
+    let fails = futures::future::join_all(entries.iter().map(|e| {
+        let (dir, pres) = (dir.clone(), pres.clone());
+        async move {
+            let a = dir.unregister(e).await;
+            let b = pres.set_offline(&e.user_id, &e.session_id, now_ms()).await;
+            a.is_err() as u32 + b.is_err() as u32
+        }
+    }))
+    .await
+    .into_iter()
+    .sum::<u32>();
+    assert_eq!(fails, 400, "every removal fails while writes are paused");
+    // Let a heartbeat start retrying them (one op_timeout each before this fix).
+    tokio::time::sleep(opts.heartbeat_interval * 2).await;
+    let t = Instant::now();
+    let e = a.shutdown().await.expect_err("no clean leave while paused");
+    assert!(e.is_transient(), "{e}");
+    eprintln!("shutdown returned after {:?}: {e}", t.elapsed());
+    // Before: 400 removals x op_timeout (500 ms) = 200 s. Now: about two op_timeouts.
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+}
