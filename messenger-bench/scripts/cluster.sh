@@ -26,8 +26,14 @@ BENCH=${BENCH:-target/release/messenger-bench}
 mkdir -p "$OUT"
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Generators and servers first (a server leaves the cluster cleanly: it removes its
+  # sessions from Redis), Redis last.
+  [ ${#pids[@]} -gt 0 ] || return 0
+  local rest=("${pids[@]:1}")
+  for p in "${rest[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${rest[@]}"; do wait "$p" 2>/dev/null || true; done
+  kill "${pids[0]}" 2>/dev/null || true
+  wait "${pids[0]}" 2>/dev/null || true
 }
 trap cleanup EXIT
 

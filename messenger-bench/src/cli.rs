@@ -52,13 +52,17 @@ pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The server's WebSocket URL; `?token=USER` is appended (dev auth).
+    /// The server's WebSocket URL; `?token=USER` is appended (dev auth). Several URLs
+    /// separated by commas are the nodes of a cluster: connection i goes to URL i mod n,
+    /// so with two nodes both sides of every pair are on different nodes (cross-node
+    /// 1:1) and a group's members are spread over the nodes.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
-    /// The server's pid, to read its RSS from /proc/PID/status.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's pid, to read its RSS and CPU time from /proc; several pids
+    /// separated by commas (one per node) are summed.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// idle: connections to open; group: total members (groups = N / G);
     /// reconnect: clients dropped at once (K; as many peers stay connected).
@@ -226,7 +230,9 @@ impl Args {
         if self.per_source_ip == 0 || self.concurrency == 0 {
             return Err("--per-source-ip and --concurrency must be at least 1".into());
         }
-        crate::client::Target::parse(&self.url)?;
+        for url in self.url.split(',') {
+            crate::client::Target::parse(url)?;
+        }
         Ok(())
     }
 }
@@ -256,7 +262,7 @@ mod tests {
         .expect("parse");
         assert_eq!(a.scenario, Scenario::Pairs);
         assert_eq!(a.url, "ws://127.0.0.1:9000/ws");
-        assert_eq!(a.server_pid, Some(42));
+        assert_eq!(a.server_pid, vec![42]);
         assert_eq!(a.pairs, 50);
         assert_eq!(a.fixed_rate(), Some(5000.0));
         assert_eq!(a.duration, 3.0);

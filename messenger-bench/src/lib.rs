@@ -88,7 +88,7 @@ pub async fn run_scenario(args: Args) -> Result<Value, BoxError> {
             "warning: open-file limit is {limit}, {need} wanted; run as root or raise `ulimit -n`"
         );
     }
-    if let Some(pid) = args.server_pid {
+    for &pid in &args.server_pid {
         if let Some(l) = sys::nofile_limit_of(pid) {
             if l < n + 100 {
                 eprintln!("warning: the server (pid {pid}) may open only {l} files; start it under `ulimit -n {}`", n + 1024);
@@ -109,8 +109,12 @@ pub async fn run_scenario(args: Args) -> Result<Value, BoxError> {
         None
     } else {
         let ctx = Ctx {
-            target: Target::parse(&args.url)?,
-            pid: args.server_pid,
+            targets: args
+                .url
+                .split(',')
+                .map(Target::parse)
+                .collect::<Result<_, _>>()?,
+            pids: args.server_pid.clone(),
             label: "server",
             is_floor: false,
             run_id: format!("{run_id}s"),
@@ -134,8 +138,8 @@ pub async fn run_scenario(args: Args) -> Result<Value, BoxError> {
                 (None, f.to_string(), args.floor_pid)
             };
             let ctx = Ctx {
-                target: Target::parse(&url)?,
-                pid,
+                targets: vec![Target::parse(&url)?],
+                pids: pid.into_iter().collect(),
                 label: "floor",
                 is_floor: true,
                 run_id: format!("{run_id}f"),

@@ -28,10 +28,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Ctx {
     /// The command line.
     pub args: Args,
-    /// Where to connect.
-    pub target: Target,
-    /// The target's pid, for RSS.
-    pub pid: Option<u32>,
+    /// Where to connect: one server, or the nodes of a cluster (connection `i` goes to
+    /// `targets[i % len]`). Never empty.
+    pub targets: Vec<Target>,
+    /// The target's pids (one per node), for RSS and CPU, which are summed.
+    pub pids: Vec<u32>,
     /// `server` or `floor`, for progress lines.
     pub label: &'static str,
     /// Whether the target is the floor relay (which keeps no history).
@@ -41,8 +42,33 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Where connection `i` goes: round-robin over the targets, so that with two nodes
+    /// the two sides of each pair (users 2t and 2t+1) are on different nodes.
+    fn target(&self, i: usize) -> &Target {
+        &self.targets[i % self.targets.len()]
+    }
+
+    /// The targets' total RSS (None without pids or if one cannot be read).
+    fn rss(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids
+            .iter()
+            .map(|p| sys::rss_bytes(Some(*p)).ok())
+            .sum()
+    }
+
+    /// The targets' total CPU seconds (None without pids or if one cannot be read).
+    fn cpu_secs(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|p| sys::cpu_secs(Some(*p))).sum()
+    }
+
     fn source(&self, i: usize, total: usize) -> Option<std::net::Ipv4Addr> {
-        self.target.is_loopback_v4().then(|| {
+        self.targets.iter().all(Target::is_loopback_v4).then(|| {
             // Source block b: the server's run uses 127.0.(2b).1 and up, the floor's
             // 127.0.(2b+1).1 and up (254 addresses, up to ~7M connections, each).
             let base = (2 * self.args.source_block + usize::from(self.is_floor)) * 254;
@@ -51,7 +77,7 @@ impl Ctx {
     }
 }
 
-/// Runs the scenario of `ctx.args` against `ctx.target`.
+/// Runs the scenario of `ctx.args` against `ctx.targets`.
 pub async fn run(ctx: &Ctx) -> Result<Figures, BoxError> {
     match ctx.args.scenario {
         Scenario::Idle => idle(ctx).await,
@@ -112,7 +138,7 @@ async fn open_all(ctx: &Ctx, users: &[String], busy: bool) -> Vec<Result<Ws, Box
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
-        let target = ctx.target.clone();
+        let target = ctx.target(i).clone();
         let user = user.clone();
         let source = ctx.source(i, total);
         let (o, f) = (opened.clone(), failed.clone());
@@ -145,7 +171,7 @@ async fn open_all(ctx: &Ctx, users: &[String], busy: bool) -> Vec<Result<Ws, Box
 /// `idle`: open N connections from many source addresses, hold them, read RSS.
 async fn idle(ctx: &Ctx) -> Result<Figures, BoxError> {
     let n = ctx.args.connections_or_default();
-    let rss_server_before = ctx.pid.and_then(|p| sys::rss_bytes(Some(p)).ok());
+    let rss_server_before = ctx.rss();
     let rss_gen_before = sys::rss_bytes(None).ok();
     let started = Instant::now();
     let sem = Arc::new(Semaphore::new(ctx.args.concurrency));
@@ -155,13 +181,13 @@ async fn idle(ctx: &Ctx) -> Result<Figures, BoxError> {
     let hold = CancellationToken::new();
     let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let prog_cancel = CancellationToken::new();
-    let pid = ctx.pid;
+    let rss_ctx = ctx.clone();
     let p = progress(format!("{} idle", ctx.label), prog_cancel.clone(), {
         let (o, f, l) = (opened.clone(), failed.clone(), lost.clone());
         move |t| {
             let o = o.load(Ordering::Relaxed);
-            let rss = pid
-                .and_then(|p| sys::rss_bytes(Some(p)).ok())
+            let rss = rss_ctx
+                .rss()
                 .map(|b| format!(", target RSS {:.1} MiB", b as f64 / 1048576.0))
                 .unwrap_or_default();
             format!(
@@ -177,7 +203,7 @@ async fn idle(ctx: &Ctx) -> Result<Figures, BoxError> {
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
-        let target = ctx.target.clone();
+        let target = ctx.target(i).clone();
         let user = format!("{}i{i}", ctx.run_id);
         let source = ctx.source(i, n);
         let (o, f, l) = (opened.clone(), failed.clone(), lost.clone());
@@ -225,7 +251,7 @@ async fn idle(ctx: &Ctx) -> Result<Figures, BoxError> {
     let connect_secs = started.elapsed().as_secs_f64();
     // Hold: at least 2 s so the server settles, at most --duration.
     tokio::time::sleep(Duration::from_secs_f64(ctx.args.duration.max(2.0))).await;
-    let rss_server = ctx.pid.and_then(|p| sys::rss_bytes(Some(p)).ok());
+    let rss_server = ctx.rss();
     let rss_gen = sys::rss_bytes(None).ok();
     let held = opened.load(Ordering::Relaxed) - lost.load(Ordering::Relaxed);
     prog_cancel.cancel();
@@ -468,20 +494,14 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
         },
     );
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
-    let cpu0 = (
-        ctx.pid.and_then(|p| sys::cpu_secs(Some(p))),
-        sys::cpu_secs(None),
-    );
+    let cpu0 = (ctx.cpu_secs(), sys::cpu_secs(None));
     counters.measuring.store(true, Ordering::Relaxed);
     let m_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
     counters.measuring.store(false, Ordering::Relaxed);
     let window_secs = m_start.elapsed().as_secs_f64();
     let delivered = counters.delivered_measured.load(Ordering::Relaxed);
-    let cpu1 = (
-        ctx.pid.and_then(|p| sys::cpu_secs(Some(p))),
-        sys::cpu_secs(None),
-    );
+    let cpu1 = (ctx.cpu_secs(), sys::cpu_secs(None));
     let cpu_pct =
         |a: Option<f64>, b: Option<f64>| Some(((b? - a?) / window_secs * 1000.0).round() / 10.0);
     let cpu_us_per_msg = |a: Option<f64>, b: Option<f64>| {
@@ -925,7 +945,7 @@ async fn reconnect_one(
     let own_start = Instant::now();
     let mut ws = loop {
         match client::connect(
-            &ctx.target,
+            ctx.target(i),
             user,
             ctx.source(i, total),
             client::ws_config(false),
@@ -1151,6 +1171,43 @@ async fn reconnect(ctx: &Ctx) -> Result<Figures, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn several_urls_put_the_two_sides_of_a_pair_on_different_nodes() {
+        let args = Args::try_parse_from([
+            "messenger-bench",
+            "pairs",
+            "--url",
+            "ws://127.0.0.1:9001/ws,ws://127.0.0.1:9002/ws",
+            "--server-pid",
+            "1,2",
+        ])
+        .expect("args");
+        let ctx = Ctx {
+            targets: args
+                .url
+                .split(',')
+                .map(Target::parse)
+                .collect::<Result<_, _>>()
+                .expect("urls"),
+            pids: args.server_pid.clone(),
+            args,
+            label: "server",
+            is_floor: false,
+            run_id: "t".into(),
+        };
+        assert_eq!(ctx.pids, vec![1, 2]);
+        // Users 2t (side a) and 2t+1 (side b) of pair t.
+        for t in 0..4 {
+            assert_eq!(ctx.target(2 * t).addr.port(), 9001);
+            assert_eq!(ctx.target(2 * t + 1).addr.port(), 9002);
+        }
+        assert!(
+            ctx.source(0, 10).is_some(),
+            "loopback nodes get source blocks"
+        );
+    }
 
     #[test]
     fn jitter_is_bounded_and_spread() {

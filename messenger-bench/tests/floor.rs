@@ -130,8 +130,8 @@ fn ctx(target: Target, argv: &[&str]) -> Ctx {
     full.extend_from_slice(argv);
     Ctx {
         args: Args::try_parse_from(full).expect("args"),
-        target,
-        pid: None,
+        targets: vec![target],
+        pids: Vec::new(),
         label: "floor",
         is_floor: true,
         run_id: "t".into(),
