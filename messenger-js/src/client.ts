@@ -8,6 +8,7 @@ import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from "./backoff.js
 import { MessengerError } from "./errors.js";
 import { Outbox, type PendingSend } from "./outbox.js";
 import { decode, encode, type ClientFrame, type ReqId, type ServerFrame } from "./protocol.js";
+import { ReceiptMarks } from "./receipts.js";
 import { Sequencer, type Step } from "./sequencer.js";
 import type {
   AckStatus,
@@ -212,6 +213,8 @@ export class MessengerClient {
 
   private readonly outbox = new Outbox();
   private readonly seq = new Sequencer();
+  /** The receipts shown so far: a stale one (crossed in a failover) is dropped. */
+  private readonly receipts = new ReceiptMarks();
   private readonly pendingReqs = new Map<number, Pending>();
   private nextReq = 1;
   private current: ConnectionState = { kind: "idle" };
@@ -812,6 +815,10 @@ export class MessengerClient {
         this.offer(f.message);
         return;
       case "message_ack":
+        if (!this.receipts.offer(f.threadId, f.userId, f.status, f.seq)) {
+          this.log.debug(`stale receipt ignored: ${f.threadId} ${f.userId} ${f.status} ${f.seq}`);
+          return;
+        }
         this.emit("receipt", {
           threadId: f.threadId,
           messageId: f.messageId,

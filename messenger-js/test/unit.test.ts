@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 
 import { backoffCeiling, backoffDelay, MessengerError, newTempId, type Message } from "../src/index.js";
 import { Outbox } from "../src/outbox.js";
+import { ReceiptMarks } from "../src/receipts.js";
 import { decode, encode } from "../src/protocol.js";
 import { SEEN_CAP, Sequencer } from "../src/sequencer.js";
 
@@ -111,6 +112,34 @@ describe("outbox", () => {
     o.failAll(new MessengerError("closed", "closed"));
     assert.equal(errors[0]?.kind, "closed");
     assert.equal(o.size, 0);
+  });
+});
+
+describe("receipts", () => {
+  test("watermarks never go back: stale and repeated receipts are dropped, READ raises delivered", () => {
+    // Receipts relayed by different nodes can cross during a failover.
+    const r = new ReceiptMarks();
+    const shown = (
+      [
+        ["DELIVERED", 5, true],
+        ["DELIVERED", 9, true],
+        ["DELIVERED", 7, false],
+        ["DELIVERED", 9, false],
+        ["READ", 8, true],
+        ["READ", 6, false],
+        ["DELIVERED", 8, false],
+        ["READ", 10, true],
+        ["DELIVERED", 10, false],
+        ["DELIVERED", 12, true],
+      ] as const
+    ).map(([status, seq, want]) => {
+      assert.equal(r.offer("g", "bob", status, seq), want, `${status} ${seq}`);
+      return want;
+    });
+    assert.equal(shown.filter((x) => x).length, 5);
+    // Other members and other threads have marks of their own.
+    assert.ok(r.offer("g", "carol", "DELIVERED", 3));
+    assert.ok(r.offer("h", "bob", "DELIVERED", 1));
   });
 });
 

@@ -300,6 +300,31 @@ function decode(text) {
   }
 }
 
+// src/receipts.ts
+var ReceiptMarks = class {
+  constructor() {
+    this.marks = /* @__PURE__ */ new Map();
+  }
+  /**
+   * Records a receipt; returns whether it moved either watermark (show it) or not
+   * (stale or repeated: drop it). A READ also counts as delivered up to its seq.
+   */
+  offer(threadId, userId, status2, seq) {
+    const key2 = `${threadId}\0${userId}`;
+    const read = status2 === "READ" ? seq : 0;
+    const delivered = seq;
+    const mark = this.marks.get(key2);
+    if (mark === void 0) {
+      this.marks.set(key2, { delivered, read });
+      return true;
+    }
+    const moved = delivered > mark.delivered || read > mark.read;
+    mark.delivered = Math.max(mark.delivered, delivered);
+    mark.read = Math.max(mark.read, read);
+    return moved;
+  }
+};
+
 // src/sequencer.ts
 var SEEN_CAP = 512;
 var Seen = class {
@@ -485,6 +510,8 @@ var MessengerClient = class _MessengerClient {
     this.listeners = /* @__PURE__ */ new Map();
     this.outbox = new Outbox();
     this.seq = new Sequencer();
+    /** The receipts shown so far: a stale one (crossed in a failover) is dropped. */
+    this.receipts = new ReceiptMarks();
     this.pendingReqs = /* @__PURE__ */ new Map();
     this.nextReq = 1;
     this.current = { kind: "idle" };
@@ -1024,6 +1051,10 @@ var MessengerClient = class _MessengerClient {
         this.offer(f.message);
         return;
       case "message_ack":
+        if (!this.receipts.offer(f.threadId, f.userId, f.status, f.seq)) {
+          this.log.debug(`stale receipt ignored: ${f.threadId} ${f.userId} ${f.status} ${f.seq}`);
+          return;
+        }
         this.emit("receipt", {
           threadId: f.threadId,
           messageId: f.messageId,
