@@ -17,6 +17,11 @@
 //!   transient failures with jittered exponential backoff ([`RetryPolicy`]) and reports
 //!   what failed for good. It implements `messenger_core::PushSink`, so a single-node
 //!   server uses it directly; `messenger-worker` uses it behind the Kafka event log.
+//! - [`settings`]: the `[push]` configuration sections messenger-server and
+//!   messenger-worker share, and [`PushSettings::service`], which builds the
+//!   [`PushService`] with every configured provider.
+//! - [`metrics`]: per-provider counters and a latency histogram ([`PushMetrics`]) on
+//!   `prometheus-client`, for each binary's `/metrics`.
 //! - [`webhook`]: the signature scheme ([`webhook::sign`], [`webhook::verify`]), the
 //!   HTTP client that maps responses onto outcomes, and [`WebhookProvider`].
 //!
