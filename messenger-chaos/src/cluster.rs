@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// Further flags for every node (such as `--max-connections 25000`); a flag given
     /// here replaces the harness's default for it (such as `--ping-interval`).
     pub extra_args: Vec<String>,
+    /// Route each node's Redis and HBase traffic through a [`FaultProxy`] of its own (in
+    /// this process) so that network faults can be injected; `false` connects the nodes
+    /// to Redis and HBase directly (the storm and the soak inject no network faults, and
+    /// the proxies' copying would count as the load generator's CPU).
+    pub fault_proxies: bool,
 }
 
 /// One `messenger-server` process (absent while killed).
@@ -84,6 +89,8 @@ pub struct Cluster {
     pub lb_port: u16,
     key_prefix: String,
     table_prefix: String,
+    redis_addr: SocketAddr,
+    hbase_addr: SocketAddr,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -160,6 +167,8 @@ impl Cluster {
             lb_port: 0,
             key_prefix: run.clone(),
             table_prefix: format!("{run}_"),
+            redis_addr,
+            hbase_addr,
         };
         for i in 0..c.nodes.len() {
             c.start_node(i).await;
@@ -185,21 +194,44 @@ impl Cluster {
         self.cfg.node_ttl
     }
 
+    /// The nodes' Redis key prefix (their presence channel is `{prefix}:presence`).
+    pub fn redis_key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// `scripts/hbase.sh`'s run dir of the HBase in use, if known.
+    pub fn hbase_run_dir(&self) -> Option<&Path> {
+        self.cfg.hbase_run_dir.as_deref()
+    }
+
+    /// The pid of Redis (found by its port; `None` while it is down).
+    pub fn redis_pid(&self) -> Option<u32> {
+        let port = format!(":{}", self.redis.port);
+        crate::cpu::pids_with(|c| c.contains("redis-server") && c.contains(&port))
+            .into_iter()
+            .next()
+    }
+
     fn args(&self, i: usize) -> Vec<String> {
         let n = &self.nodes[i];
+        let (redis, hbase) = if self.cfg.fault_proxies {
+            (n.redis_proxy.addr, n.hbase_proxy.addr)
+        } else {
+            (self.redis_addr, self.hbase_addr)
+        };
         [
             "--listen".to_string(),
             n.addr.to_string(),
             "--node-id".into(),
             n.id.to_string(),
             "--redis".into(),
-            format!("redis://{}/", n.redis_proxy.addr),
+            format!("redis://{redis}/"),
             "--redis-key-prefix".into(),
             self.key_prefix.clone(),
             "--redis-node-ttl".into(),
             humantime(self.cfg.node_ttl),
             "--hbase".into(),
-            n.hbase_proxy.addr.to_string(),
+            hbase.to_string(),
             "--hbase-table-prefix".into(),
             self.table_prefix.clone(),
             "--hbase-pool-size".into(),

@@ -7,6 +7,7 @@
 //! docs/reliability.md says what is guaranteed under which fault.
 
 pub mod cluster;
+pub mod cpu;
 pub mod ledger;
 pub mod proxy;
 pub mod run;

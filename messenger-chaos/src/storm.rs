@@ -20,6 +20,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::Cluster;
 
+/// How long a request waits for its reply before the talker sends again (the same
+/// `temp_id`) or a client gives up on that connection.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A caught-up-so-far client that hears nothing for this long asks `list_threads` again.
+const QUIET_REPOLL: Duration = Duration::from_secs(3);
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -59,6 +66,16 @@ pub struct StormReport {
     pub rss: Vec<(u16, u64, u64, u64)>,
     /// Problems seen (gaps, unexpected frames), first few.
     pub errors: Vec<String>,
+    /// CPU use from the kill until every client was caught up (or gave up).
+    pub cpu: crate::cpu::CpuUse,
+    /// Talker sends repeated (no reply in time, `unavailable`, reconnect).
+    pub talker_retries: u64,
+    /// Times a client heard nothing for a while and asked `list_threads` again.
+    pub repolls: u64,
+    /// Per talker, kill -> all its messages stored (sorted).
+    pub stored: Vec<Duration>,
+    /// Talkers (groups).
+    pub talkers: usize,
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -90,6 +107,17 @@ impl std::fmt::Display for StormReport {
                 v.len()
             )?;
         }
+        writeln!(
+            f,
+            "  talkers: {} of {} had all messages stored, the last {:.2?} after the kill; \
+             {} sends repeated; {} client re-polls",
+            self.stored.len(),
+            self.talkers,
+            self.stored.last().copied().unwrap_or_default(),
+            self.talker_retries,
+            self.repolls
+        )?;
+        writeln!(f, "  {}", self.cpu)?;
         for (id, before, peak, after) in &self.rss {
             writeln!(
                 f,
@@ -131,35 +159,87 @@ async fn connect(addr: std::net::SocketAddr, user: &str) -> Result<Ws, String> {
 }
 
 async fn next_json(ws: &mut Ws) -> Result<Value, String> {
+    next_json_within(ws, Duration::from_secs(20))
+        .await?
+        .ok_or_else(|| "no frame in 20 s".to_string())
+}
+
+/// The next text frame as JSON, `None` if none came within `limit`.
+async fn next_json_within(ws: &mut Ws, limit: Duration) -> Result<Option<Value>, String> {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .map_err(|_| "no frame in 20 s".to_string())?
-            .ok_or("closed")?
-            .map_err(|e| e.to_string())?;
+        let m = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Ok(None),
+            Ok(m) => m.ok_or("closed")?.map_err(|e| e.to_string())?,
+        };
         match m {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).map_err(|e| e.to_string()),
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str())
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
             Message::Close(_) => return Err("closed".into()),
             _ => continue,
         }
     }
 }
 
-/// Sends `req` and reads until its reply (frames without that `req_id` are skipped).
-async fn request(ws: &mut Ws, req: Value) -> Result<Value, String> {
+/// Sends `req` and reads until its reply; other frames go to `other` (live messages
+/// that arrive meanwhile are not lost to the caller).
+async fn request_seeing(
+    ws: &mut Ws,
+    req: Value,
+    limit: Duration,
+    mut other: impl FnMut(&Value),
+) -> Result<Value, RequestError> {
     let id = req["req_id"].clone();
     ws.send(Message::text(req.to_string()))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RequestError::Broken(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let v = next_json(ws).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = match next_json_within(ws, left).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(RequestError::TimedOut),
+            Err(e) => return Err(RequestError::Broken(e)),
+        };
         if v["req_id"] == id {
             if v["type"] == "error" {
-                return Err(format!("error reply: {v}"));
+                return Err(RequestError::Refused(v));
             }
             return Ok(v);
         }
+        other(&v);
     }
+}
+
+/// Why a request got no reply.
+#[derive(Debug)]
+enum RequestError {
+    /// No reply within the limit (the connection may still be fine).
+    TimedOut,
+    /// The connection broke.
+    Broken(String),
+    /// An `error` frame.
+    Refused(Value),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::TimedOut => write!(f, "no reply in time"),
+            RequestError::Broken(e) => write!(f, "connection broken: {e}"),
+            RequestError::Refused(v) => write!(f, "error reply: {v}"),
+        }
+    }
+}
+
+/// Sends `req` and reads until its reply (frames without that `req_id` are skipped).
+async fn request(ws: &mut Ws, req: Value) -> Result<Value, String> {
+    request_seeing(ws, req, Duration::from_secs(20), |_| {})
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// RSS of `pid` in KiB.
@@ -241,6 +321,8 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     let kill_at = Arc::new(tokio::sync::OnceCell::<Instant>::new());
     let expect_last = cfg.messages as u64;
     let done = Arc::new(AtomicUsize::new(0));
+    let repolls = Arc::new(AtomicU64::new(0));
+    let give_up = cfg.bound * 4;
     let mut tasks = Vec::with_capacity(cfg.clients);
     for (i, mut ws) in conns.into_iter().enumerate() {
         let user = format!("{run}c{i}");
@@ -250,6 +332,7 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
         let refused = refused.clone();
         let kill_at = kill_at.clone();
         let done = done.clone();
+        let repolls = repolls.clone();
         tasks.push(tokio::spawn(async move {
             let mut held = 0u64;
             // Live until the node dies.
@@ -277,48 +360,95 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
                 }
             };
             let back = t0.elapsed();
-            // Catch up: list_threads, then history after what was held, until the
-            // group's final seq is held.
+            // Catch up as the SDK does: list_threads, history after what was held up
+            // to the thread's last seq, then the live stream (a gap in it fetches the
+            // missing seqs). Only when nothing arrives for a while is list_threads asked
+            // again (a message relayed while this session was being registered could
+            // otherwise be missed until the next one).
             let mut errors = Vec::new();
+            let deadline = t0 + give_up;
+            let mut live = Vec::new();
             loop {
-                let r = match request(&mut ws, json!({"type":"list_threads","req_id":"l"})).await {
+                let r = match request_seeing(
+                    &mut ws,
+                    json!({"type":"list_threads","req_id":"l"}),
+                    REPLY_TIMEOUT,
+                    |v| live.push(v.clone()),
+                )
+                .await
+                {
                     Ok(r) => r,
-                    Err(e) => return (back, None, vec![e]),
+                    Err(e) => return (back, None, vec![format!("{user}: list_threads: {e}")]),
                 };
                 let last = r["threads"]
                     .as_array()
                     .and_then(|ts| ts.iter().find(|t| t["thread_id"] == thread.as_str()))
                     .and_then(|t| t["last_seq"].as_u64())
                     .unwrap_or(0);
-                while held < last {
-                    let q = json!({"type":"fetch_history","req_id":"h","thread_id":thread,
-                                   "after_seq":held,"limit":200});
-                    let page = match request(&mut ws, q).await {
-                        Ok(p) => p,
-                        Err(e) => return (back, None, vec![e]),
-                    };
-                    let msgs = page["messages"].as_array().cloned().unwrap_or_default();
-                    if msgs.is_empty() {
-                        break;
-                    }
-                    for m in msgs {
-                        let s = m["seq"].as_u64().unwrap_or(0);
-                        if s != held + 1 {
-                            errors.push(format!("{user}: gap, held {held}, got {s}"));
+                let mut want = last;
+                loop {
+                    // Live messages seen while a request was in flight.
+                    for v in live.drain(..) {
+                        if v["type"] == "receive_message" && v["thread_id"] == thread.as_str() {
+                            let s = v["seq"].as_u64().unwrap_or(0);
+                            if s == held + 1 {
+                                held = s;
+                            }
+                            want = want.max(s);
                         }
-                        held = held.max(s);
+                    }
+                    if held >= expect_last {
+                        done.fetch_add(1, Relaxed);
+                        return (back, Some(t0.elapsed()), errors);
+                    }
+                    if held < want {
+                        let q = json!({"type":"fetch_history","req_id":"h","thread_id":thread,
+                                       "after_seq":held,"limit":200});
+                        let page = match request_seeing(&mut ws, q, REPLY_TIMEOUT, |v| {
+                            live.push(v.clone())
+                        })
+                        .await
+                        {
+                            Ok(p) => p,
+                            Err(e) => {
+                                return (back, None, vec![format!("{user}: fetch_history: {e}")])
+                            }
+                        };
+                        let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+                        if msgs.is_empty() {
+                            errors.push(format!(
+                                "{user}: history after {held} is empty, last_seq said {want}"
+                            ));
+                            want = held;
+                        }
+                        for m in msgs {
+                            let s = m["seq"].as_u64().unwrap_or(0);
+                            if s != held + 1 {
+                                errors.push(format!("{user}: gap, held {held}, got {s}"));
+                            }
+                            held = held.max(s);
+                        }
+                        continue;
+                    }
+                    if Instant::now() > deadline {
+                        errors.push(format!(
+                            "{user}: held {held} of {expect_last} after {give_up:?}"
+                        ));
+                        return (back, None, errors);
+                    }
+                    match next_json_within(&mut ws, QUIET_REPOLL).await {
+                        Ok(Some(v)) => live.push(v),
+                        // Nothing for a while: ask list_threads again.
+                        Ok(None) => {
+                            repolls.fetch_add(1, Relaxed);
+                            break;
+                        }
+                        Err(e) => {
+                            errors.push(format!("{user}: live stream: {e}"));
+                            return (back, None, errors);
+                        }
                     }
                 }
-                if held >= expect_last {
-                    done.fetch_add(1, Relaxed);
-                    return (back, Some(t0.elapsed()), errors);
-                }
-                if t0.elapsed() > Duration::from_secs(120) {
-                    errors.push(format!("{user}: held {held} of {expect_last} after 120 s"));
-                    return (back, None, errors);
-                }
-                // The talkers are still posting: look again shortly.
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }));
     }
@@ -328,18 +458,35 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     let _ = kill_at.set(kill);
     cluster.kill(0);
     eprintln!("storm: node 1 SIGKILLed with {} clients", cfg.clients);
-    // Every talker posts its messages at once (each waits only for its own replies).
-    let post = futures::future::join_all(talkers.iter_mut().enumerate().map(|(g, ws)| {
-        let thread = group_ids[g].clone();
-        let run = run.clone();
+    // Where the CPU goes from the kill on: the surviving nodes, Redis, HBase, this
+    // process (clients and talkers).
+    let mut cpu_groups: Vec<(String, Vec<u32>)> = cluster.nodes[1..]
+        .iter()
+        .map(|n| (format!("node {}", n.id), n.pid().into_iter().collect()))
+        .collect();
+    cpu_groups.push(("redis".into(), cluster.redis_pid().into_iter().collect()));
+    if let Some(dir) = cluster.hbase_run_dir() {
+        cpu_groups.push(("hbase".into(), crate::cpu::pids_in(dir)));
+    }
+    cpu_groups.push(("generator".into(), vec![std::process::id()]));
+    let cpu = crate::cpu::CpuProbe::start(cpu_groups);
+    // Every talker posts its messages at once (each waits only for its own replies) and,
+    // as the SDK does, sends again under the same temp_id until it is stored.
+    let talker_retries = AtomicU64::new(0);
+    let stored_at = std::sync::Mutex::new(Vec::new());
+    let post = futures::future::join_all(talkers.into_iter().enumerate().map(|(g, ws)| {
+        let t = Talker {
+            user: format!("{run}t{g}"),
+            addr: survivors[g % survivors.len()],
+            thread: group_ids[g].clone(),
+            temp_prefix: format!("{run}-{g}"),
+        };
+        let retries = &talker_retries;
+        let stored_at = &stored_at;
         async move {
-            for k in 0..cfg.messages {
-                let q = json!({"type":"send_message","req_id":format!("m{k}"),
-                               "thread_id":thread,"temp_id":format!("{run}-{g}-{k}"),
-                               "text":format!("after the kill {k}")});
-                if let Err(e) = request(ws, q).await {
-                    eprintln!("storm: talker {g} send failed: {e}");
-                }
+            match t.post(ws, cfg.messages, kill + give_up, retries).await {
+                Ok(()) => stored_at.lock().expect("lock").push(kill.elapsed()),
+                Err(e) => eprintln!("storm: talker {g} gave up: {e}"),
             }
         }
     }));
@@ -375,12 +522,81 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     report.reconnected.sort();
     report.caught_up.sort();
     report.refused_attempts = refused.load(Relaxed);
+    report.cpu = cpu.stop();
+    report.talker_retries = talker_retries.load(Relaxed);
+    report.repolls = repolls.load(Relaxed);
+    report.stored = stored_at.into_inner().expect("lock");
+    report.stored.sort();
+    report.talkers = groups;
     for (j, n) in cluster.nodes[1..].iter().enumerate() {
         report
             .rss
             .push((n.id, rss_before[j], peak[j], rss(n.pid())));
     }
     report
+}
+
+/// A talker: the one poster of its group, on a surviving node.
+struct Talker {
+    user: String,
+    addr: std::net::SocketAddr,
+    thread: String,
+    temp_prefix: String,
+}
+
+impl Talker {
+    /// Posts `messages` messages; a send without `message_sent` within
+    /// [`REPLY_TIMEOUT`], answered `unavailable`, or on a broken connection is sent again
+    /// under the same `temp_id` (after reconnecting if needed) until it is stored or
+    /// `deadline` passes: the SDK's outbox contract.
+    async fn post(
+        &self,
+        ws: Ws,
+        messages: usize,
+        deadline: Instant,
+        retries: &AtomicU64,
+    ) -> Result<(), String> {
+        let mut ws = Some(ws);
+        let mut attempt = 0u32;
+        for k in 0..messages {
+            loop {
+                if Instant::now() > deadline {
+                    return Err(format!("message {k} not stored before the deadline"));
+                }
+                let conn = match ws.as_mut() {
+                    Some(c) => c,
+                    None => match connect(self.addr, &self.user).await {
+                        Ok(c) => ws.insert(c),
+                        Err(e) => {
+                            tracing::debug!(%e, "talker reconnect");
+                            attempt += 1;
+                            retries.fetch_add(1, Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                };
+                let q = json!({"type":"send_message","req_id":format!("m{k}a{attempt}"),
+                               "thread_id":self.thread,
+                               "temp_id":format!("{}-{k}", self.temp_prefix),
+                               "text":format!("after the kill {k}")});
+                match request_seeing(conn, q, REPLY_TIMEOUT, |_| {}).await {
+                    Ok(_) => break,
+                    Err(RequestError::TimedOut) => {}
+                    Err(RequestError::Broken(_)) => ws = None,
+                    Err(RequestError::Refused(v)) => {
+                        if v["code"] != "unavailable" && v["code"] != "rate_limited" {
+                            return Err(format!("send refused: {v}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                attempt += 1;
+                retries.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A node index for client `i`'s attempt `a`, spread evenly (no shared RNG state).

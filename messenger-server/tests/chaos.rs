@@ -32,6 +32,7 @@ async fn chaos(profile: Profile) {
         hbase: hbase.addr.clone(),
         hbase_run_dir: hbase.run_dir.clone(),
         extra_args: Vec::new(),
+        fault_proxies: true,
     })
     .await;
     let report = run(&mut cluster, &profile).await;
