@@ -59,7 +59,8 @@ enum What {
         #[arg(long, default_value_t = 128)]
         concurrency: usize,
     },
-    /// One node under `messenger-bench pairs` at a fixed rate; RSS sampled throughout.
+    /// Nodes behind HAProxy under `messenger-bench pairs` at a fixed rate; every node's
+    /// RSS and descriptors sampled throughout.
     Soak {
         /// Minutes of load.
         #[arg(long, default_value_t = 30.0)]
@@ -70,6 +71,9 @@ enum What {
         /// Pairs of clients.
         #[arg(long, default_value_t = 100)]
         pairs: usize,
+        /// Nodes behind the balancer.
+        #[arg(long, default_value_t = 2)]
+        nodes: u16,
         /// The messenger-bench binary.
         #[arg(long, default_value = "target/release/messenger-bench")]
         bench_bin: PathBuf,
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
                         "--hbase-pool-size".into(),
                         "32".into(),
                     ],
+                    fault_proxies: false,
                 })
                 .await;
                 let cfg = StormConfig {
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
                 minutes,
                 rate,
                 pairs,
+                nodes,
                 bench_bin,
             } => {
                 soak(
@@ -178,6 +184,7 @@ fn main() -> ExitCode {
                     minutes,
                     rate,
                     pairs,
+                    nodes,
                     bench_bin,
                 )
                 .await
@@ -186,8 +193,18 @@ fn main() -> ExitCode {
     })
 }
 
-/// One node (HBase store, Redis sessions), `messenger-bench pairs` at `rate` for
-/// `minutes`, the node's RSS sampled every 10 s.
+/// Open descriptors of `pid` (0 if it is gone).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `nodes` nodes (HBase store, Redis sessions and relay) behind HAProxy,
+/// `messenger-bench pairs` through the balancer at `rate` for `minutes` (pairs land on
+/// different nodes, so deliveries cross nodes through Redis); every node's RSS and open
+/// descriptors (and Redis's RSS) sampled every 10 s. Fails when a node died, the bench
+/// failed, or a send stayed unanswered or was refused.
 #[allow(clippy::too_many_arguments)]
 async fn soak(
     server_bin: PathBuf,
@@ -197,6 +214,7 @@ async fn soak(
     minutes: f64,
     rate: f64,
     pairs: usize,
+    nodes: u16,
     bench_bin: PathBuf,
 ) -> ExitCode {
     if !bench_bin.exists() {
@@ -208,24 +226,31 @@ async fn soak(
     }
     let cluster = Cluster::start(ClusterConfig {
         server_bin,
-        nodes: 1,
+        nodes,
         dir: dir.clone(),
         node_ttl: Duration::from_secs(15),
         hbase,
         hbase_run_dir: run_dir,
-        extra_args: Vec::new(),
+        // Nodes talk to Redis and HBase directly: no faults are injected here.
+        extra_args: vec!["--ping-interval".into(), "30s".into()],
+        fault_proxies: false,
     })
     .await;
-    let node = &cluster.nodes[0];
-    let pid = node.pid().expect("node runs");
+    let pids: Vec<u32> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.pid().expect("node runs"))
+        .collect();
+    let redis_pid = cluster.redis_pid();
     let secs = (minutes * 60.0).round() as u64;
+    let json_path = dir.join("soak.json");
     let mut bench = match Command::new(&bench_bin)
         .args([
             "pairs",
             "--url",
-            &format!("ws://{}/ws", node.addr),
+            &cluster.url(),
             "--server-pid",
-            &pid.to_string(),
+            &pids[0].to_string(),
             "--pairs",
             &pairs.to_string(),
             "--rate",
@@ -235,7 +260,7 @@ async fn soak(
             "--floor",
             "off",
             "--json",
-            &dir.join("soak.json").display().to_string(),
+            &json_path.display().to_string(),
         ])
         .spawn()
     {
@@ -246,26 +271,87 @@ async fn soak(
         }
     };
     let t0 = Instant::now();
-    let mut samples: Vec<(u64, u64)> = Vec::new();
+    // (seconds, per node (RSS KiB, fds), Redis RSS KiB)
+    let mut samples: Vec<(u64, Vec<(u64, usize)>, u64)> = Vec::new();
+    let mut died = Vec::new();
     loop {
         if let Ok(Some(_)) = bench.try_wait() {
             break;
         }
-        let kib = messenger_test_support::process::rss_kib(pid);
         let at = t0.elapsed().as_secs();
-        samples.push((at, kib));
-        println!("soak: {at:>5} s  node RSS {:.1} MiB", kib as f64 / 1024.0);
+        let per: Vec<(u64, usize)> = pids
+            .iter()
+            .map(|p| (messenger_test_support::process::rss_kib(*p), fds(*p)))
+            .collect();
+        let redis = redis_pid
+            .map(messenger_test_support::process::rss_kib)
+            .unwrap_or(0);
+        let line: Vec<String> = per
+            .iter()
+            .enumerate()
+            .map(|(i, (kib, n))| format!("node {} {:.1} MiB {n} fds", i + 1, *kib as f64 / 1024.0))
+            .collect();
+        println!(
+            "soak: {at:>5} s  {}  redis {:.1} MiB",
+            line.join(", "),
+            redis as f64 / 1024.0
+        );
+        for (i, (kib, _)) in per.iter().enumerate() {
+            if *kib == 0 && !died.contains(&i) {
+                died.push(i);
+            }
+        }
+        samples.push((at, per, redis));
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    let ok = bench.wait().map(|s| s.success()).unwrap_or(false);
-    // Start = after the bench's warmup (first sample past 20 s), middle, end.
-    let start = samples.iter().find(|(t, _)| *t >= 20).copied();
-    let mid = samples.get(samples.len() / 2).copied();
-    let end = samples.last().copied();
+    let bench_ok = bench.wait().map(|s| s.success()).unwrap_or(false);
+    // Start = after the bench's warm-up (first sample past 20 s), middle, end.
+    let start = samples.iter().find(|(t, _, _)| *t >= 20).cloned();
+    let mid = samples.get(samples.len() / 2).cloned();
+    let end = samples.last().cloned();
     for (what, s) in [("start", start), ("middle", mid), ("end", end)] {
-        if let Some((t, kib)) = s {
-            println!("soak RSS {what}: {:.1} MiB at {t} s", kib as f64 / 1024.0);
+        if let Some((t, per, redis)) = s {
+            let line: Vec<String> = per
+                .iter()
+                .enumerate()
+                .map(|(i, (kib, n))| {
+                    format!("node {} {:.1} MiB / {n} fds", i + 1, *kib as f64 / 1024.0)
+                })
+                .collect();
+            println!(
+                "soak {what} ({t} s): {}; redis {:.1} MiB",
+                line.join(", "),
+                redis as f64 / 1024.0
+            );
         }
+    }
+    let result: serde_json::Value = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    // messenger-bench writes one object per scenario run; take the pairs figures.
+    let r = if result["delivered"].is_null() {
+        result
+            .as_array()
+            .and_then(|a| a.last().cloned())
+            .unwrap_or(result.clone())
+    } else {
+        result.clone()
+    };
+    println!(
+        "soak traffic: {} sent, {} delivered in the measured window ({} /s), message_sent p99 {} us, \
+         {} errors (first: {}), {} unanswered at the end",
+        r["sent_total"], r["delivered"], r["delivered_per_sec"], r["sent_latency_us"]["p99"],
+        r["errors"], r["first_error"], r["unacked_at_end"]
+    );
+    let mut ok = bench_ok;
+    if !died.is_empty() {
+        println!("soak: FAILED: node(s) {died:?} (index) died");
+        ok = false;
+    }
+    if r["errors"].as_u64().unwrap_or(1) > 0 || r["unacked_at_end"].as_u64().unwrap_or(1) > 0 {
+        println!("soak: FAILED: refused or unanswered sends (see above)");
+        ok = false;
     }
     if ok {
         ExitCode::SUCCESS
