@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod cpu;
 pub mod ledger;
+pub mod presence;
 pub mod proxy;
 pub mod run;
 pub mod storm;
