@@ -141,6 +141,25 @@ impl CpuProbe {
         }
     }
 
+    /// The names of the groups, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.groups.iter().map(|(n, _, _)| n.clone()).collect()
+    }
+
+    /// CPU seconds used so far per group (in order) and by the machine, since
+    /// [`CpuProbe::start`].
+    pub fn sample(&self) -> (Vec<f64>, f64) {
+        let per = self
+            .groups
+            .iter()
+            .map(|(_, pids, s0)| {
+                let s: f64 = pids.iter().map(|p| process_cpu_secs(*p)).sum();
+                (s - s0).max(0.0)
+            })
+            .collect();
+        (per, machine_busy_secs().0 - self.machine)
+    }
+
     /// CPU used since [`CpuProbe::start`] (a process that died meanwhile counts 0).
     pub fn stop(&self) -> CpuUse {
         let (machine, cores) = machine_busy_secs();

@@ -76,6 +76,14 @@ pub struct StormReport {
     pub stored: Vec<Duration>,
     /// Talkers (groups).
     pub talkers: usize,
+    /// Catch-up requests (list_threads, fetch_history) answered after more than
+    /// [`REPLY_TIMEOUT`].
+    pub slow_replies: u64,
+    /// The CPU groups' names (the order of `timeline`'s figures).
+    pub cpu_names: Vec<String>,
+    /// Every second from the kill: (since the kill, (CPU seconds per group, machine CPU
+    /// seconds) so far, clients caught up so far).
+    pub timeline: Vec<(Duration, (Vec<f64>, f64), usize)>,
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -118,6 +126,42 @@ impl std::fmt::Display for StormReport {
             self.repolls
         )?;
         writeln!(f, "  {}", self.cpu)?;
+        writeln!(
+            f,
+            "  {} catch-up replies took over {REPLY_TIMEOUT:?}",
+            self.slow_replies
+        )?;
+        // CPU per 5 s from the kill: where the time went while clients were catching up.
+        writeln!(
+            f,
+            "  CPU per 5 s (% of one core): {} | machine | caught up",
+            self.cpu_names.join(" | ")
+        )?;
+        let mut prev: Option<&(Duration, (Vec<f64>, f64), usize)> = None;
+        for s in self.timeline.iter().step_by(5) {
+            if let Some(p) = prev {
+                let dt = (s.0 - p.0).as_secs_f64().max(1e-9);
+                let per: Vec<String> =
+                    s.1 .0
+                        .iter()
+                        .zip(&p.1 .0)
+                        .map(|(a, b)| format!("{:.0}", 100.0 * (a - b) / dt))
+                        .collect();
+                writeln!(
+                    f,
+                    "    {:>5.1}-{:>5.1} s: {} | {:.0} | {}",
+                    p.0.as_secs_f64(),
+                    s.0.as_secs_f64(),
+                    per.join(" | "),
+                    100.0 * (s.1 .1 - p.1 .1) / dt,
+                    s.2
+                )?;
+            }
+            prev = Some(s);
+            if s.2 == self.clients {
+                break;
+            }
+        }
         for (id, before, peak, after) in &self.rss {
             writeln!(
                 f,
@@ -322,6 +366,8 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     let expect_last = cfg.messages as u64;
     let done = Arc::new(AtomicUsize::new(0));
     let repolls = Arc::new(AtomicU64::new(0));
+    let slow = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
     let give_up = cfg.bound * 4;
     let mut tasks = Vec::with_capacity(cfg.clients);
     for (i, mut ws) in conns.into_iter().enumerate() {
@@ -333,7 +379,9 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
         let kill_at = kill_at.clone();
         let done = done.clone();
         let repolls = repolls.clone();
-        tasks.push(tokio::spawn(async move {
+        let slow = slow.clone();
+        let ended = ended.clone();
+        let client = async move {
             let mut held = 0u64;
             // Live until the node dies.
             while let Some(Ok(m)) = ws.next().await {
@@ -369,10 +417,13 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
             let deadline = t0 + give_up;
             let mut live = Vec::new();
             loop {
+                // A catch-up request waits for its reply as long as the client waits at
+                // all: asking again would only queue a second one behind it.
+                let asked = Instant::now();
                 let r = match request_seeing(
                     &mut ws,
                     json!({"type":"list_threads","req_id":"l"}),
-                    REPLY_TIMEOUT,
+                    deadline.saturating_duration_since(asked),
                     |v| live.push(v.clone()),
                 )
                 .await
@@ -380,6 +431,9 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
                     Ok(r) => r,
                     Err(e) => return (back, None, vec![format!("{user}: list_threads: {e}")]),
                 };
+                if asked.elapsed() > REPLY_TIMEOUT {
+                    slow.fetch_add(1, Relaxed);
+                }
                 let last = r["threads"]
                     .as_array()
                     .and_then(|ts| ts.iter().find(|t| t["thread_id"] == thread.as_str()))
@@ -404,9 +458,13 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
                     if held < want {
                         let q = json!({"type":"fetch_history","req_id":"h","thread_id":thread,
                                        "after_seq":held,"limit":200});
-                        let page = match request_seeing(&mut ws, q, REPLY_TIMEOUT, |v| {
-                            live.push(v.clone())
-                        })
+                        let asked = Instant::now();
+                        let page = match request_seeing(
+                            &mut ws,
+                            q,
+                            deadline.saturating_duration_since(asked),
+                            |v| live.push(v.clone()),
+                        )
                         .await
                         {
                             Ok(p) => p,
@@ -414,6 +472,9 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
                                 return (back, None, vec![format!("{user}: fetch_history: {e}")])
                             }
                         };
+                        if asked.elapsed() > REPLY_TIMEOUT {
+                            slow.fetch_add(1, Relaxed);
+                        }
                         let msgs = page["messages"].as_array().cloned().unwrap_or_default();
                         if msgs.is_empty() {
                             errors.push(format!(
@@ -450,6 +511,11 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
                     }
                 }
             }
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = client.await;
+            ended.fetch_add(1, Relaxed);
+            r
         }));
     }
 
@@ -491,12 +557,18 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
         }
     }));
     let mut peak: Vec<u64> = rss_before.clone();
+    let mut timeline = Vec::new();
     let watch = async {
+        let mut tick = 0u32;
         loop {
             for (j, n) in cluster.nodes[1..].iter().enumerate() {
                 peak[j] = peak[j].max(rss(n.pid()));
             }
-            if done.load(Relaxed) == cfg.clients || kill.elapsed() > cfg.bound * 4 {
+            if tick % 4 == 0 {
+                timeline.push((kill.elapsed(), cpu.sample(), done.load(Relaxed)));
+            }
+            tick += 1;
+            if ended.load(Relaxed) == cfg.clients || kill.elapsed() > give_up + REPLY_TIMEOUT {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -523,6 +595,9 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
     report.caught_up.sort();
     report.refused_attempts = refused.load(Relaxed);
     report.cpu = cpu.stop();
+    report.cpu_names = cpu.names();
+    report.timeline = timeline;
+    report.slow_replies = slow.load(Relaxed);
     report.talker_retries = talker_retries.load(Relaxed);
     report.repolls = repolls.load(Relaxed);
     report.stored = stored_at.into_inner().expect("lock");
