@@ -193,6 +193,9 @@ fn main() -> ExitCode {
     })
 }
 
+/// (seconds since the start, per node (RSS KiB, open descriptors), Redis RSS KiB).
+type SoakSample = (u64, Vec<(u64, usize)>, u64);
+
 /// Open descriptors of `pid` (0 if it is gone).
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -271,8 +274,7 @@ async fn soak(
         }
     };
     let t0 = Instant::now();
-    // (seconds, per node (RSS KiB, fds), Redis RSS KiB)
-    let mut samples: Vec<(u64, Vec<(u64, usize)>, u64)> = Vec::new();
+    let mut samples: Vec<SoakSample> = Vec::new();
     let mut died = Vec::new();
     loop {
         if let Ok(Some(_)) = bench.try_wait() {

@@ -47,6 +47,10 @@ pub struct StormConfig {
     pub backoff: BackoffConfig,
 }
 
+/// One CPU sample: (since the kill, (CPU seconds per group, machine CPU seconds) so far,
+/// clients caught up so far).
+pub type CpuTick = (Duration, (Vec<f64>, f64), usize);
+
 /// What the storm measured.
 #[derive(Debug, Default)]
 pub struct StormReport {
@@ -83,7 +87,7 @@ pub struct StormReport {
     pub cpu_names: Vec<String>,
     /// Every second from the kill: (since the kill, (CPU seconds per group, machine CPU
     /// seconds) so far, clients caught up so far).
-    pub timeline: Vec<(Duration, (Vec<f64>, f64), usize)>,
+    pub timeline: Vec<CpuTick>,
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -137,7 +141,7 @@ impl std::fmt::Display for StormReport {
             "  CPU per 5 s (% of one core): {} | machine | caught up",
             self.cpu_names.join(" | ")
         )?;
-        let mut prev: Option<&(Duration, (Vec<f64>, f64), usize)> = None;
+        let mut prev: Option<&CpuTick> = None;
         for s in self.timeline.iter().step_by(5) {
             if let Some(p) = prev {
                 let dt = (s.0 - p.0).as_secs_f64().max(1e-9);
@@ -564,7 +568,7 @@ pub async fn storm(cluster: &mut Cluster, cfg: &StormConfig) -> StormReport {
             for (j, n) in cluster.nodes[1..].iter().enumerate() {
                 peak[j] = peak[j].max(rss(n.pid()));
             }
-            if tick % 4 == 0 {
+            if tick.is_multiple_of(4) {
                 timeline.push((kill.elapsed(), cpu.sample(), done.load(Relaxed)));
             }
             tick += 1;
