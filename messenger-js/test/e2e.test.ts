@@ -281,6 +281,40 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await closeAll(alice);
   });
 
+  test("receipts are watermarks: a stale or repeated one (crossed during a failover) is not shown", { timeout: TEST_TIMEOUT }, async () => {
+    // Alice talks through the proxy, which plays two nodes relaying bob's receipts in the
+    // wrong order: after his DELIVERED for seq 2 it also hands alice a DELIVERED for seq 1
+    // and the seq-2 one again.
+    const proxy = await Proxy.start(server.port);
+    const alice = await connected(proxy.wsUrl, "w-alice");
+    const bob = await connected(server.wsUrl, "w-bob");
+    const group = (await alice.client.createGroup(["w-bob"], "w")).threadId;
+    await waitFor("bob hears of the group", () => bob.events.thread.some((t) => t.threadId === group));
+    const first = await alice.client.send(group, "one");
+    await waitFor("bob's DELIVERED for seq 1", () => alice.events.receipt.some((r) => r.userId === "w-bob" && r.seq === 1));
+    let crossed = 0;
+    proxy.filter = (text, conn) => {
+      const f = JSON.parse(text) as { type?: string; user_id?: string; seq?: number; status?: string };
+      if (conn.token !== "w-alice" || f.type !== "message_ack" || f.user_id !== "w-bob" || f.seq !== 2 || f.status !== "DELIVERED") {
+        return [text];
+      }
+      const stale = JSON.stringify({ ...f, seq: 1, message_id: first.messageId });
+      crossed += 1;
+      return [text, stale, text];
+    };
+    await alice.client.send(group, "two");
+    await waitFor("bob's DELIVERED for seq 2", () => alice.events.receipt.some((r) => r.userId === "w-bob" && r.seq === 2));
+    // A READ below the delivered mark still moves the read mark: it is shown, once.
+    await bob.client.markRead(group, first.messageId);
+    await waitFor("bob's READ for seq 1", () => alice.events.receipt.some((r) => r.userId === "w-bob" && r.status === "READ"));
+    // Frames arrive in order: the stale and repeated receipts came before the READ.
+    const shown = alice.events.receipt.filter((r) => r.userId === "w-bob").map((r) => `${r.status} ${r.seq}`);
+    assert.deepEqual(shown, ["DELIVERED 1", "DELIVERED 2", "READ 1"]);
+    // The proxy did hand alice the stale and the repeated receipt.
+    assert.equal(crossed, 1);
+    await closeAll(alice, bob);
+  });
+
   test("history pages backwards and forwards", { timeout: TEST_TIMEOUT }, async () => {
     const alice = await connected(server.wsUrl, "h-alice");
     const thread = (await alice.client.createGroup(["h-bob"], "long")).threadId;
