@@ -198,6 +198,64 @@ async fn large_groups_throttle_push() {
     );
 }
 
+/// A large thread's deliveries go through the node's interest in it (built on the
+/// first send): sessions that connect or disconnect after that, and members added or
+/// removed, are followed.
+#[tokio::test]
+async fn large_groups_follow_sessions_and_membership() {
+    let backend = MemBackend::new();
+    let mut cfg = common::config(1);
+    cfg.large_group_threshold = 2;
+    let e = common::engine_with(backend.adapters(NodeId::new(1).expect("node")), cfg).await;
+    let mut a = Client::connect(&e, "alice").await;
+    let t = group(&mut a, &["b1", "b2", "b3"], "big").await;
+    // Nobody else is online when the first send builds the interest.
+    send(&mut a, &t, "m1", "one").await;
+
+    let mut b1 = Client::connect(&e, "b1").await;
+    let mut b1x = Client::connect(&e, "b1").await;
+    let mut a2 = Client::connect(&e, "alice").await;
+    send(&mut a, &t, "m2", "two").await;
+    for c in [&mut b1, &mut b1x, &mut a2] {
+        assert_eq!(expect_receive(c).await.1, 2, "{}", c.user);
+    }
+
+    // A session that ends gets nothing more; the user's other session still does.
+    b1x.disconnect().await;
+    send(&mut a, &t, "m3", "three").await;
+    assert_eq!(expect_receive(&mut b1).await.1, 3);
+    assert_eq!(expect_receive(&mut a2).await.1, 3);
+
+    // A member added while online gets the messages after it joined.
+    let mut c = Client::connect(&e, "carol").await;
+    a.send(json!({"type":"add_members","thread_id":t,"members":["carol"]}))
+        .await;
+    drain_thread_frame(&mut a).await;
+    for x in [&mut b1, &mut c, &mut a2] {
+        drain_thread_frame(x).await;
+    }
+    send(&mut a, &t, "m4", "four").await;
+    for x in [&mut b1, &mut c, &mut a2] {
+        assert_eq!(expect_receive(x).await.1, 4, "{}", x.user);
+    }
+
+    // A member who left gets nothing more; the others do.
+    c.send(json!({"type":"leave_thread","thread_id":t})).await;
+    drain_thread_frame(&mut c).await;
+    for x in [&mut a, &mut b1, &mut a2] {
+        drain_thread_frame(x).await;
+    }
+    send(&mut a, &t, "m5", "five").await;
+    assert_eq!(expect_receive(&mut b1).await.1, 5);
+    assert_eq!(expect_receive(&mut a2).await.1, 5);
+    // carol's next frame is her own message's reply, not message 5.
+    c.expect_error(
+        json!({"type":"send_message","thread_id":t,"temp_id":"x","text":"hi"}),
+        "forbidden",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn acks_move_watermarks_and_route() {
     let (e, _b) = engine().await;

@@ -26,14 +26,17 @@
 //! one (a store that panicked; the runtime shutting down).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::interest::Interest;
 use super::session::SessionShared;
-use super::{receive_frame, Delivery, Engine, ThreadSlot};
+use super::{receive_frame, Delivery, Engine, Recipients, ThreadSlot};
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, UserId};
 use crate::model::{Appended, Envelope, NewMessage, StoredMessage, ThreadInfo};
@@ -84,6 +87,8 @@ pub(super) struct PendingSend {
     pub(super) msg: NewMessage,
     /// The thread as the membership check saw it: who gets the message.
     pub(super) thread: ThreadInfo,
+    /// This node's sessions of the thread's members, when the thread is large.
+    pub(super) large: Option<Arc<Interest>>,
     pub(super) reply: ReplyTo,
 }
 
@@ -141,6 +146,7 @@ impl Drop for ReplyTo {
 /// A message stored by a batch, on its way to other nodes and the push sink.
 struct Committed {
     thread: ThreadInfo,
+    large: Option<Arc<Interest>>,
     message: StoredMessage,
     frame: Bytes,
     sender: Arc<SessionShared>,
@@ -160,20 +166,34 @@ impl Drop for RunningGuard {
 impl Engine {
     /// Queues an admitted send on its thread and starts the thread's committer if none
     /// is running.
+    ///
+    /// The committer starts in the sender's own task: it is polled once here, so when
+    /// the store answers at once (the in-memory store) the batch is stored, delivered to
+    /// the local sessions' queues and answered before this returns, with no task spawned
+    /// and no hop through another task. Only what cannot finish in that first poll (a
+    /// store call or a remote fan-out still in flight, a second batch queued meanwhile)
+    /// continues on a task of its own.
     pub(super) fn enqueue_send(&self, slot: &Arc<ThreadSlot>, send: PendingSend) {
         if slot.commit.push(send) {
-            let engine = self.clone();
-            let slot = slot.clone();
-            tokio::spawn(async move { engine.run_commits(slot).await });
+            let mut committer = Box::pin(self.clone().run_commits(slot.clone()));
+            let mut cx = Context::from_waker(Waker::noop());
+            // Polled again by the task with its own waker: a future that registered the
+            // no-op one here is woken through the task's from then on.
+            if committer.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(committer);
+            }
         }
     }
 
     /// The committer of one thread: one store call at a time, each taking everything
-    /// queued meanwhile (up to `max_send_batch`); ends when the queue is empty.
+    /// queued meanwhile (up to `max_send_batch`); ends when the queue is empty. It
+    /// yields once before its second batch, so the sender's task that started it (see
+    /// [`enqueue_send`](Self::enqueue_send)) does at most one batch for others.
     async fn run_commits(self, slot: Arc<ThreadSlot>) {
         let _guard = RunningGuard(slot.clone());
         let max = self.inner.config.max_send_batch.max(1);
         let mut fan_out = None;
+        let mut batches = 0u32;
         loop {
             let batch = slot.commit.take(max, fan_out.is_none());
             if batch.is_empty() {
@@ -185,6 +205,10 @@ impl Engine {
                     }
                     None => return,
                 }
+            }
+            batches = batches.saturating_add(1);
+            if batches == 2 {
+                tokio::task::yield_now().await;
             }
             let Some(thread_id) = batch.first().map(|p| p.msg.thread_id.clone()) else {
                 continue;
@@ -257,7 +281,10 @@ impl Engine {
                 slot,
                 m.seq,
                 Delivery {
-                    users: p.thread.members.clone(),
+                    to: match &p.large {
+                        Some(i) => Recipients::Large(i.clone()),
+                        None => Recipients::Users(p.thread.members.clone()),
+                    },
                     except: Some(p.reply.session.id.clone()),
                     frame: frame.clone(),
                     kind: "receive_message",
@@ -268,6 +295,7 @@ impl Engine {
             p.reply.answer(self, sent);
             committed.push(Committed {
                 thread: p.thread,
+                large: p.large,
                 message: m,
                 frame,
                 sender,
@@ -295,16 +323,19 @@ impl Engine {
         let inner = &self.inner;
         if inner.config.single_node {
             for c in &batch {
-                let offline: Vec<UserId> = c
-                    .thread
-                    .members
-                    .iter()
-                    .filter(|u| {
-                        **u != c.message.sender_id && !inner.sessions.shard(*u).contains_key(*u)
-                    })
-                    .cloned()
-                    .collect();
-                self.accepted(&c.thread, &c.message, Some(offline));
+                let offline: Vec<UserId> = match &c.large {
+                    Some(i) => i.offline(&c.message.sender_id),
+                    None => c
+                        .thread
+                        .members
+                        .iter()
+                        .filter(|u| {
+                            **u != c.message.sender_id && !inner.sessions.shard(*u).contains_key(*u)
+                        })
+                        .cloned()
+                        .collect(),
+                };
+                self.accepted(&c.thread, &c.message, Some(offline), c.large.as_deref());
             }
             return;
         }
@@ -325,7 +356,7 @@ impl Engine {
                     tracing::warn!(thread = %group[0].thread.thread_id, error = %e,
                         "directory lookup failed: remote members get these messages on catch-up");
                     for c in group {
-                        self.accepted(&c.thread, &c.message, None);
+                        self.accepted(&c.thread, &c.message, None, c.large.as_deref());
                     }
                     continue;
                 }
@@ -367,7 +398,7 @@ impl Engine {
                     .filter(|u| ***u != c.message.sender_id)
                     .map(|u| (*u).clone())
                     .collect();
-                self.accepted(&c.thread, &c.message, Some(offline));
+                self.accepted(&c.thread, &c.message, Some(offline), c.large.as_deref());
             }
         }
         // Polled in order, so each relay connection sees a thread's envelopes in seq

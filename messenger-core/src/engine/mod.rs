@@ -7,6 +7,7 @@
 //! session sees its frames in the order the engine produced them.
 
 mod commit;
+mod interest;
 mod order;
 mod push;
 mod session;
@@ -61,10 +62,13 @@ pub struct EngineConfig {
     /// How long a user stays online after the last session closes (default 3 s), so a
     /// quick reconnect does not flap.
     pub presence_grace: Duration,
-    /// Groups with more members than this get throttled push (default 100).
+    /// Groups with more members than this are large (default 100): each node tracks
+    /// which of its sessions belong to them, so a message costs one write per online
+    /// local member rather than a lookup per member, and their push is throttled.
     pub large_group_threshold: usize,
-    /// In a large group, at most one push per member and thread per this interval
-    /// (default 60 s).
+    /// In a large group, offline members are handed to the push sink at most once per
+    /// this interval per thread and node (default 60 s), so each member gets at most one
+    /// push per thread and interval.
     pub large_group_push_interval: Duration,
     /// Frames a session's outbound queue holds before the session is closed as a slow
     /// consumer (default 1024).
@@ -192,11 +196,19 @@ impl EngineStats {
 
 /// A message on its way to local sessions.
 pub(crate) struct Delivery {
-    users: Vec<UserId>,
+    to: Recipients,
     except: Option<SessionId>,
     frame: Bytes,
     kind: &'static str,
     accepted_at: Option<Instant>,
+}
+
+/// Whose local sessions get a delivery.
+enum Recipients {
+    /// Each of these users' sessions (looked up per user).
+    Users(Vec<UserId>),
+    /// A large thread's members' sessions, as this node tracks them.
+    Large(Arc<interest::Interest>),
 }
 
 /// Per-thread state on this node: the queue of sends waiting for the store and the
@@ -216,8 +228,8 @@ struct Inner {
     watchers: Sharded<UserId, Vec<Arc<SessionShared>>>,
     /// Per-thread commit queue and delivery order.
     slots: Sharded<ThreadId, Arc<ThreadSlot>>,
-    /// Last push per (user, thread) in large groups.
-    push_throttle: Sharded<(UserId, ThreadId), Instant>,
+    /// Local sessions of large threads' members, and their push turns.
+    large: interest::LargeThreads,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -249,7 +261,7 @@ impl Engine {
                 sessions: Sharded::new(),
                 watchers: Sharded::new(),
                 slots: Sharded::new(),
-                push_throttle: Sharded::new(),
+                large: interest::LargeThreads::default(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -374,9 +386,10 @@ impl Engine {
         inner
             .sessions
             .shard(&user)
-            .entry(user)
+            .entry(user.clone())
             .or_default()
             .push(shared.clone());
+        inner.large.session_added(&user, &shared);
         Ok(Session {
             outbox: Outbox::new(shared.clone()),
             handle: SessionHandle { shared },
@@ -399,6 +412,7 @@ impl Engine {
                 }
             }
         }
+        inner.large.session_removed(&s.user, s);
         let subs: Vec<UserId> = s
             .subscriptions
             .lock()
@@ -675,6 +689,7 @@ impl Engine {
             return Err(Error::bad_request("text must not be empty"));
         }
         let thread = self.member_thread(&thread_id, &s.user).await?;
+        let large = self.large_interest(&thread);
         s.take_send_slot().await;
         let reply = commit::ReplyTo::new(s.clone(), ticket, req_id.clone());
         let msg = NewMessage {
@@ -686,13 +701,38 @@ impl Engine {
             sent_at: now_ms(),
         };
         let slot = self.slot(&msg.thread_id);
-        self.enqueue_send(&slot, commit::PendingSend { msg, thread, reply });
+        self.enqueue_send(
+            &slot,
+            commit::PendingSend {
+                msg,
+                thread,
+                large,
+                reply,
+            },
+        );
         Ok(())
     }
 
+    /// This node's interest in `thread` if it is large (see [`interest`]).
+    fn large_interest(&self, thread: &ThreadInfo) -> Option<Arc<interest::Interest>> {
+        let inner = &self.inner;
+        (thread.members.len() > inner.config.large_group_threshold).then(|| {
+            inner
+                .large
+                .get(&thread.thread_id, &thread.members, &inner.sessions)
+        })
+    }
+
     /// A stored message's last steps: the event log, and push for the members with no
-    /// session (`None`: unknown, the directory could not be read).
-    fn accepted(&self, thread: &ThreadInfo, m: &StoredMessage, offline: Option<Vec<UserId>>) {
+    /// session (`None`: unknown, the directory could not be read). `large`: the thread's
+    /// interest when it is large (its push turn throttles push).
+    fn accepted(
+        &self,
+        thread: &ThreadInfo,
+        m: &StoredMessage,
+        offline: Option<Vec<UserId>>,
+        large: Option<&interest::Interest>,
+    ) {
         let offline_known = offline.is_some();
         let offline = offline.unwrap_or_default();
         self.publish(
@@ -711,7 +751,7 @@ impl Engine {
             }),
         );
         if !offline.is_empty() {
-            self.push_offline(thread, m, offline);
+            self.push_offline(m, offline, large);
         }
     }
 
@@ -765,31 +805,19 @@ impl Engine {
         }
     }
 
-    fn push_offline(&self, thread: &ThreadInfo, m: &StoredMessage, users: Vec<UserId>) {
-        let inner = &self.inner;
-        let large = thread.members.len() > inner.config.large_group_threshold;
-        let users: Vec<UserId> = if large {
-            let now = Instant::now();
-            let every = inner.config.large_group_push_interval;
-            users
-                .into_iter()
-                .filter(|u| {
-                    let key = (u.clone(), thread.thread_id.clone());
-                    let mut shard = inner.push_throttle.shard(&key);
-                    match shard.get(&key) {
-                        Some(t) if now.duration_since(*t) < every => false,
-                        _ => {
-                            shard.insert(key, now);
-                            true
-                        }
-                    }
-                })
-                .collect()
-        } else {
-            users
-        };
-        if users.is_empty() {
-            return;
+    /// Hands `users` to the push sink on a task of its own (never blocks delivery); in a
+    /// large thread only when the thread's push turn has come (see [`interest`]).
+    fn push_offline(
+        &self,
+        m: &StoredMessage,
+        users: Vec<UserId>,
+        large: Option<&interest::Interest>,
+    ) {
+        let every = self.inner.config.large_group_push_interval;
+        if let Some(i) = large {
+            if !i.take_push_turn(Instant::now(), every) {
+                return;
+            }
         }
         let engine = self.clone();
         let m = m.clone();
@@ -852,7 +880,19 @@ impl Engine {
 
     /// Writes a delivery to every local session of its users (except one).
     fn deliver_local(&self, d: &Delivery) {
-        for user in &d.users {
+        let out = || Outbound {
+            frame: d.frame.clone(),
+            kind: d.kind,
+            accepted_at: d.accepted_at,
+        };
+        let users = match &d.to {
+            Recipients::Users(users) => users,
+            Recipients::Large(i) => {
+                i.for_each_session(d.except.as_ref(), |t| self.push_to(t, out()));
+                return;
+            }
+        };
+        for user in users {
             // Pushing never blocks (a full queue closes the session), so the shard lock
             // is held only for the pushes, and no list of sessions is cloned per send.
             let shard = self.inner.sessions.shard(user);
@@ -863,21 +903,14 @@ impl Engine {
                 if d.except.as_ref() == Some(&t.id) {
                     continue;
                 }
-                self.push_to(
-                    t,
-                    Outbound {
-                        frame: d.frame.clone(),
-                        kind: d.kind,
-                        accepted_at: d.accepted_at,
-                    },
-                );
+                self.push_to(t, out());
             }
         }
     }
 
     fn deliver_envelope(&self, env: Envelope) {
         let d = Delivery {
-            users: env.users,
+            to: Recipients::Users(env.users),
             except: env.except_session,
             kind: frame_kind(&env.frame),
             frame: Bytes::from(env.frame),
@@ -899,7 +932,7 @@ impl Engine {
         }
         let encoded = frame.encode();
         let d = Delivery {
-            users: users.clone(),
+            to: Recipients::Users(users.clone()),
             except: except.clone(),
             frame: Bytes::from(encoded.clone()),
             kind: frame.type_name(),
@@ -1390,9 +1423,7 @@ impl Engine {
             });
         });
         let every = self.inner.config.large_group_push_interval;
-        self.inner
-            .push_throttle
-            .for_each_shard(|m| m.retain(|_, t| now.duration_since(*t) < every));
+        self.inner.large.sweep(now, idle, every);
     }
 }
 
