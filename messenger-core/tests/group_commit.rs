@@ -24,6 +24,7 @@ struct Gated {
     gate: Arc<Semaphore>,
     batches: Mutex<Vec<Vec<String>>>,
     fail_next: AtomicBool,
+    panic_next: AtomicBool,
 }
 
 impl Gated {
@@ -37,6 +38,7 @@ impl Gated {
             })),
             batches: Mutex::new(Vec::new()),
             fail_next: AtomicBool::new(false),
+            panic_next: AtomicBool::new(false),
         })
     }
 
@@ -68,6 +70,9 @@ impl MessageStore for Gated {
         self.gate.acquire().await.expect("gate open").forget();
         if self.fail_next.swap(false, Ordering::SeqCst) {
             return Err(Error::unavailable("store down for this batch"));
+        }
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("the test store panics on this batch");
         }
         self.inner.append_batch(thread, batch).await
     }
@@ -388,6 +393,28 @@ async fn a_failed_batch_answers_every_send_and_the_next_batch_goes_through() {
         got,
         vec![("f1".into(), 2), ("f2".into(), 3), ("f3".into(), 4)]
     );
+}
+
+/// A store that panics answers its batch with `internal` errors and leaves the thread
+/// usable; the sender's session lives on. The committer starts in the sender's own call
+/// (see `enqueue_send`), so this also checks that the panic stays out of it.
+#[tokio::test]
+async fn a_panicking_store_answers_the_batch_and_the_session_lives_on() {
+    let backend = MemBackend::new();
+    let (e, store) = gated_engine(&backend, true, config(1)).await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let mut bob = Client::connect(&e, "bob").await;
+    let t = group(&mut alice, &["bob"]).await;
+    bob.recv().await;
+    store.panic_next.store(true, Ordering::SeqCst);
+    alice.send(send_frame(&t, "boom")).await;
+    match alice.recv().await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, "internal"),
+        f => panic!("expected the internal error, got {f:?}"),
+    }
+    alice.send(send_frame(&t, "after")).await;
+    assert_eq!(sent(&mut alice).await, ("after".into(), 1));
+    assert_eq!(received(&mut bob).await, ("text after".into(), 1));
 }
 
 #[tokio::test]

@@ -27,9 +27,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -177,10 +178,22 @@ impl Engine {
         if slot.commit.push(send) {
             let mut committer = Box::pin(self.clone().run_commits(slot.clone()));
             let mut cx = Context::from_waker(Waker::noop());
-            // Polled again by the task with its own waker: a future that registered the
-            // no-op one here is woken through the task's from then on.
-            if committer.as_mut().poll(&mut cx).is_pending() {
-                tokio::spawn(committer);
+            // A store that panics must not take the sender's session down with it: the
+            // unwinding committer has already answered its batch (`internal` errors) and
+            // marked the thread idle (`RunningGuard`), as it does on a task of its own.
+            let polled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| committer.as_mut().poll(&mut cx)));
+            match polled {
+                // Polled again by the task with its own waker: a future that registered
+                // the no-op one here is woken through the task's from then on.
+                Ok(Poll::Pending) => {
+                    tokio::spawn(committer);
+                }
+                Ok(Poll::Ready(())) => {}
+                Err(_) => tracing::error!(
+                    "the message store panicked in a send batch: its sends were answered \
+                     with `internal`"
+                ),
             }
         }
     }
