@@ -1,6 +1,6 @@
 //! [`MemMessageStore`]: messages per thread, in memory.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -11,25 +11,59 @@ use messenger_core::{MessageId, MessageStore, Result, ThreadId, UserId};
 
 use messenger_core::sync::{lock, Sharded};
 
+/// Messages per chunk of a thread's log.
+const CHUNK: usize = 1024;
+
 /// One thread's messages and idempotency indexes.
+///
+/// Nothing here grows by copying: the log is a list of fixed-size chunks and the indexes
+/// are B-trees. A `Vec` and two hash maps per thread doubled (a copy of every message and
+/// a rehash of both indexes) at the same message count in every thread; under an even
+/// load (the `pairs` benchmark: 50 threads at the same rate) all of them did so within a
+/// few milliseconds, and the server stalled for 20-30 ms (docs/benchmarks.md, issue 17).
 #[derive(Default)]
 struct ThreadLog {
-    /// `messages[i].seq == i + 1`.
-    messages: Vec<StoredMessage>,
+    /// Message `seq` is `chunks[(seq - 1) / CHUNK][(seq - 1) % CHUNK]`; every chunk but
+    /// the last is full.
+    chunks: Vec<Vec<StoredMessage>>,
+    len: usize,
     /// (sender, temp_id) -> seq, the idempotency key within the thread.
-    by_temp: HashMap<(UserId, String), u64>,
+    by_temp: BTreeMap<(UserId, String), u64>,
     /// message id -> seq.
-    by_id: HashMap<MessageId, u64>,
+    by_id: BTreeMap<MessageId, u64>,
 }
 
 impl ThreadLog {
     fn at(&self, seq: u64) -> Option<&StoredMessage> {
         let i = usize::try_from(seq.checked_sub(1)?).ok()?;
-        self.messages.get(i)
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
     }
 
     fn last_seq(&self) -> u64 {
-        self.messages.len() as u64
+        self.len as u64
+    }
+
+    fn push(&mut self, m: StoredMessage) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(m),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(m);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Messages with seq above `after_seq`, in seq order.
+    fn after(&self, after_seq: u64) -> impl Iterator<Item = &StoredMessage> {
+        let skip = usize::try_from(after_seq).unwrap_or(usize::MAX);
+        let (first, offset) = (skip / CHUNK, skip % CHUNK);
+        self.chunks
+            .iter()
+            .skip(first)
+            .enumerate()
+            .flat_map(move |(j, c)| c[if j == 0 { offset.min(c.len()) } else { 0 }..].iter())
     }
 }
 
@@ -119,7 +153,7 @@ impl ThreadLog {
         };
         self.by_temp.insert((sender_id, temp_id), seq);
         self.by_id.insert(stored.message_id, seq);
-        self.messages.push(stored.clone());
+        self.push(stored.clone());
         Appended {
             message: stored,
             duplicate: false,
@@ -186,12 +220,72 @@ impl MessageStore for MemMessageStore {
             return Ok(0);
         };
         let log = lock(&log);
-        let start = usize::try_from(after_seq)
-            .unwrap_or(usize::MAX)
-            .min(log.messages.len());
-        Ok(log.messages[start..]
-            .iter()
+        Ok(log
+            .after(after_seq)
             .filter(|m| &m.sender_id != reader)
             .count() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(thread: &ThreadId, sender: &str, n: u64) -> NewMessage {
+        NewMessage {
+            thread_id: thread.clone(),
+            message_id: MessageId(1_000 + n),
+            sender_id: UserId::new(sender).expect("user"),
+            temp_id: format!("t{n}"),
+            text: format!("m{n}"),
+            sent_at: 1,
+        }
+    }
+
+    /// Reads and idempotency across the log's chunk boundaries.
+    #[tokio::test]
+    async fn a_log_longer_than_a_chunk_reads_back_in_order() {
+        let store = MemMessageStore::new();
+        let t = ThreadId::new("g:big").expect("thread");
+        let n = (2 * CHUNK + 5) as u64;
+        let batch: Vec<NewMessage> = (1..=n)
+            .map(|i| msg(&t, if i % 2 == 0 { "alice" } else { "bob" }, i))
+            .collect();
+        let appended = store.append_batch(&t, batch).await.expect("append");
+        assert!(appended.iter().all(|a| !a.duplicate));
+        assert_eq!(store.last_seqs(&[t.clone()]).await.expect("last"), [n]);
+
+        let around = CHUNK as u64 - 2;
+        let page = store
+            .fetch(
+                &t,
+                HistoryQuery {
+                    before_seq: None,
+                    after_seq: Some(around),
+                    limit: 5,
+                },
+            )
+            .await
+            .expect("fetch");
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (around + 1..=around + 5).collect::<Vec<_>>());
+        assert!(page
+            .messages
+            .iter()
+            .all(|m| m.text == format!("m{}", m.seq)));
+
+        let last = store.get(&t, MessageId(1_000 + n)).await.expect("get");
+        assert_eq!(last.map(|m| m.seq), Some(n));
+        let again = store.append(msg(&t, "bob", 1)).await.expect("dup");
+        assert!(again.duplicate);
+        assert_eq!(again.message.seq, 1);
+
+        let alice = UserId::new("alice").expect("user");
+        // bob's messages (odd seqs) after each point, as counted unread by alice.
+        for after in [0, CHUNK as u64 - 1, CHUNK as u64, 2 * CHUNK as u64 + 1, n] {
+            let expected = (after + 1..=n).filter(|s| s % 2 == 1).count() as u64;
+            let got = store.count_unread(&t, &alice, after).await.expect("count");
+            assert_eq!(got, expected, "after {after}");
+        }
     }
 }
