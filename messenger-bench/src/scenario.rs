@@ -67,12 +67,12 @@ impl Ctx {
         self.pids.iter().map(|p| sys::cpu_secs(Some(*p))).sum()
     }
 
-    fn source(&self, i: usize, total: usize) -> Option<std::net::Ipv4Addr> {
+    fn source(&self, i: usize, total: usize) -> Option<std::net::SocketAddrV4> {
         self.targets.iter().all(Target::is_loopback_v4).then(|| {
             // Source block b: the server's run uses 127.0.(2b).1 and up, the floor's
             // 127.0.(2b+1).1 and up (254 addresses, up to ~7M connections, each).
             let base = (2 * self.args.source_block + usize::from(self.is_floor)) * 254;
-            client::source_ip(i, total, self.args.per_source_ip, base)
+            client::source_addr(i, total, self.args.per_source_ip, base)
         })
     }
 }
