@@ -7,8 +7,8 @@
 #   cargo build --release -p messenger-server --features cli -p messenger-bench
 #   messenger-bench/scripts/bench.sh [OUT] [RUNS] [SCENARIOS...]
 #
-# Scenarios: idle pairs pairs-rate pairs-rate-low pairs-15k group biggroup biggroup-full
-# reconnect (default: all but pairs-15k and the biggroups). pairs-rate sends RATE
+# Scenarios: idle pairs pairs-rate pairs-rate-low pairs-15k group biggroup biggroup-half
+# biggroup-full reconnect (default: all but pairs-15k and the biggroups). pairs-rate sends RATE
 # messages/s in all (default 50000), pairs-rate-low 20000. Waits for the 1-minute load
 # average to fall under MAX_LOAD (default 2.5) before each run, up to 30 s, so runs do
 # not land on top of a compile.
@@ -125,6 +125,8 @@ for n in $(seq "$RUNS"); do
       # A 10 000-member group with 2 000 online: at 100 sends/s (~200k deliveries/s, the
       # issue 17 target) and at full speed.
       biggroup) run "biggroup$sfx" "$n" biggroup --group-size 10000 --online 2000 --senders 2 --rate 100 --duration 10 ;;
+      # The same at half that rate, below saturation of one core, for latency.
+      biggroup-half) run "biggroup-half$sfx" "$n" biggroup --group-size 10000 --online 2000 --senders 2 --rate 50 --duration 10 ;;
       biggroup-full) run "biggroup-full$sfx" "$n" biggroup --group-size 10000 --online 2000 --senders 2 --duration 10 ;;
       reconnect) run "reconnect$sfx" "$n" reconnect --connections 1000 --jitter-ms 1000 --messages 5 --duration 30 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
