@@ -253,7 +253,13 @@ mod tests {
             .collect();
         let appended = store.append_batch(&t, batch).await.expect("append");
         assert!(appended.iter().all(|a| !a.duplicate));
-        assert_eq!(store.last_seqs(&[t.clone()]).await.expect("last"), [n]);
+        assert_eq!(
+            store
+                .last_seqs(std::slice::from_ref(&t))
+                .await
+                .expect("last"),
+            [n]
+        );
 
         let around = CHUNK as u64 - 2;
         let page = store
