@@ -81,7 +81,7 @@ pub struct StormReport {
     /// Talkers (groups).
     pub talkers: usize,
     /// Catch-up requests (list_threads, fetch_history) answered after more than
-    /// [`REPLY_TIMEOUT`].
+    /// `REPLY_TIMEOUT` (10 s).
     pub slow_replies: u64,
     /// The CPU groups' names (the order of `timeline`'s figures).
     pub cpu_names: Vec<String>,
@@ -625,7 +625,7 @@ struct Talker {
 
 impl Talker {
     /// Posts `messages` messages; a send without `message_sent` within
-    /// [`REPLY_TIMEOUT`], answered `unavailable`, or on a broken connection is sent again
+    /// `REPLY_TIMEOUT` (10 s). answered `unavailable`, or on a broken connection is sent again
     /// under the same `temp_id` (after reconnecting if needed) until it is stored or
     /// `deadline` passes: the SDK's outbox contract.
     async fn post(
