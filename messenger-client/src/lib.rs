@@ -37,7 +37,10 @@
 //!   back for the next event.
 //! - **Outbox.** A send goes to the [`ClientStore`] first, then to the server under its
 //!   temp id; every (re)connect resends the whole outbox, oldest first, with the same
-//!   temp ids; the server's idempotent send makes that safe. With
+//!   temp ids, after asking for the catch-up and with at most 64 sends awaiting an
+//!   answer at a time (the server answers a session in order, so a catch-up or a gap
+//!   fill never waits behind a whole outbox); the server's idempotent send makes that
+//!   safe. With
 //!   [`SqliteStore`] (feature `sqlite`) the outbox, positions and receipts survive the
 //!   app being killed.
 //! - **Catch-up and gap filling.** After every `welcome`: `list_threads`, then

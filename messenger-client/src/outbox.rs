@@ -178,8 +178,14 @@ impl Outbox {
         self.items.get_mut(n)
     }
 
-    /// Every stored item that should be written now, oldest first, marked in flight.
-    pub fn due(&mut self, now: Instant) -> Vec<(ThreadId, String, String)> {
+    /// Items written and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.items.values().filter(|i| i.in_flight).count()
+    }
+
+    /// Up to `limit` stored items that should be written now, oldest first, marked in
+    /// flight.
+    pub fn due(&mut self, now: Instant, limit: usize) -> Vec<(ThreadId, String, String)> {
         self.items
             .values_mut()
             .filter(|i| {
@@ -190,6 +196,7 @@ impl Outbox {
                         Some(t) => t <= now,
                     }
             })
+            .take(limit)
             .map(|i| {
                 i.in_flight = true;
                 i.retry_at = None;
@@ -253,15 +260,15 @@ mod tests {
         assert_eq!(o.push(e("x", "one"), Some(c), None), Pushed::Joined);
         let now = Instant::now();
         assert!(
-            o.due(now).is_empty(),
+            o.due(now, usize::MAX).is_empty(),
             "nothing goes out before the store has it"
         );
         o.all_stored();
-        let due: Vec<_> = o.due(now).into_iter().map(|d| d.1).collect();
+        let due: Vec<_> = o.due(now, usize::MAX).into_iter().map(|d| d.1).collect();
         assert_eq!(due, vec!["x", "y"]);
-        assert!(o.due(now).is_empty(), "in flight");
+        assert!(o.due(now, usize::MAX).is_empty(), "in flight");
         o.connection_lost();
-        assert_eq!(o.due(now).len(), 2, "resent after reconnect");
+        assert_eq!(o.due(now, usize::MAX).len(), 2, "resent after reconnect");
         let item = o.take(&t(), "x").expect("x");
         assert_eq!(item.waiters.len(), 2);
         assert_eq!(o.len(), 1);
@@ -288,11 +295,15 @@ mod tests {
         let mut o = Outbox::default();
         o.restore(e("x", "one"));
         let now = Instant::now();
-        o.due(now);
+        o.due(now, usize::MAX);
         let item = o.get_mut(&t(), "x").expect("x");
         item.in_flight = false;
         item.retry_at = Some(now + std::time::Duration::from_secs(1));
-        assert!(o.due(now).is_empty());
-        assert_eq!(o.due(now + std::time::Duration::from_secs(2)).len(), 1);
+        assert!(o.due(now, usize::MAX).is_empty());
+        assert_eq!(
+            o.due(now + std::time::Duration::from_secs(2), usize::MAX)
+                .len(),
+            1
+        );
     }
 }

@@ -29,6 +29,15 @@ use crate::HistoryPage;
 pub(crate) const SEND_RETRY: Duration = Duration::from_secs(1);
 /// How long a catch-up refused as transient waits.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+/// Sends written and not yet answered, at most (the server's default per-session cap,
+/// `EngineConfig::max_sends_in_flight`). The server answers a session's frames in
+/// order and runs any other request only after the sends before it are answered, so
+/// with a whole outbox written at once (after an outage: hundreds) a catch-up or a gap
+/// fill would wait behind all of it; under sustained load it never ran, and the thread
+/// stayed stuck behind the gap (the chaos long profile: two users received nothing of
+/// one thread for ten minutes while sending in it). With the cap, a read waits for at
+/// most this many sends.
+pub(crate) const MAX_SENDS_IN_FLIGHT: usize = 64;
 
 /// A reply channel for a request.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -324,8 +333,10 @@ impl Core {
                 user_id,
                 session_id,
             }));
-        self.flush_outbox(now);
+        // The catch-up first: its list (and the fills it asks for) then waits behind no
+        // resent send.
         self.catch_up();
+        self.flush_outbox(now);
         if !self.presence_watch.is_empty() {
             let user_ids = self.presence_watch.iter().cloned().collect();
             self.request(
@@ -345,7 +356,8 @@ impl Core {
         if !self.online {
             return;
         }
-        for (thread_id, temp_id, text) in self.outbox.due(now) {
+        let room = MAX_SENDS_IN_FLIGHT.saturating_sub(self.outbox.in_flight());
+        for (thread_id, temp_id, text) in self.outbox.due(now, room) {
             let frame = ClientFrame::SendMessage {
                 thread_id: thread_id.clone(),
                 temp_id: temp_id.clone(),
@@ -668,6 +680,8 @@ impl Core {
                         sent_at,
                     });
                 }
+                // A slot of MAX_SENDS_IN_FLIGHT is free.
+                self.flush_outbox(now);
             }
             ServerFrame::ReceiveMessage {
                 thread_id,
@@ -887,6 +901,7 @@ impl Core {
                         error: err,
                     }));
                 }
+                self.flush_outbox(now);
             }
             Pending::FireHead { ping } => {
                 if let Some(p) = self.pending.remove(&ping) {
@@ -1005,7 +1020,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn outbox_is_flushed_on_connect_before_catch_up_and_new_sends() {
+    async fn outbox_is_flushed_on_connect_after_the_catch_up_list_and_before_new_sends() {
         let mut c = core(settings());
         let mut waits = Vec::new();
         for i in 0..3 {
@@ -1029,10 +1044,10 @@ mod tests {
         assert_eq!(
             kinds,
             [
+                "list_threads",
                 "send_message",
                 "send_message",
-                "send_message",
-                "list_threads"
+                "send_message"
             ]
         );
         let temps: Vec<String> = frames
@@ -1050,7 +1065,7 @@ mod tests {
         let again = written(&mut c);
         assert_eq!(again.len(), 4);
         // The server reconciles the first one.
-        let (req, _) = again[0];
+        let (req, _) = again[1];
         c.on_frame(
             ServerFrame::MessageSent {
                 req_id: Some(ReqId::UInt(req)),
@@ -1065,6 +1080,71 @@ mod tests {
         let sent = waits.remove(0).await.expect("reply").expect("sent");
         assert_eq!((sent.message_id, sent.seq), (MessageId(77), 1));
         assert_eq!(delivered(&mut c), vec![1], "own message joins the stream");
+    }
+
+    /// The server runs a session's frames in order and any request only after the sends
+    /// before it are answered: a whole outbox written at once would hold the catch-up
+    /// and every gap fill behind it. So the catch-up list goes first, and at most
+    /// MAX_SENDS_IN_FLIGHT sends wait for an answer; each answer lets the next one go.
+    #[test]
+    fn sends_in_flight_are_capped_so_a_fill_waits_behind_few() {
+        let mut c = core(settings());
+        let n = MAX_SENDS_IN_FLIGHT + 36;
+        for i in 0..n {
+            let cmd = Command::Send {
+                thread_id: t("t"),
+                temp_id: format!("tmp-{i}"),
+                text: format!("queued {i}"),
+                reply: None,
+                stored: None,
+            };
+            assert!(matches!(c.command(cmd, Instant::now()), Flow::Continue));
+        }
+        save(&mut c).expect("the sends are stored");
+        connect(&mut c);
+        let frames = written(&mut c);
+        assert_eq!(frames[0].1.type_name(), "list_threads");
+        let sends: Vec<(u64, String)> = frames
+            .iter()
+            .filter_map(|(req, f)| match f {
+                ClientFrame::SendMessage { temp_id, .. } => Some((*req, temp_id.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends.len(), MAX_SENDS_IN_FLIGHT, "only the cap goes out");
+        assert_eq!(sends[0].1, "tmp-0");
+        // A live message past a gap: its fill waits behind the capped sends only.
+        c.on_frame(receive("g", 1, "bob"), Instant::now());
+        c.on_frame(receive("g", 5, "bob"), Instant::now());
+        let fill = written(&mut c);
+        assert_eq!(fill.len(), 1);
+        assert_eq!(fill[0].1.type_name(), "fetch_history");
+        // An answer frees a slot: the next oldest send goes out.
+        c.on_frame(
+            ServerFrame::MessageSent {
+                req_id: Some(ReqId::UInt(sends[0].0)),
+                thread_id: t("t"),
+                temp_id: sends[0].1.clone(),
+                message_id: MessageId(900),
+                seq: 1,
+                sent_at: 0,
+            },
+            Instant::now(),
+        );
+        let next: Vec<String> = written(&mut c)
+            .into_iter()
+            .filter_map(|(_, f)| match f {
+                ClientFrame::SendMessage { temp_id, .. } => Some(temp_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(next, [format!("tmp-{MAX_SENDS_IN_FLIGHT}")]);
+        // A lost connection: the resend after the next list is capped again.
+        c.connection_lost();
+        connect(&mut c);
+        let again = written(&mut c);
+        assert_eq!(again[0].1.type_name(), "list_threads");
+        assert_eq!(again.len(), 1 + MAX_SENDS_IN_FLIGHT);
     }
 
     #[tokio::test]
@@ -1250,8 +1330,11 @@ mod tests {
         );
         connect(&mut c);
         let frames = written(&mut c);
+        // The catch-up's list first, then the outbox.
+        assert_eq!(frames[0].1.type_name(), "list_threads", "{frames:?}");
+        let list_req = frames[0].0;
         assert!(
-            matches!(&frames[0].1, ClientFrame::SendMessage { temp_id, .. } if temp_id == "kept"),
+            matches!(&frames[1].1, ClientFrame::SendMessage { temp_id, .. } if temp_id == "kept"),
             "{frames:?}"
         );
         c.tick(Instant::now());
@@ -1268,7 +1351,7 @@ mod tests {
         );
         // Catch-up continues after the held seq, not from the server's start.
         let list = ServerFrame::Threads {
-            req_id: Some(ReqId::UInt(2)),
+            req_id: Some(ReqId::UInt(list_req)),
             threads: vec![ThreadSummary {
                 thread_id: t("t"),
                 kind: messenger_core::model::ThreadKind::Group,
