@@ -8,7 +8,8 @@
 //! exactly once and in order, receipts never move backwards, a dead or stalled node's
 //! users offline within the bound. See docs/reliability.md.
 //!
-//! `short_profile` runs in scripts/test.sh (a few minutes). The long profile:
+//! `short_profile` runs in scripts/test.sh (a few minutes). `MESSENGER_CHAOS_SERVER_BIN`
+//! names another messenger-server binary (built with `--features cli`). The long profile:
 //!
 //! ```sh
 //! MESSENGER_TEST_CHAOS_ROUNDS=40 MESSENGER_TEST_CHAOS_SEED=7 \
@@ -25,7 +26,11 @@ async fn chaos(profile: Profile) {
         .expect("hbase harness");
     let dir = messenger_test_support::process::tmp_dir(&format!("chaos-{}", profile.name));
     let mut cluster = Cluster::start(ClusterConfig {
-        server_bin: env!("CARGO_BIN_EXE_messenger-server").into(),
+        // A copy of the binary can be named (a long run while other builds replace
+        // target/debug/messenger-server with other feature sets).
+        server_bin: std::env::var_os("MESSENGER_CHAOS_SERVER_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_messenger-server").into()),
         nodes: 3,
         dir: dir.clone(),
         node_ttl: Duration::from_secs(2),
