@@ -407,6 +407,22 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", options.sync.as_str())
             .map_err(sqlite)?;
         schema::prepare(&mut conn, &db)?;
+        // Checkpoints run on a thread of their own (writer::Checkpointer), not inside
+        // the commit that crosses SQLite's threshold; after a reset the WAL file is cut
+        // back to 64 MiB.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sqlite)?;
+        let ckpt_conn = open_connection(&db, 1024).map_err(sqlite)?;
+        ckpt_conn
+            .pragma_update(None, "synchronous", options.sync.as_str())
+            .map_err(sqlite)?;
+        let checkpointer =
+            writer::Checkpointer::start(ckpt_conn).map_err(|source| OpenError::NotWritable {
+                path: dir.clone(),
+                source,
+            })?;
         let shared = Arc::new(Shared {
             keys: Mutex::new(Default::default()),
             threads: Mutex::new(ThreadCache::default()),
@@ -419,7 +435,7 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("messenger-sqlite-writer".into())
-            .spawn(move || writer::run(w, rx, max_batch))
+            .spawn(move || writer::run(w, rx, max_batch, checkpointer))
             .map_err(|source| OpenError::NotWritable {
                 path: dir.clone(),
                 source,

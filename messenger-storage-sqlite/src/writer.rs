@@ -7,7 +7,10 @@
 //! With `synchronous = FULL` that commit is one fsync for all of them.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use messenger_core::model::{
     AckStatus, Appended, CreatedThread, MembershipChange, NewMessage, NewThread, StoredMessage,
@@ -98,8 +101,95 @@ pub(crate) struct Writer {
     touched: Vec<ThreadId>,
 }
 
+/// The shortest time between two background checkpoints: each one folds what the
+/// commits since the last one wrote (a few MiB at full speed) into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// WAL pages (4 KiB each) past which the writer catches the checkpoint up itself.
+const WAL_RESTART_PAGES: i64 = 8192;
+
+/// The checkpointer: folds the WAL into the database file on a connection of its own,
+/// so that the copy and its fsync never hold up a commit (SQLite's automatic checkpoint,
+/// turned off on the writer's connection, runs inside the commit that crosses its
+/// threshold, and every send waiting for that commit waits for the checkpoint too).
+/// `PASSIVE` never blocks the writer. The writer starts the WAL over from its
+/// beginning only when a checkpoint has caught up with it, which a background
+/// checkpoint never does while writes keep coming; so once the WAL passes
+/// `WAL_RESTART_PAGES` the writer runs one checkpoint itself between two transactions
+/// (cheap: only what was written since the last background pass is left to copy).
+/// Woken by the writer after commits; ends when the writer is gone.
+pub(crate) struct Checkpointer {
+    wake: SyncSender<()>,
+    catch_up: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the checkpointer thread on `conn` (a read-write connection to the store).
+    pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
+        let (wake, rx) = sync_channel(1);
+        let catch_up = Arc::new(AtomicBool::new(false));
+        let flag = catch_up.clone();
+        let thread = std::thread::Builder::new()
+            .name("messenger-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &rx, &flag))?;
+        Ok(Checkpointer {
+            wake,
+            catch_up,
+            thread,
+        })
+    }
+
+    /// After a commit (on the writer thread): catches up if the WAL grew too long,
+    /// then wakes the background checkpoint (at most one is queued; never blocks).
+    fn after_commit(&self, writer: &Connection) {
+        if self.catch_up.swap(false, Ordering::Relaxed) {
+            if let Err(e) = writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "checkpoint on the writer failed; the WAL keeps growing until one succeeds");
+            }
+        }
+        match self.wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+
+    /// Stops the thread once its checkpoint in progress (if any) ends.
+    fn stop(self) {
+        drop(self.wake);
+        if self.thread.join().is_err() {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, wake: &Receiver<()>, catch_up: &AtomicBool) {
+    while wake.recv().is_ok() {
+        let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match r {
+            Ok((log, done)) => {
+                tracing::trace!(wal_pages = log, checkpointed = done, "checkpoint");
+                if log > WAL_RESTART_PAGES {
+                    catch_up.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "background checkpoint failed; retried after the next commit")
+            }
+        }
+        // Coalesce the commits of the next interval into one checkpoint.
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+}
+
 /// The writer thread's loop; ends when every sender is gone.
-pub(crate) fn run(mut w: Writer, mut rx: mpsc::Receiver<Work>, max_batch: usize) {
+pub(crate) fn run(
+    mut w: Writer,
+    mut rx: mpsc::Receiver<Work>,
+    max_batch: usize,
+    checkpointer: Checkpointer,
+) {
     let mut jobs: Vec<Work> = Vec::with_capacity(max_batch.min(1024));
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
@@ -126,7 +216,9 @@ pub(crate) fn run(mut w: Writer, mut rx: mpsc::Receiver<Work>, max_batch: usize)
         for j in jobs.drain(..) {
             j.finish(&outcome);
         }
+        checkpointer.after_commit(&w.conn);
     }
+    checkpointer.stop();
     // Leave a compact WAL behind for the next start (it is replayed otherwise).
     if let Err(e) = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "checkpoint at close failed; the WAL is replayed at next open");
