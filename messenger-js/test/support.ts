@@ -10,7 +10,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket, { WebSocketServer } from "ws";
 
-import { MessengerClient, type ClientEvents, type ClientOptions, type Message } from "../src/index.js";
+import { MessengerClient, MessengerError, type ClientEvents, type ClientOptions, type Message } from "../src/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** messenger-js/ (tests run from build-test/test/). */
@@ -327,5 +327,19 @@ export const range = (from: number, to: number) => Array.from({ length: to - fro
  * before it (such as duplicates a proxy added) has been handled by then.
  */
 export async function settle(...cs: TestClient[]): Promise<void> {
-  for (const c of cs) await c.client.ping();
+  for (const c of cs) {
+    // The round trip needs a connection: one may still be (re)connecting after a
+    // fault the test injected, or be replaced while the ping is in flight.
+    let answered = false;
+    await waitFor("a settling round trip", async () => {
+      if (c.client.state.kind !== "connected") return false;
+      try {
+        await c.client.ping();
+        answered = true;
+      } catch (e) {
+        if (!(e instanceof MessengerError) || e.kind !== "disconnected") throw e;
+      }
+      return answered;
+    });
+  }
 }
