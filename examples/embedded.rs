@@ -80,7 +80,7 @@ async fn app(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         .config(config)
         .build()
         .await?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = messenger_server::bind_listener(addr)?;
     let url = format!("ws://{}/ws", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, async {

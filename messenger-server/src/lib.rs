@@ -25,7 +25,8 @@
 //! use messenger_server::{Server, ServerConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // An accept queue of 4096, not TcpListener::bind's 128 (see bind_listener).
+//! let listener = messenger_server::bind_listener("127.0.0.1:8080".parse()?)?;
 //! let server = Server::builder()
 //!     .config(ServerConfig::default()) // dev auth: the token is the user id
 //!     .build()
@@ -86,5 +87,30 @@ pub use conn::{
 };
 pub use messenger_core::engine::Adapters;
 pub use server::{Server, ServerBuilder, ServerError};
+/// Pending connections the kernel queues for `accept` on a listener made by
+/// [`bind_listener`] (capped by `net.core.somaxconn`, 4096 by default).
+///
+/// `TcpListener::bind` asks for 128. A burst of connects larger than that (a reconnect
+/// storm, a load generator with 256 in flight) while the accept loop waits for the CPU
+/// overflows the queue: the kernel drops the SYNs, and those clients retry only after
+/// 1 s, then 3 s, ... (measured: ~1 000 overflows and a connect ramp at a few hundred
+/// per second while the server's core was busy).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener for [`Server::serve`] on `addr` with an accept queue of
+/// [`LISTEN_BACKLOG`] (not the 128 of `TcpListener::bind`) and `SO_REUSEADDR`, so that
+/// a restart may reuse a port still in TIME_WAIT. Must be called inside a Tokio
+/// runtime.
+pub fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The tungstenite version sessions run on (for [`Server::run_websocket`]).
 pub use tokio_tungstenite::tungstenite;

@@ -61,30 +61,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Pending connections the kernel queues for `accept` (capped by
-/// `net.core.somaxconn`, 4096 by default).
-///
-/// `TcpListener::bind` asks for 128. A burst of connects larger than that (a reconnect
-/// storm, a load generator with 256 in flight) while the accept loop waits for the CPU
-/// overflows the queue: the kernel drops the SYNs, and those clients retry only after
-/// 1 s, then 3 s, ... (measured: ~1 000 overflows and a connect ramp at a few hundred
-/// per second while the server's core was busy).
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As std's and tokio's bind do: a restart may reuse a port still in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 async fn run(config: ServerConfig, bin: BinarySettings) -> Result<(), ServerError> {
-    let listener = listen(bin.listen).map_err(|e| {
+    let listener = messenger_server::bind_listener(bin.listen).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", bin.listen))
     })?;
     let addr = listener.local_addr()?;
