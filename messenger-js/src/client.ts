@@ -10,6 +10,16 @@ import { Outbox, type PendingSend } from "./outbox.js";
 import { decode, encode, type ClientFrame, type ReqId, type ServerFrame } from "./protocol.js";
 import { ReceiptMarks } from "./receipts.js";
 import { Sequencer, type Step } from "./sequencer.js";
+import {
+  MemoryStore,
+  type ClientStore,
+  type OutboxEntry,
+  type OutboxKey,
+  type ReceiptMark,
+  type StoreChanges,
+  type StoredState,
+  type ThreadPosition,
+} from "./store.js";
 import type {
   AckStatus,
   ClientEvents,
@@ -116,6 +126,14 @@ export interface ClientOptions {
   /** Page size of catch-up and gap fills (the server caps it at 200). Default 200. */
   fillPageSize?: number;
   /**
+   * Where the outbox, each thread's position and the receipt marks are kept across
+   * restarts. Default: a new {@link MemoryStore} (gone with the page). In browsers use
+   * an `IndexedDbStore` (one database per user), on Node a `FileStore` from
+   * `messenger-js/node`: an app restarted with messages in its outbox sends them once
+   * when connected, and resumes each thread after the last message it handed to the app.
+   */
+  store?: ClientStore;
+  /**
    * WebSocket APIs do not expose the HTTP status of a refused upgrade. When a
    * connection fails before opening, the client asks the same URL with a plain
    * `fetch` to tell a refused token (401) from a server that is down. Default: the
@@ -165,6 +183,59 @@ const TICK_MS = 250;
 /** The `req_id` of automatic `DELIVERED` acks: not tracked, a refusal is only logged. */
 const AUTO_ACK = "auto-ack";
 
+const pairKey = (a: string, b: string) => `${a}\u0000${b}`;
+
+/** Changes not yet handed to the client store, merged as they come. */
+class Changes {
+  userId: string | undefined;
+  synced = false;
+  added: OutboxEntry[] = [];
+  removed: OutboxKey[] = [];
+  threads = new Map<string, ThreadPosition>();
+  receipts = new Map<string, ReceiptMark>();
+
+  get empty(): boolean {
+    return (
+      this.userId === undefined &&
+      !this.synced &&
+      this.added.length === 0 &&
+      this.removed.length === 0 &&
+      this.threads.size === 0 &&
+      this.receipts.size === 0
+    );
+  }
+
+  /** The batch to save; this is empty afterwards. */
+  take(): StoreChanges {
+    const c: StoreChanges = {};
+    if (this.userId !== undefined) c.userId = this.userId;
+    if (this.synced) c.synced = true;
+    if (this.added.length > 0) c.outboxAdded = this.added;
+    if (this.removed.length > 0) c.outboxRemoved = this.removed;
+    if (this.threads.size > 0) c.threads = [...this.threads.values()];
+    if (this.receipts.size > 0) c.receipts = [...this.receipts.values()];
+    this.userId = undefined;
+    this.synced = false;
+    this.added = [];
+    this.removed = [];
+    this.threads = new Map();
+    this.receipts = new Map();
+    return c;
+  }
+
+  /** A batch the store refused, minus its sends: kept under what came after it. */
+  putBack(failed: StoreChanges): void {
+    if (this.userId === undefined) this.userId = failed.userId;
+    this.synced ||= failed.synced === true;
+    this.removed = [...(failed.outboxRemoved ?? []), ...this.removed];
+    for (const p of failed.threads ?? []) if (!this.threads.has(p.threadId)) this.threads.set(p.threadId, p);
+    for (const r of failed.receipts ?? []) {
+      const k = pairKey(r.threadId, r.userId);
+      if (!this.receipts.has(k)) this.receipts.set(k, r);
+    }
+  }
+}
+
 const defaultLogger: Logger = {
   debug() {},
   warn(msg, ...rest) {
@@ -212,6 +283,18 @@ export class MessengerClient {
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
 
   private readonly outbox = new Outbox();
+  private readonly store: ClientStore;
+  /** The store's state was read into the client (true) or could not be (false). */
+  private loading: Promise<boolean> | undefined;
+  private loadError: MessengerError | undefined;
+  /** The user the store belongs to. */
+  private storeUser: string | undefined;
+  private readonly changes = new Changes();
+  /** The save chain: one store save at a time, each taking every change made so far. */
+  private saving: Promise<void> = Promise.resolve();
+  private saveQueued = false;
+  /** What the store holds (or will, after the pending save) per thread. */
+  private readonly positions = new Map<string, ThreadPosition>();
   private readonly seq = new Sequencer();
   /** The receipts shown so far: a stale one (crossed in a failover) is dropped. */
   private readonly receipts = new ReceiptMarks();
@@ -251,6 +334,7 @@ export class MessengerClient {
     };
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.log = options.logger ?? defaultLogger;
+    this.store = options.store ?? new MemoryStore();
     this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
   }
 
@@ -323,6 +407,121 @@ export class MessengerClient {
     return this.seq.position(threadId);
   }
 
+  // ----- the client store -------------------------------------------------------------
+
+  /**
+   * Reads the client store (once; {@link connect} calls it too). Afterwards
+   * {@link pending} lists the sends a previous run left unconfirmed (they go out on the
+   * next connection; a `send` with the same `tempId` gives a promise for one) and
+   * {@link position} the threads' positions, even while offline. Rejects with a `store`
+   * error when the store cannot be read.
+   */
+  async load(): Promise<void> {
+    if (!this.loading) {
+      this.loading = this.store.load().then(
+        (state) => {
+          this.restore(state);
+          return true;
+        },
+        (e: unknown) => {
+          this.loadError =
+            e instanceof MessengerError ? e : new MessengerError("store", `the client store could not be read: ${String(e)}`, { cause: e });
+          return false;
+        },
+      );
+    }
+    if (!(await this.loading)) throw this.loadError;
+  }
+
+  private restore(state: StoredState): void {
+    if (state.userId !== undefined) {
+      this.storeUser = state.userId;
+      this.me ??= state.userId;
+    }
+    this.synced ||= state.synced;
+    this.outbox.restoreAll(state.outbox);
+    for (const t of state.threads) {
+      const p: ThreadPosition = { threadId: t.threadId, heldSeq: t.heldSeq };
+      if (t.ackDue) p.ackDue = { ...t.ackDue };
+      this.positions.set(t.threadId, p);
+      if (p.ackDue && this.opts.autoAckDelivered) this.acksDue.set(t.threadId, p.ackDue);
+    }
+    for (const [threadId, seq] of Object.entries(this.opts.resume ?? {})) {
+      const p = this.positions.get(threadId);
+      if (p && seq > p.heldSeq) this.setPosition(threadId, (q) => (q.heldSeq = seq));
+    }
+    for (const p of this.positions.values()) this.seq.startAt(p.threadId, p.heldSeq);
+    for (const r of state.receipts) this.receipts.restore(r.threadId, r.userId, r.deliveredSeq, r.readSeq);
+  }
+
+  /** Records a thread's position for the store when `f` changes it. */
+  private setPosition(threadId: string, f: (p: ThreadPosition) => void): void {
+    let p = this.positions.get(threadId);
+    if (!p) {
+      p = { threadId, heldSeq: 0 };
+      this.positions.set(threadId, p);
+    }
+    const before = `${p.heldSeq}/${p.ackDue?.seq}/${p.ackDue?.messageId}`;
+    f(p);
+    if (`${p.heldSeq}/${p.ackDue?.seq}/${p.ackDue?.messageId}` === before) return;
+    const copy: ThreadPosition = { threadId, heldSeq: p.heldSeq };
+    if (p.ackDue) copy.ackDue = { ...p.ackDue };
+    this.changes.threads.set(threadId, copy);
+    this.scheduleSave();
+  }
+
+  /** Saves what changed, after the save in progress (one at a time, batched). */
+  private scheduleSave(): void {
+    if (this.saveQueued) return;
+    this.saveQueued = true;
+    const loaded = this.loading ?? this.load().then(
+      () => true,
+      () => false,
+    );
+    this.saving = this.saving.then(async () => {
+      if (!(await loaded)) {
+        this.saveQueued = false;
+        return;
+      }
+      await this.saveNow();
+    });
+  }
+
+  private async saveNow(): Promise<void> {
+    this.saveQueued = false;
+    if (this.changes.empty) return;
+    const batch = this.changes.take();
+    try {
+      await this.store.save(batch);
+    } catch (e) {
+      // Sends in the batch were never written to the server: they fail now. The rest is
+      // kept and written with the next save.
+      const err = e instanceof MessengerError ? e : new MessengerError("store", `the client store refused a save: ${String(e)}`, { cause: e });
+      this.log.warn(`client store: ${err.message}`);
+      for (const a of batch.outboxAdded ?? []) {
+        // (One that joined a twin read from the store is stored already: it stays.)
+        if (this.outbox.get(a.threadId, a.tempId)?.stored !== false) continue;
+        const item = this.outbox.take(a.threadId, a.tempId);
+        for (const w of item?.waiters ?? []) w.reject(err);
+      }
+      this.changes.putBack(batch);
+      return;
+    }
+    if (batch.outboxAdded) {
+      this.outbox.markStored(batch.outboxAdded);
+      if (this.ws) this.flushOutbox(Date.now());
+    }
+  }
+
+  /** Waits until every change made so far is in the store (a store that keeps failing: a few tries). */
+  private async flushStore(): Promise<void> {
+    for (let i = 0; i < 3 && (this.saveQueued || !this.changes.empty); i++) {
+      if (!this.saveQueued) this.scheduleSave();
+      await this.saving;
+    }
+    await this.saving;
+  }
+
   // ----- lifecycle -----------------------------------------------------------------
 
   /**
@@ -347,7 +546,12 @@ export class MessengerClient {
     }
     const g = globalThis as { addEventListener?: (t: string, l: () => void) => void };
     g.addEventListener?.("online", this.onOnline);
-    this.running = this.run().catch((e) => this.log.warn("client loop failed", e));
+    this.running = this.load()
+      .then(
+        () => this.run(),
+        (e: MessengerError) => this.stop(e),
+      )
+      .catch((e) => this.log.warn("client loop failed", e));
     return promise;
   }
 
@@ -362,12 +566,14 @@ export class MessengerClient {
   }
 
   /**
-   * Closes the connection and stops for good. Pending requests and queued sends
-   * reject with a `closed` error.
+   * Closes the connection and stops for good, once everything the client changed is in
+   * its store. Pending requests and queued sends reject with a `closed` error; the
+   * sends stay in the store, so the next client on a persistent store sends them.
    */
   async close(): Promise<void> {
     if (this.closing) {
       await this.running;
+      await this.flushStore();
       return;
     }
     this.closing = true;
@@ -376,6 +582,7 @@ export class MessengerClient {
     this.wake?.();
     if (this.running) await this.running;
     else this.stop(undefined);
+    await this.flushStore();
   }
 
   private async run(): Promise<void> {
@@ -388,6 +595,15 @@ export class MessengerClient {
       const opened = await this.open(refreshed);
       if (this.closing) {
         if (opened.ok) opened.ws.close(1000);
+        break;
+      }
+      if (opened.ok && this.storeUser !== undefined && opened.userId !== this.storeUser) {
+        opened.ws.onmessage = opened.ws.onclose = opened.ws.onerror = null;
+        opened.ws.close(1000);
+        outcome = new MessengerError(
+          "wrong_user",
+          `the server authenticated ${opened.userId} but the client store belongs to ${this.storeUser}: open that user's store`,
+        );
         break;
       }
       if (opened.ok) {
@@ -715,6 +931,11 @@ export class MessengerClient {
 
   private connected(userId: string, sessionId: string): void {
     this.me = userId;
+    if (this.storeUser === undefined) {
+      this.storeUser = userId;
+      this.changes.userId = userId;
+      this.scheduleSave();
+    }
     this.session = sessionId;
     this.sessionSynced = false;
     this.setState({ kind: "connected", userId, sessionId });
@@ -748,6 +969,9 @@ export class MessengerClient {
     this.flushOutbox(now);
     for (const [threadId, due] of this.acksDue) {
       this.write(encode({ type: "message_ack", thread_id: threadId, message_id: due.messageId, status: "DELIVERED" }, AUTO_ACK));
+      this.setPosition(threadId, (p) => {
+        if (p.ackDue && p.ackDue.seq <= due.seq) delete p.ackDue;
+      });
     }
     this.acksDue.clear();
     if (this.catchUpAt !== undefined && this.catchUpAt <= now) this.catchUp();
@@ -761,6 +985,15 @@ export class MessengerClient {
       }
       this.emit("message", m);
     }
+    const last = step.deliver[step.deliver.length - 1];
+    if (last) {
+      // The listeners have it: a restart resumes after it (and still owes its ack).
+      const due = this.acksDue.get(threadId);
+      this.setPosition(threadId, (p) => {
+        p.heldSeq = Math.max(p.heldSeq, last.seq);
+        if (due) p.ackDue = { seq: due.seq, messageId: due.messageId };
+      });
+    }
     if (step.fillAfter !== undefined) this.fetchFill(threadId, step.fillAfter);
   }
 
@@ -771,12 +1004,20 @@ export class MessengerClient {
     );
   }
 
-  /** Before the first catch-up, a thread without a position starts per `initialSync`. */
+  /**
+   * Before the first catch-up, a thread without a position starts per `initialSync`;
+   * the position is stored so a restart keeps it.
+   */
   private positionUnknown(threadId: string, serverLast: number): void {
     if (this.seq.position(threadId) !== undefined) return;
     const resume = this.opts.resume?.[threadId];
-    if (resume !== undefined) this.seq.startAt(threadId, resume);
-    else if (!this.synced && this.opts.initialSync === "latest") this.seq.startAt(threadId, serverLast);
+    let start: number | undefined;
+    if (resume !== undefined) start = resume;
+    else if (!this.synced && this.opts.initialSync === "latest") start = serverLast;
+    if (start === undefined) return;
+    this.seq.startAt(threadId, start);
+    const at = start;
+    this.setPosition(threadId, (p) => (p.heldSeq = Math.max(p.heldSeq, at)));
   }
 
   private offer(m: Message): void {
@@ -796,6 +1037,8 @@ export class MessengerClient {
           this.log.debug(`message_sent for no pending send: ${f.threadId} ${f.tempId}`);
           return;
         }
+        this.changes.removed.push({ threadId: f.threadId, tempId: f.tempId });
+        this.scheduleSave();
         const sent: Sent = { threadId: f.threadId, tempId: f.tempId, messageId: f.messageId, seq: f.seq, sentAt: f.sentAt };
         for (const w of item.waiters) w.resolve(sent);
         this.emit("sent", sent);
@@ -814,10 +1057,20 @@ export class MessengerClient {
       case "receive_message":
         this.offer(f.message);
         return;
-      case "message_ack":
+      case "message_ack": {
         if (!this.receipts.offer(f.threadId, f.userId, f.status, f.seq)) {
           this.log.debug(`stale receipt ignored: ${f.threadId} ${f.userId} ${f.status} ${f.seq}`);
           return;
+        }
+        const mark = this.receipts.get(f.threadId, f.userId);
+        if (mark) {
+          this.changes.receipts.set(pairKey(f.threadId, f.userId), {
+            threadId: f.threadId,
+            userId: f.userId,
+            deliveredSeq: mark.delivered,
+            readSeq: mark.read,
+          });
+          this.scheduleSave();
         }
         this.emit("receipt", {
           threadId: f.threadId,
@@ -828,6 +1081,7 @@ export class MessengerClient {
           at: f.at,
         });
         return;
+      }
       case "thread": {
         const t: Thread = { threadId: f.threadId, kind: f.kind, members: f.members };
         if (f.title !== undefined) t.title = f.title;
@@ -901,7 +1155,11 @@ export class MessengerClient {
       const after = this.seq.catchUp(t.threadId, t.lastSeq);
       if (after !== undefined) this.fetchFill(t.threadId, after);
     }
-    this.synced = true;
+    if (!this.synced) {
+      this.synced = true;
+      this.changes.synced = true;
+      this.scheduleSave();
+    }
     this.sessionSynced = true;
   }
 
@@ -927,6 +1185,10 @@ export class MessengerClient {
           }
         } else {
           const item = this.outbox.take(p.threadId, p.tempId);
+          if (item) {
+            this.changes.removed.push({ threadId: p.threadId, tempId: p.tempId });
+            this.scheduleSave();
+          }
           for (const w of item?.waiters ?? []) w.reject(err);
         }
         return;
@@ -997,8 +1259,12 @@ export class MessengerClient {
     if (this.closing) return Promise.reject(new MessengerError("closed", "the client is closed"));
     const tempId = options.tempId ?? newTempId();
     return new Promise<Sent>((resolve, reject) => {
-      const fresh = this.outbox.push(threadId, tempId, text, { resolve, reject });
-      if (fresh && this.ws) this.flushOutbox(Date.now());
+      const queuedAt = Date.now();
+      if (this.outbox.push(threadId, tempId, text, { resolve, reject }, queuedAt)) {
+        // Into the store first: it is written to the server once the store has it.
+        this.changes.added.push({ threadId, tempId, text, queuedAt });
+        this.scheduleSave();
+      }
     });
   }
 

@@ -22,6 +22,10 @@
  * - `protocol`: the server sent something the SDK cannot understand.
  * - `invalid_url`: the URL is not `ws://` or `wss://`.
  * - `unsupported`: no WebSocket implementation (pass one in `ClientOptions.WebSocket`).
+ * - `store`: the client store failed: a send it could not save is refused with it
+ *   (nothing was written to the server); a store that cannot be read stops the client.
+ * - `wrong_user`: the server authenticated another user than the one the client store
+ *   belongs to; the client stops (open the store of that user instead).
  */
 export type ErrorKind =
   | "server"
@@ -33,7 +37,9 @@ export type ErrorKind =
   | "retries_exhausted"
   | "protocol"
   | "invalid_url"
-  | "unsupported";
+  | "unsupported"
+  | "store"
+  | "wrong_user";
 
 /**
  * The protocol's error codes (`error` frames). Unknown future codes come through as

@@ -23,7 +23,10 @@
  * How the guarantee is kept, in short: an outbox keyed by temp id resent on every
  * reconnect (the server's send is idempotent), catch-up with `list_threads` and
  * `fetch_history` after each connect, gap filling from history on the live stream,
- * and de-duplication by message id. See `docs/web.md`.
+ * and de-duplication by message id. A {@link ClientStore} keeps the outbox and each
+ * thread's position across restarts: {@link IndexedDbStore} in browsers, `FileStore`
+ * from `messenger-js/node` on Node, {@link MemoryStore} (the default) for neither.
+ * See `docs/web.md`.
  *
  * @packageDocumentation
  */
@@ -44,6 +47,9 @@ export type { ErrorCode, ErrorKind } from "./errors.js";
 export { DEFAULT_BACKOFF, backoffCeiling, backoffDelay } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export type { PendingSend } from "./outbox.js";
+export { MemoryStore, applyChanges, emptyState } from "./store.js";
+export type { AckDue, ClientStore, OutboxEntry, OutboxKey, ReceiptMark, StoreChanges, StoredState, ThreadPosition } from "./store.js";
+export { IndexedDbStore } from "./indexeddb.js";
 export type {
   AckStatus,
   ClientEvents,

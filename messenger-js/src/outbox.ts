@@ -2,7 +2,8 @@
  * The local outbox: sends not yet confirmed by `message_sent`, keyed by (thread, temp
  * id), in the order the app made them. It outlives connections: every (re)connect
  * resends all of it with the same temp ids, and the server's idempotent send answers a
- * resend of an already stored message with the original id and seq.
+ * resend of an already stored message with the original id and seq. A send is written
+ * only once the client store holds it (`stored`), so a restarted app resends it.
  *
  * @internal
  * @module
@@ -22,7 +23,11 @@ export interface OutboxItem {
   threadId: string;
   tempId: string;
   text: string;
+  /** When the app made the send (ms since the epoch). */
+  queuedAt: number;
   waiters: Waiter[];
+  /** The client store holds it: it may be written to the server. */
+  stored: boolean;
   /** Written on the current connection and not answered yet. */
   inFlight: boolean;
   /** Refused as transient (`rate_limited`, `unavailable`): resend at this time (ms). */
@@ -49,14 +54,43 @@ export class Outbox {
    * Adds a send. Returns false when the same (thread, temp id) is already pending:
    * the waiter then joins it and nothing new should be written.
    */
-  push(threadId: string, tempId: string, text: string, w: Waiter): boolean {
+  push(threadId: string, tempId: string, text: string, w: Waiter, queuedAt = Date.now()): boolean {
     const existing = this.items.get(key(threadId, tempId));
     if (existing) {
       existing.waiters.push(w);
       return false;
     }
-    this.items.set(key(threadId, tempId), { threadId, tempId, text, waiters: [w], inFlight: false });
+    this.items.set(key(threadId, tempId), { threadId, tempId, text, queuedAt, waiters: [w], stored: false, inFlight: false });
     return true;
+  }
+
+  /**
+   * Puts the sends read from the client store first, oldest first: already stored,
+   * nobody waiting yet (a `send` with the same temp id joins one). A key already queued
+   * by a `send` made before the store was read joins its stored twin.
+   */
+  restoreAll(entries: { threadId: string; tempId: string; text: string; queuedAt: number }[]): void {
+    const before = new Map(this.items);
+    this.items.clear();
+    for (const e of entries) {
+      const k = key(e.threadId, e.tempId);
+      const existing = before.get(k);
+      if (existing) {
+        existing.stored = true;
+        this.items.set(k, existing);
+      } else {
+        this.items.set(k, { ...e, waiters: [], stored: true, inFlight: false });
+      }
+    }
+    for (const [k, item] of before) if (!this.items.has(k)) this.items.set(k, item);
+  }
+
+  /** The client store holds these sends now. */
+  markStored(keys: { threadId: string; tempId: string }[]): void {
+    for (const k of keys) {
+      const item = this.items.get(key(k.threadId, k.tempId));
+      if (item) item.stored = true;
+    }
   }
 
   /** Removes and returns the item for (thread, temp id). */
@@ -76,7 +110,7 @@ export class Outbox {
   due(now: number): OutboxItem[] {
     const out: OutboxItem[] = [];
     for (const item of this.items.values()) {
-      if (item.inFlight) continue;
+      if (item.inFlight || !item.stored) continue;
       if (item.retryAt !== undefined && item.retryAt > now) continue;
       item.inFlight = true;
       item.retryAt = undefined;

@@ -16,7 +16,8 @@
 
 import type { AckStatus } from "./types.js";
 
-interface Mark {
+/** A member's highest shown delivered and read seq. */
+export interface Mark {
   delivered: number;
   read: number;
 }
@@ -24,6 +25,17 @@ interface Mark {
 /** The highest delivered and read seq shown per (thread, member). */
 export class ReceiptMarks {
   private readonly marks = new Map<string, Mark>();
+
+  /** Starts from marks read from the client store. */
+  restore(threadId: string, userId: string, delivered: number, read: number): void {
+    this.marks.set(`${threadId}\u0000${userId}`, { delivered, read });
+  }
+
+  /** The marks of (thread, member), if any receipt was shown. */
+  get(threadId: string, userId: string): Mark | undefined {
+    const m = this.marks.get(`${threadId}\u0000${userId}`);
+    return m ? { ...m } : undefined;
+  }
 
   /**
    * Records a receipt; returns whether it moved either watermark (show it) or not

@@ -88,6 +88,11 @@ describe("outbox", () => {
     assert.ok(o.push("a", "t1", "one", waiter()));
     assert.ok(o.push("a", "t2", "two", waiter()));
     assert.equal(o.push("a", "t1", "one", waiter()), false);
+    assert.deepEqual(o.due(0), [], "nothing is written before the client store holds it");
+    o.markStored([
+      { threadId: "a", tempId: "t1" },
+      { threadId: "a", tempId: "t2" },
+    ]);
     assert.deepEqual(
       o.due(0).map((i) => i.tempId),
       ["t1", "t2"],
@@ -103,6 +108,7 @@ describe("outbox", () => {
     const o = new Outbox();
     const errors: MessengerError[] = [];
     o.push("a", "t1", "one", { resolve() {}, reject: (e) => errors.push(e) });
+    o.markStored([{ threadId: "a", tempId: "t1" }]);
     const [item] = o.due(0);
     if (!item) throw new Error("due");
     item.inFlight = false;
@@ -112,6 +118,29 @@ describe("outbox", () => {
     o.failAll(new MessengerError("closed", "closed"));
     assert.equal(errors[0]?.kind, "closed");
     assert.equal(o.size, 0);
+  });
+});
+
+describe("outbox restore", () => {
+  test("restored sends go first, oldest first; a send made before the load joins its stored twin", () => {
+    const o = new Outbox();
+    const w = { resolve() {}, reject() {} };
+    o.push("a", "new", "made before the load", w);
+    o.push("a", "t2", "two, again", w);
+    o.restoreAll([
+      { threadId: "a", tempId: "t1", text: "one", queuedAt: 1 },
+      { threadId: "a", tempId: "t2", text: "two", queuedAt: 2 },
+    ]);
+    assert.deepEqual(
+      o.list().map((p) => p.tempId),
+      ["t1", "t2", "new"],
+    );
+    assert.deepEqual(
+      o.due(0).map((i) => i.tempId),
+      ["t1", "t2"],
+      "the stored ones may go out; the new one waits for its save",
+    );
+    assert.equal(o.get("a", "t2")?.waiters.length, 1);
   });
 });
 

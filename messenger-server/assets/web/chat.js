@@ -46,14 +46,41 @@ var Outbox = class {
    * Adds a send. Returns false when the same (thread, temp id) is already pending:
    * the waiter then joins it and nothing new should be written.
    */
-  push(threadId, tempId, text, w) {
+  push(threadId, tempId, text, w, queuedAt = Date.now()) {
     const existing = this.items.get(key(threadId, tempId));
     if (existing) {
       existing.waiters.push(w);
       return false;
     }
-    this.items.set(key(threadId, tempId), { threadId, tempId, text, waiters: [w], inFlight: false });
+    this.items.set(key(threadId, tempId), { threadId, tempId, text, queuedAt, waiters: [w], stored: false, inFlight: false });
     return true;
+  }
+  /**
+   * Puts the sends read from the client store first, oldest first: already stored,
+   * nobody waiting yet (a `send` with the same temp id joins one). A key already queued
+   * by a `send` made before the store was read joins its stored twin.
+   */
+  restoreAll(entries) {
+    const before = new Map(this.items);
+    this.items.clear();
+    for (const e of entries) {
+      const k = key(e.threadId, e.tempId);
+      const existing = before.get(k);
+      if (existing) {
+        existing.stored = true;
+        this.items.set(k, existing);
+      } else {
+        this.items.set(k, { ...e, waiters: [], stored: true, inFlight: false });
+      }
+    }
+    for (const [k, item] of before) if (!this.items.has(k)) this.items.set(k, item);
+  }
+  /** The client store holds these sends now. */
+  markStored(keys) {
+    for (const k of keys) {
+      const item = this.items.get(key(k.threadId, k.tempId));
+      if (item) item.stored = true;
+    }
   }
   /** Removes and returns the item for (thread, temp id). */
   take(threadId, tempId) {
@@ -70,7 +97,7 @@ var Outbox = class {
   due(now) {
     const out = [];
     for (const item of this.items.values()) {
-      if (item.inFlight) continue;
+      if (item.inFlight || !item.stored) continue;
       if (item.retryAt !== void 0 && item.retryAt > now) continue;
       item.inFlight = true;
       item.retryAt = void 0;
@@ -305,6 +332,15 @@ var ReceiptMarks = class {
   constructor() {
     this.marks = /* @__PURE__ */ new Map();
   }
+  /** Starts from marks read from the client store. */
+  restore(threadId, userId, delivered, read) {
+    this.marks.set(`${threadId}\0${userId}`, { delivered, read });
+  }
+  /** The marks of (thread, member), if any receipt was shown. */
+  get(threadId, userId) {
+    const m = this.marks.get(`${threadId}\0${userId}`);
+    return m ? { ...m } : void 0;
+  }
   /**
    * Records a receipt; returns whether it moved either watermark (show it) or not
    * (stale or repeated: drop it). A READ also counts as delivered up to its seq.
@@ -486,11 +522,121 @@ function drain(t, out) {
   }
 }
 
+// src/store.ts
+function emptyState() {
+  return { synced: false, outbox: [], threads: [], receipts: [] };
+}
+function cloneState(s) {
+  const out = {
+    synced: s.synced,
+    outbox: s.outbox.map((e) => ({ ...e })),
+    threads: s.threads.map((t) => {
+      const p = { threadId: t.threadId, heldSeq: t.heldSeq };
+      if (t.ackDue) p.ackDue = { ...t.ackDue };
+      return p;
+    }),
+    receipts: s.receipts.map((r) => ({ ...r }))
+  };
+  if (s.userId !== void 0) out.userId = s.userId;
+  return out;
+}
+var pair = (a, b) => `${a}\0${b}`;
+function applyChanges(state, changes) {
+  if (changes.userId !== void 0) state.userId = changes.userId;
+  if (changes.synced) state.synced = true;
+  const keys = new Set(state.outbox.map((e) => pair(e.threadId, e.tempId)));
+  for (const e of changes.outboxAdded ?? []) {
+    const k = pair(e.threadId, e.tempId);
+    if (keys.has(k)) continue;
+    keys.add(k);
+    state.outbox.push({ threadId: e.threadId, tempId: e.tempId, text: e.text, queuedAt: e.queuedAt });
+  }
+  if (changes.outboxRemoved && changes.outboxRemoved.length > 0) {
+    const gone = new Set(changes.outboxRemoved.map((r) => pair(r.threadId, r.tempId)));
+    state.outbox = state.outbox.filter((e) => !gone.has(pair(e.threadId, e.tempId)));
+  }
+  for (const p of changes.threads ?? []) {
+    let cur = state.threads.find((t) => t.threadId === p.threadId);
+    if (!cur) {
+      cur = { threadId: p.threadId, heldSeq: p.heldSeq };
+      state.threads.push(cur);
+    }
+    cur.heldSeq = Math.max(cur.heldSeq, p.heldSeq);
+    if (p.ackDue) cur.ackDue = { seq: p.ackDue.seq, messageId: p.ackDue.messageId };
+    else delete cur.ackDue;
+  }
+  for (const r of changes.receipts ?? []) {
+    const cur = state.receipts.find((c) => c.threadId === r.threadId && c.userId === r.userId);
+    if (cur) {
+      cur.deliveredSeq = Math.max(cur.deliveredSeq, r.deliveredSeq);
+      cur.readSeq = Math.max(cur.readSeq, r.readSeq);
+    } else {
+      state.receipts.push({ threadId: r.threadId, userId: r.userId, deliveredSeq: r.deliveredSeq, readSeq: r.readSeq });
+    }
+  }
+}
+var MemoryStore = class {
+  constructor() {
+    this.state = emptyState();
+  }
+  /** Everything stored (a copy). */
+  async load() {
+    return cloneState(this.state);
+  }
+  /** Applies a batch. */
+  async save(changes) {
+    const next = cloneState(this.state);
+    applyChanges(next, changes);
+    this.state = next;
+  }
+};
+
 // src/client.ts
 var SEND_RETRY_MS = 1e3;
 var CATCH_UP_RETRY_MS = 1e3;
 var TICK_MS = 250;
 var AUTO_ACK = "auto-ack";
+var pairKey = (a, b) => `${a}\0${b}`;
+var Changes = class {
+  constructor() {
+    this.synced = false;
+    this.added = [];
+    this.removed = [];
+    this.threads = /* @__PURE__ */ new Map();
+    this.receipts = /* @__PURE__ */ new Map();
+  }
+  get empty() {
+    return this.userId === void 0 && !this.synced && this.added.length === 0 && this.removed.length === 0 && this.threads.size === 0 && this.receipts.size === 0;
+  }
+  /** The batch to save; this is empty afterwards. */
+  take() {
+    const c = {};
+    if (this.userId !== void 0) c.userId = this.userId;
+    if (this.synced) c.synced = true;
+    if (this.added.length > 0) c.outboxAdded = this.added;
+    if (this.removed.length > 0) c.outboxRemoved = this.removed;
+    if (this.threads.size > 0) c.threads = [...this.threads.values()];
+    if (this.receipts.size > 0) c.receipts = [...this.receipts.values()];
+    this.userId = void 0;
+    this.synced = false;
+    this.added = [];
+    this.removed = [];
+    this.threads = /* @__PURE__ */ new Map();
+    this.receipts = /* @__PURE__ */ new Map();
+    return c;
+  }
+  /** A batch the store refused, minus its sends: kept under what came after it. */
+  putBack(failed) {
+    if (this.userId === void 0) this.userId = failed.userId;
+    this.synced || (this.synced = failed.synced === true);
+    this.removed = [...failed.outboxRemoved ?? [], ...this.removed];
+    for (const p of failed.threads ?? []) if (!this.threads.has(p.threadId)) this.threads.set(p.threadId, p);
+    for (const r of failed.receipts ?? []) {
+      const k = pairKey(r.threadId, r.userId);
+      if (!this.receipts.has(k)) this.receipts.set(k, r);
+    }
+  }
+};
 var defaultLogger = {
   debug() {
   },
@@ -509,6 +655,12 @@ var MessengerClient = class _MessengerClient {
   constructor(options) {
     this.listeners = /* @__PURE__ */ new Map();
     this.outbox = new Outbox();
+    this.changes = new Changes();
+    /** The save chain: one store save at a time, each taking every change made so far. */
+    this.saving = Promise.resolve();
+    this.saveQueued = false;
+    /** What the store holds (or will, after the pending save) per thread. */
+    this.positions = /* @__PURE__ */ new Map();
     this.seq = new Sequencer();
     /** The receipts shown so far: a stale one (crossed in a failover) is dropped. */
     this.receipts = new ReceiptMarks();
@@ -535,6 +687,7 @@ var MessengerClient = class _MessengerClient {
     };
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.log = options.logger ?? defaultLogger;
+    this.store = options.store ?? new MemoryStore();
     this.WS = options.WebSocket ?? globalThis.WebSocket;
   }
   // ----- events --------------------------------------------------------------------
@@ -595,6 +748,110 @@ var MessengerClient = class _MessengerClient {
   position(threadId) {
     return this.seq.position(threadId);
   }
+  // ----- the client store -------------------------------------------------------------
+  /**
+   * Reads the client store (once; {@link connect} calls it too). Afterwards
+   * {@link pending} lists the sends a previous run left unconfirmed (they go out on the
+   * next connection; a `send` with the same `tempId` gives a promise for one) and
+   * {@link position} the threads' positions, even while offline. Rejects with a `store`
+   * error when the store cannot be read.
+   */
+  async load() {
+    if (!this.loading) {
+      this.loading = this.store.load().then(
+        (state) => {
+          this.restore(state);
+          return true;
+        },
+        (e) => {
+          this.loadError = e instanceof MessengerError ? e : new MessengerError("store", `the client store could not be read: ${String(e)}`, { cause: e });
+          return false;
+        }
+      );
+    }
+    if (!await this.loading) throw this.loadError;
+  }
+  restore(state) {
+    if (state.userId !== void 0) {
+      this.storeUser = state.userId;
+      this.me ?? (this.me = state.userId);
+    }
+    this.synced || (this.synced = state.synced);
+    this.outbox.restoreAll(state.outbox);
+    for (const t of state.threads) {
+      const p = { threadId: t.threadId, heldSeq: t.heldSeq };
+      if (t.ackDue) p.ackDue = { ...t.ackDue };
+      this.positions.set(t.threadId, p);
+      if (p.ackDue && this.opts.autoAckDelivered) this.acksDue.set(t.threadId, p.ackDue);
+    }
+    for (const [threadId, seq] of Object.entries(this.opts.resume ?? {})) {
+      const p = this.positions.get(threadId);
+      if (p && seq > p.heldSeq) this.setPosition(threadId, (q) => q.heldSeq = seq);
+    }
+    for (const p of this.positions.values()) this.seq.startAt(p.threadId, p.heldSeq);
+    for (const r of state.receipts) this.receipts.restore(r.threadId, r.userId, r.deliveredSeq, r.readSeq);
+  }
+  /** Records a thread's position for the store when `f` changes it. */
+  setPosition(threadId, f) {
+    let p = this.positions.get(threadId);
+    if (!p) {
+      p = { threadId, heldSeq: 0 };
+      this.positions.set(threadId, p);
+    }
+    const before = `${p.heldSeq}/${p.ackDue?.seq}/${p.ackDue?.messageId}`;
+    f(p);
+    if (`${p.heldSeq}/${p.ackDue?.seq}/${p.ackDue?.messageId}` === before) return;
+    const copy = { threadId, heldSeq: p.heldSeq };
+    if (p.ackDue) copy.ackDue = { ...p.ackDue };
+    this.changes.threads.set(threadId, copy);
+    this.scheduleSave();
+  }
+  /** Saves what changed, after the save in progress (one at a time, batched). */
+  scheduleSave() {
+    if (this.saveQueued) return;
+    this.saveQueued = true;
+    const loaded = this.loading ?? this.load().then(
+      () => true,
+      () => false
+    );
+    this.saving = this.saving.then(async () => {
+      if (!await loaded) {
+        this.saveQueued = false;
+        return;
+      }
+      await this.saveNow();
+    });
+  }
+  async saveNow() {
+    this.saveQueued = false;
+    if (this.changes.empty) return;
+    const batch = this.changes.take();
+    try {
+      await this.store.save(batch);
+    } catch (e) {
+      const err = e instanceof MessengerError ? e : new MessengerError("store", `the client store refused a save: ${String(e)}`, { cause: e });
+      this.log.warn(`client store: ${err.message}`);
+      for (const a of batch.outboxAdded ?? []) {
+        if (this.outbox.get(a.threadId, a.tempId)?.stored !== false) continue;
+        const item = this.outbox.take(a.threadId, a.tempId);
+        for (const w of item?.waiters ?? []) w.reject(err);
+      }
+      this.changes.putBack(batch);
+      return;
+    }
+    if (batch.outboxAdded) {
+      this.outbox.markStored(batch.outboxAdded);
+      if (this.ws) this.flushOutbox(Date.now());
+    }
+  }
+  /** Waits until every change made so far is in the store (a store that keeps failing: a few tries). */
+  async flushStore() {
+    for (let i = 0; i < 3 && (this.saveQueued || !this.changes.empty); i++) {
+      if (!this.saveQueued) this.scheduleSave();
+      await this.saving;
+    }
+    await this.saving;
+  }
   // ----- lifecycle -----------------------------------------------------------------
   /**
    * Starts the client and resolves once it is connected and the first catch-up has
@@ -618,7 +875,10 @@ var MessengerClient = class _MessengerClient {
     }
     const g = globalThis;
     g.addEventListener?.("online", this.onOnline);
-    this.running = this.run().catch((e) => this.log.warn("client loop failed", e));
+    this.running = this.load().then(
+      () => this.run(),
+      (e) => this.stop(e)
+    ).catch((e) => this.log.warn("client loop failed", e));
     return promise;
   }
   /**
@@ -631,12 +891,14 @@ var MessengerClient = class _MessengerClient {
     return c;
   }
   /**
-   * Closes the connection and stops for good. Pending requests and queued sends
-   * reject with a `closed` error.
+   * Closes the connection and stops for good, once everything the client changed is in
+   * its store. Pending requests and queued sends reject with a `closed` error; the
+   * sends stay in the store, so the next client on a persistent store sends them.
    */
   async close() {
     if (this.closing) {
       await this.running;
+      await this.flushStore();
       return;
     }
     this.closing = true;
@@ -645,6 +907,7 @@ var MessengerClient = class _MessengerClient {
     this.wake?.();
     if (this.running) await this.running;
     else this.stop(void 0);
+    await this.flushStore();
   }
   async run() {
     let failures = 0;
@@ -656,6 +919,15 @@ var MessengerClient = class _MessengerClient {
       const opened = await this.open(refreshed);
       if (this.closing) {
         if (opened.ok) opened.ws.close(1e3);
+        break;
+      }
+      if (opened.ok && this.storeUser !== void 0 && opened.userId !== this.storeUser) {
+        opened.ws.onmessage = opened.ws.onclose = opened.ws.onerror = null;
+        opened.ws.close(1e3);
+        outcome = new MessengerError(
+          "wrong_user",
+          `the server authenticated ${opened.userId} but the client store belongs to ${this.storeUser}: open that user's store`
+        );
         break;
       }
       if (opened.ok) {
@@ -960,6 +1232,11 @@ var MessengerClient = class _MessengerClient {
   }
   connected(userId, sessionId) {
     this.me = userId;
+    if (this.storeUser === void 0) {
+      this.storeUser = userId;
+      this.changes.userId = userId;
+      this.scheduleSave();
+    }
     this.session = sessionId;
     this.sessionSynced = false;
     this.setState({ kind: "connected", userId, sessionId });
@@ -989,6 +1266,9 @@ var MessengerClient = class _MessengerClient {
     this.flushOutbox(now);
     for (const [threadId, due] of this.acksDue) {
       this.write(encode({ type: "message_ack", thread_id: threadId, message_id: due.messageId, status: "DELIVERED" }, AUTO_ACK));
+      this.setPosition(threadId, (p) => {
+        if (p.ackDue && p.ackDue.seq <= due.seq) delete p.ackDue;
+      });
     }
     this.acksDue.clear();
     if (this.catchUpAt !== void 0 && this.catchUpAt <= now) this.catchUp();
@@ -1001,6 +1281,14 @@ var MessengerClient = class _MessengerClient {
       }
       this.emit("message", m);
     }
+    const last = step.deliver[step.deliver.length - 1];
+    if (last) {
+      const due = this.acksDue.get(threadId);
+      this.setPosition(threadId, (p) => {
+        p.heldSeq = Math.max(p.heldSeq, last.seq);
+        if (due) p.ackDue = { seq: due.seq, messageId: due.messageId };
+      });
+    }
     if (step.fillAfter !== void 0) this.fetchFill(threadId, step.fillAfter);
   }
   fetchFill(threadId, after) {
@@ -1009,12 +1297,20 @@ var MessengerClient = class _MessengerClient {
       { kind: "fill", threadId }
     );
   }
-  /** Before the first catch-up, a thread without a position starts per `initialSync`. */
+  /**
+   * Before the first catch-up, a thread without a position starts per `initialSync`;
+   * the position is stored so a restart keeps it.
+   */
   positionUnknown(threadId, serverLast) {
     if (this.seq.position(threadId) !== void 0) return;
     const resume = this.opts.resume?.[threadId];
-    if (resume !== void 0) this.seq.startAt(threadId, resume);
-    else if (!this.synced && this.opts.initialSync === "latest") this.seq.startAt(threadId, serverLast);
+    let start2;
+    if (resume !== void 0) start2 = resume;
+    else if (!this.synced && this.opts.initialSync === "latest") start2 = serverLast;
+    if (start2 === void 0) return;
+    this.seq.startAt(threadId, start2);
+    const at = start2;
+    this.setPosition(threadId, (p) => p.heldSeq = Math.max(p.heldSeq, at));
   }
   offer(m) {
     this.positionUnknown(m.threadId, Math.max(0, m.seq - 1));
@@ -1032,6 +1328,8 @@ var MessengerClient = class _MessengerClient {
           this.log.debug(`message_sent for no pending send: ${f.threadId} ${f.tempId}`);
           return;
         }
+        this.changes.removed.push({ threadId: f.threadId, tempId: f.tempId });
+        this.scheduleSave();
         const sent = { threadId: f.threadId, tempId: f.tempId, messageId: f.messageId, seq: f.seq, sentAt: f.sentAt };
         for (const w of item.waiters) w.resolve(sent);
         this.emit("sent", sent);
@@ -1050,10 +1348,20 @@ var MessengerClient = class _MessengerClient {
       case "receive_message":
         this.offer(f.message);
         return;
-      case "message_ack":
+      case "message_ack": {
         if (!this.receipts.offer(f.threadId, f.userId, f.status, f.seq)) {
           this.log.debug(`stale receipt ignored: ${f.threadId} ${f.userId} ${f.status} ${f.seq}`);
           return;
+        }
+        const mark = this.receipts.get(f.threadId, f.userId);
+        if (mark) {
+          this.changes.receipts.set(pairKey(f.threadId, f.userId), {
+            threadId: f.threadId,
+            userId: f.userId,
+            deliveredSeq: mark.delivered,
+            readSeq: mark.read
+          });
+          this.scheduleSave();
         }
         this.emit("receipt", {
           threadId: f.threadId,
@@ -1064,6 +1372,7 @@ var MessengerClient = class _MessengerClient {
           at: f.at
         });
         return;
+      }
       case "thread": {
         const t = { threadId: f.threadId, kind: f.kind, members: f.members };
         if (f.title !== void 0) t.title = f.title;
@@ -1136,7 +1445,11 @@ var MessengerClient = class _MessengerClient {
       const after = this.seq.catchUp(t.threadId, t.lastSeq);
       if (after !== void 0) this.fetchFill(t.threadId, after);
     }
-    this.synced = true;
+    if (!this.synced) {
+      this.synced = true;
+      this.changes.synced = true;
+      this.scheduleSave();
+    }
     this.sessionSynced = true;
   }
   onError(reqId2, code, message2) {
@@ -1161,6 +1474,10 @@ var MessengerClient = class _MessengerClient {
           }
         } else {
           const item = this.outbox.take(p.threadId, p.tempId);
+          if (item) {
+            this.changes.removed.push({ threadId: p.threadId, tempId: p.tempId });
+            this.scheduleSave();
+          }
           for (const w of item?.waiters ?? []) w.reject(err);
         }
         return;
@@ -1226,8 +1543,11 @@ var MessengerClient = class _MessengerClient {
     if (this.closing) return Promise.reject(new MessengerError("closed", "the client is closed"));
     const tempId = options.tempId ?? newTempId();
     return new Promise((resolve, reject) => {
-      const fresh = this.outbox.push(threadId, tempId, text, { resolve, reject });
-      if (fresh && this.ws) this.flushOutbox(Date.now());
+      const queuedAt = Date.now();
+      if (this.outbox.push(threadId, tempId, text, { resolve, reject }, queuedAt)) {
+        this.changes.added.push({ threadId, tempId, text, queuedAt });
+        this.scheduleSave();
+      }
     });
   }
   /** Acks `READ` up to this message (and so `DELIVERED`). Resolves once the server processed it. */
