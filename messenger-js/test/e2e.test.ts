@@ -1,14 +1,17 @@
 // End-to-end tests of the SDK against the real messenger-server binary, the same cases
-// as messenger-client/tests/e2e.rs. The server runs with its in-memory store, which a
-// process restart empties; so "the server restarts" is played by a proxy in front of
-// it that drops every connection and refuses new ones until it comes back (what a
-// client sees of a restart on a durable store), and one test restarts the process
-// itself.
+// as messenger-client/tests/e2e.rs. "The server restarts" is the real process killed
+// (SIGKILL) and started again on the same data directory (its durable SQLite store);
+// a proxy in front of the server plays network faults (connections cut, frames
+// dropped or duplicated, the port refused for a while). The app restarts on its client
+// store (a FileStore) with the server away and comes back.
 
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
 
+import path from "node:path";
+
 import { MessengerClient, MessengerError, backoffCeiling, type ConnectionState } from "../src/index.js";
+import { FileStore } from "../src/node.js";
 import {
   Proxy,
   cleanup,
@@ -17,6 +20,7 @@ import {
   freePort,
   jwt,
   range,
+  scratchDir,
   seqs,
   settle,
   startServer,
@@ -47,10 +51,11 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await server.stop();
   });
 
-  test("a restart mid-conversation loses nothing and doubles nothing", { timeout: TEST_TIMEOUT }, async () => {
-    const proxy = await Proxy.start(server.port);
-    const alice = await connected(proxy.wsUrl, "r-alice");
-    const bob = await connected(proxy.wsUrl, "r-bob");
+  test("a server restart mid-conversation (process killed, same data) loses nothing and doubles nothing", { timeout: TEST_TIMEOUT }, async () => {
+    const dataDir = scratchDir("restart");
+    const own = await startServer({ dataDir });
+    const alice = await connected(own.wsUrl, "r-alice");
+    const bob = await connected(own.wsUrl, "r-bob");
     const thread = (await alice.client.createDirect("r-bob")).threadId;
     for (let i = 1; i <= 4; i++) {
       const who = i % 2 === 0 ? bob : alice;
@@ -59,7 +64,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await waitFor("bob's first four", () => bob.messages(thread).length === 4);
     assert.deepEqual(seqs(bob.messages(thread)), [1, 2, 3, 4]);
 
-    await proxy.down();
+    await own.kill();
     await waitFor("bob disconnected", () => isState("disconnected")(bob));
     await waitFor("alice disconnected", () => isState("disconnected")(alice));
     // While the server is away alice keeps typing: the sends wait in the outbox.
@@ -67,7 +72,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     assert.equal(alice.client.pending().length, 3);
     assert.notEqual(alice.client.state.kind, "connected");
 
-    await proxy.up();
+    const again = await startServer({ port: own.port, dataDir });
     const sent = await Promise.all(pending);
     assert.deepEqual(
       sent.map((s) => s.seq),
@@ -86,7 +91,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     // The store holds each message once.
     assert.deepEqual(seqs(await alice.client.historyAfter(thread, 0)), range(1, 8));
     await closeAll(alice, bob);
-    await proxy.close();
+    await again.stop();
   });
 
   test("a send stored but unconfirmed when the connection died reconciles to the original", { timeout: TEST_TIMEOUT }, async () => {
@@ -201,10 +206,11 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await proxy.close();
   });
 
-  test("both sides talking through a restart see every message once, in order", { timeout: TEST_TIMEOUT }, async () => {
-    const proxy = await Proxy.start(server.port);
-    const alice = await connected(proxy.wsUrl, "b-alice");
-    const bob = await connected(proxy.wsUrl, "b-bob");
+  test("both sides talking through a server restart (killed, same data) see every message once, in order", { timeout: TEST_TIMEOUT }, async () => {
+    const dataDir = scratchDir("talk");
+    const own = await startServer({ dataDir });
+    const alice = await connected(own.wsUrl, "b-alice");
+    const bob = await connected(own.wsUrl, "b-bob");
     const thread = (await alice.client.createGroup(["b-bob"], "through the restart")).threadId;
     const EACH = 15;
     const talk = async (c: TestClient, who: string) => {
@@ -213,9 +219,10 @@ describe("against the real server", { timeout: 120_000 }, () => {
     const a = talk(alice, "alice");
     const b = talk(bob, "bob");
     await waitFor("a few messages", () => alice.messages(thread).length >= 4);
-    await proxy.down();
+    // Killed mid-stream: sends in flight may be stored with their reply lost, or lost.
+    await own.kill();
     await waitFor("both disconnected", () => isState("disconnected")(alice) && isState("disconnected")(bob));
-    await proxy.up();
+    const again = await startServer({ port: own.port, dataDir });
     await Promise.all([a, b]);
     const want = range(1, 2 * EACH);
     const expected = range(0, EACH - 1)
@@ -227,8 +234,103 @@ describe("against the real server", { timeout: 120_000 }, () => {
       assert.deepEqual(seqs(c.messages(thread)), want);
       assert.deepEqual(texts(c.messages(thread)).sort(), expected);
     }
+    assert.deepEqual(seqs(await alice.client.historyAfter(thread, 0)), want, "stored once each");
     await closeAll(alice, bob);
+    await again.stop();
+  });
+
+  test("an app restarted offline sends what its user wrote once, and shows nothing twice", { timeout: TEST_TIMEOUT }, async () => {
+    const dataDir = scratchDir("app-restart");
+    const storeFile = path.join(scratchDir("app-store"), "s-alice.json");
+    const own = await startServer({ dataDir });
+    const alice = await connected(own.wsUrl, "s-alice", { store: await FileStore.open(storeFile) });
+    const bob = await connected(own.wsUrl, "s-bob");
+    const thread = (await alice.client.createDirect("s-bob")).threadId;
+    await alice.client.send(thread, "m1");
+    await bob.client.send(thread, "m2");
+    await waitFor("alice's two", () => alice.messages(thread).length === 2);
+
+    // The server goes away; alice writes twice, then her app is closed.
+    await own.kill();
+    await waitFor("alice disconnected", () => isState("disconnected")(alice));
+    const lost = ["written offline 1", "written offline 2"].map((t) => alice.client.send(thread, t).catch((e: MessengerError) => e));
+    await alice.client.close();
+    for (const e of await Promise.all(lost)) assert.equal((e as MessengerError).kind, "closed");
+
+    // Bob writes while alice's app is closed (after the server is back).
+    const again = await startServer({ port: own.port, dataDir });
+    await waitFor("bob back", () => bob.client.state.kind === "connected");
+    await bob.client.send(thread, "m-while-closed");
+
+    // Alice's app starts again on its store: the two sends are there before connecting.
+    const store = await FileStore.open(storeFile);
+    const alice2 = testClient(again.wsUrl, "s-alice", { store });
+    await alice2.client.load();
+    assert.deepEqual(
+      alice2.client.pending().map((p) => p.text),
+      ["written offline 1", "written offline 2"],
+    );
+    assert.equal(alice2.client.position(thread), 2, "the thread resumes after what the app had");
+    await alice2.client.connect();
+    await waitFor("both confirmed", () => alice2.events.sent.length === 2 && alice2.client.pending().length === 0);
+    await waitFor("bob gets them", () => bob.messages(thread).length === 5);
+    await waitFor("alice2 has 3..5", () => alice2.messages(thread).length === 3);
+    await settle(alice2, bob);
+    // Alice's new app sees only what came after her position: bob's message and her two.
+    assert.deepEqual(seqs(alice2.messages(thread)), [3, 4, 5]);
+    assert.deepEqual(texts(alice2.messages(thread)).sort(), ["m-while-closed", "written offline 1", "written offline 2"]);
+    assert.deepEqual(seqs(bob.messages(thread)), range(1, 5));
+    assert.equal((await alice2.client.historyAfter(thread, 0)).length, 5, "each stored once");
+    await closeAll(alice2, bob);
+    // The store is empty of sends, and its position is the thread's end.
+    const left = await (await FileStore.open(storeFile)).load();
+    assert.deepEqual([left.outbox.length, left.threads.find((t) => t.threadId === thread)?.heldSeq], [0, 5]);
+    await again.stop();
+  });
+
+  test("a send stored by the server whose reply was lost before the app closed is not stored twice", { timeout: TEST_TIMEOUT }, async () => {
+    const proxy = await Proxy.start(server.port);
+    const storeFile = path.join(scratchDir("lost-store"), "u-alice.json");
+    const alice = await connected(proxy.wsUrl, "u-alice", { store: await FileStore.open(storeFile) });
+    const thread = (await alice.client.createDirect("u-bob")).threadId;
+    // The server stores the message, but its `message_sent` never reaches alice: the
+    // network dies with it and her app is closed.
+    let dropped = false;
+    proxy.filter = (text, conn) => {
+      if (!dropped && conn.token === "u-alice" && text.includes('"message_sent"')) {
+        dropped = true;
+        setImmediate(() => void proxy.down());
+        return [];
+      }
+      return [text];
+    };
+    const first = alice.client.send(thread, "hello", { tempId: "kept-across" }).catch((e: MessengerError) => e);
+    await waitFor("the reply dropped", () => dropped);
+    await alice.client.close();
+    assert.equal(((await first) as MessengerError).kind, "closed");
+
+    await proxy.up();
+    const alice2 = testClient(proxy.wsUrl, "u-alice", { store: await FileStore.open(storeFile) });
+    // The app asks for the send's result again under its temp id.
+    const again = alice2.client.send(thread, "hello", { tempId: "kept-across" });
+    await alice2.client.connect();
+    const sent = await again;
+    assert.equal(sent.seq, 1, "the server answered the resend with the original");
+    await waitFor("alice2's message", () => alice2.messages(thread).length === 1);
+    await settle(alice2);
+    assert.deepEqual(seqs(alice2.messages(thread)), [1]);
+    assert.equal((await alice2.client.historyAfter(thread, 0)).length, 1, "stored once");
+    await closeAll(alice2);
     await proxy.close();
+  });
+
+  test("a store of another user is refused: the client stops with wrong_user", { timeout: TEST_TIMEOUT }, async () => {
+    const storeFile = path.join(scratchDir("wrong-user"), "store.json");
+    const store = await FileStore.open(storeFile);
+    const alice = await connected(server.wsUrl, "v-alice", { store });
+    await alice.client.close();
+    const mallory = testClient(server.wsUrl, "v-mallory", { store: await FileStore.open(storeFile) });
+    await assert.rejects(mallory.client.connect(), (e: MessengerError) => e.kind === "wrong_user" && e.message.includes("v-alice"));
   });
 
   test("a connection that stops answering is replaced; a quiet healthy one is kept", { timeout: TEST_TIMEOUT }, async () => {

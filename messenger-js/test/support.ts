@@ -3,7 +3,8 @@
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -18,14 +19,29 @@ export const pkgRoot = path.resolve(here, "..", "..");
 export const repoRoot = path.resolve(pkgRoot, "..");
 
 /** What the tests opened, closed by {@link cleanup} even when a test failed. */
-const opened = { clients: new Set<MessengerClient>(), proxies: new Set<Proxy>() };
+const opened = { clients: new Set<MessengerClient>(), proxies: new Set<Proxy>(), dirs: new Set<string>() };
 
-/** Closes every client, proxy and server a test opened and did not close. */
+/** Server processes still running: killed when the test process exits, whatever happened. */
+const children = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+});
+
+/** Closes every client and proxy a test opened and did not close; removes its scratch folders. */
 export async function cleanup(): Promise<void> {
   await Promise.all([...opened.clients].map((c) => c.close().catch(() => {})));
   await Promise.all([...opened.proxies].map((p) => p.close().catch(() => {})));
   opened.clients.clear();
   opened.proxies.clear();
+  for (const d of opened.dirs) rmSync(d, { recursive: true, force: true });
+  opened.dirs.clear();
+}
+
+/** A new empty folder (a server's data directory, a client store's), removed by {@link cleanup}. */
+export function scratchDir(prefix: string): string {
+  const d = mkdtempSync(path.join(tmpdir(), `messenger-js-${prefix}-`));
+  opened.dirs.add(d);
+  return d;
 }
 
 /** Every wait in the tests is bounded by this. */
@@ -72,12 +88,18 @@ export interface Server {
   wsUrl: string;
   /** SIGTERM, then wait for the exit. */
   stop(): Promise<void>;
+  /** SIGKILL (a crash: no drain, no goodbye to the clients), then wait for the exit. */
+  kill(): Promise<void>;
   /** The log so far (stdout and stderr). */
   log(): string;
 }
 
-/** Starts the real server on `port` (a free one by default) and waits for /healthz. */
-export async function startServer(opts: { port?: number; jwtSecret?: string; args?: string[] } = {}): Promise<Server> {
+/**
+ * Starts the real server on `port` (a free one by default) and waits for /healthz.
+ * With `dataDir` it keeps messages in its default durable store (SQLite) there, so a
+ * server started again on the same folder has them; without, in memory.
+ */
+export async function startServer(opts: { port?: number; jwtSecret?: string; args?: string[]; dataDir?: string } = {}): Promise<Server> {
   const port = opts.port ?? (await freePort());
   const env: NodeJS.ProcessEnv = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" };
   delete env.MESSENGER_JWT_SECRET;
@@ -89,19 +111,21 @@ export async function startServer(opts: { port?: number; jwtSecret?: string; arg
     "200ms",
     "--drain-timeout",
     "500ms",
-    // Ephemeral: every test starts from an empty store and leaves no data directory.
-    "--store",
-    "memory",
+    // Durable in `dataDir` (sync normal: survives a killed process, which is what the
+    // restart tests do); else ephemeral: an empty store and no data directory left.
+    ...(opts.dataDir !== undefined ? ["--store", "sqlite", "--data-dir", opts.dataDir, "--sync", "normal"] : ["--store", "memory"]),
     ...(opts.args ?? []),
   ];
   let log = "";
   let exited: number | null | undefined;
   const child: ChildProcess = spawn(serverBin(), args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
   child.stdout?.on("data", (d) => (log += d));
   child.stderr?.on("data", (d) => (log += d));
   const exit = new Promise<void>((resolve) =>
     child.once("exit", (code) => {
       exited = code;
+      children.delete(child);
       resolve();
     }),
   );
@@ -129,6 +153,10 @@ export async function startServer(opts: { port?: number; jwtSecret?: string; arg
       await exit;
       clearTimeout(killer);
     },
+    async kill() {
+      if (exited === undefined) child.kill("SIGKILL");
+      await exit;
+    },
   };
 }
 
@@ -153,6 +181,11 @@ export type ServerFilter = (text: string, conn: ProxiedConn) => string[];
  */
 export class Proxy {
   filter: ServerFilter = (t) => [t];
+  /**
+   * Files the proxy answers itself, by path (`/`, `/chat.js`): a page that still loads
+   * while the server is down, as a cached app's would.
+   */
+  readonly files = new Map<string, { type: string; body: Buffer }>();
   /** Server frames seen per token, in order. */
   readonly seen: { token: string; text: string }[] = [];
   private server: http.Server | undefined;
@@ -179,6 +212,12 @@ export class Proxy {
   /** Listens (again) on the proxy's port. */
   async up(): Promise<void> {
     const server = http.createServer((req, res) => {
+      const file = this.files.get(new URL(req.url ?? "/", "http://x").pathname);
+      if (file && req.method === "GET") {
+        res.writeHead(200, { "content-type": file.type, "cache-control": "no-cache" });
+        res.end(file.body);
+        return;
+      }
       const up = http.request(
         { host: "127.0.0.1", port: this.upstream, path: req.url, method: req.method, headers: req.headers },
         (r) => {
