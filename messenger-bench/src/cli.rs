@@ -118,6 +118,13 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
 
+    /// Seconds to wait, after sending stops, for the answers to sends still in flight
+    /// (pairs, group); what is still unanswered then is reported as `unacked_at_end`.
+    /// A soak gives it minutes so that a loaded store's backlog drains and only a lost
+    /// send stays unanswered.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain: f64,
+
     /// Bytes of message text (at least 24: the send timestamp is embedded in it).
     #[arg(long, default_value_t = 64)]
     pub text_bytes: usize,
@@ -218,8 +225,10 @@ impl Args {
             || self.duration <= 0.0
             || self.warmup.is_nan()
             || self.warmup < 0.0
+            || self.drain.is_nan()
+            || self.drain < 0.0
         {
-            return Err("--duration must be positive and --warmup not negative".into());
+            return Err("--duration must be positive, --warmup and --drain not negative".into());
         }
         if self.text_bytes < crate::proto::TIMESTAMP_LEN + 4 {
             return Err(format!(
@@ -287,5 +296,17 @@ mod tests {
         assert!(Args::try_parse_from(["messenger-bench", "nope"]).is_err());
         let a = Args::try_parse_from(["messenger-bench", "pairs", "--rate", "0"]).expect("parse");
         assert_eq!(a.fixed_rate(), None);
+        assert_eq!(a.drain, 3.0);
+    }
+
+    #[test]
+    fn drain_is_seconds_and_never_negative() {
+        let a =
+            Args::try_parse_from(["messenger-bench", "pairs", "--drain", "300"]).expect("parse");
+        assert_eq!(a.drain, 300.0);
+        assert!(a.validate().is_ok());
+        let a = Args::try_parse_from(["messenger-bench", "pairs", "--drain=-1"]).expect("parse");
+        let e = a.validate().expect_err("a negative drain is refused");
+        assert!(e.contains("--drain"), "{e}");
     }
 }

@@ -523,11 +523,24 @@ async fn traffic(ctx: &Ctx) -> Result<Figures, BoxError> {
     let _ = p.await;
     // Stop sending, let replies drain, close, and collect the histograms.
     stop.cancel();
-    let drain_deadline = Instant::now() + Duration::from_secs(3);
-    while counters.acked.load(Ordering::Relaxed) + counters.errors.load(Ordering::Relaxed)
-        < counters.sent.load(Ordering::Relaxed)
-        && Instant::now() < drain_deadline
-    {
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(a.drain);
+    let mut next_report = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answered =
+            counters.acked.load(Ordering::Relaxed) + counters.errors.load(Ordering::Relaxed);
+        let sent = counters.sent.load(Ordering::Relaxed);
+        if answered >= sent || Instant::now() >= drain_deadline {
+            break;
+        }
+        if Instant::now() >= next_report {
+            // A long drain (a soak on a loaded store) says what it waits for.
+            eprintln!(
+                "{}: sending stopped, {} sends still awaiting message_sent",
+                ctx.label,
+                sent - answered
+            );
+            next_report += Duration::from_secs(5);
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let unacked = counters.sent.load(Ordering::Relaxed).saturating_sub(

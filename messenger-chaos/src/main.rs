@@ -203,6 +203,10 @@ fn fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// How long the soak's bench waits, after sending stops, for the answers to the sends
+/// still in flight (a loaded HBase answers late; a lost send never does).
+const SOAK_DRAIN: Duration = Duration::from_secs(300);
+
 /// `nodes` nodes (HBase store, Redis sessions and relay) behind HAProxy,
 /// `messenger-bench pairs` through the balancer at `rate` for `minutes` (pairs land on
 /// different nodes, so deliveries cross nodes through Redis); every node's RSS and open
@@ -262,6 +266,10 @@ async fn soak(
             &secs.to_string(),
             "--floor",
             "off",
+            // After the measured minutes, wait up to 5 minutes for every send still in
+            // flight: a send unanswered after that is a loss, not a backlog.
+            "--drain",
+            &SOAK_DRAIN.as_secs().to_string(),
             "--json",
             &json_path.display().to_string(),
         ])
@@ -342,9 +350,9 @@ async fn soak(
     };
     println!(
         "soak traffic: {} sent, {} delivered in the measured window ({} /s), message_sent p99 {} us, \
-         {} errors (first: {}), {} unanswered at the end",
+         {} errors (first: {}), {} unanswered {} s after sending stopped",
         r["sent_total"], r["delivered"], r["delivered_per_sec"], r["sent_latency_us"]["p99"],
-        r["errors"], r["first_error"], r["unacked_at_end"]
+        r["errors"], r["first_error"], r["unacked_at_end"], SOAK_DRAIN.as_secs()
     );
     let mut ok = bench_ok;
     if !died.is_empty() {
