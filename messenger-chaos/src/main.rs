@@ -5,7 +5,7 @@
 //! cargo build --release -p messenger-chaos -p messenger-bench
 //! ulimit -n 20000
 //! target/release/messenger-chaos storm --clients 19000      # reconnect storm
-//! target/release/messenger-chaos soak --minutes 30 --rate 2000
+//! target/release/messenger-chaos soak --minutes 30 --rate 1750   # half the max measured here
 //! ```
 //!
 //! Both start their own cluster (nodes of `--server-bin` on Redis and HBase; HBase from
