@@ -1,18 +1,20 @@
 // The browser chat in a real headless Chromium (Debian's, driven by playwright-core),
 // served by the real messenger-server binary: two browser contexts sign in as two
 // users, exchange messages, see the delivered and read marks and each other's
-// presence; one goes offline and back and catches up. Screenshots go to
-// target/web-chat/.
+// presence; one goes offline and back and catches up. The IndexedDB client store keeps
+// its contract in Chromium, and a message written while the server is down survives a
+// reload and arrives once. Screenshots go to target/web-chat/.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
 
+import { build } from "esbuild";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 
-import { connected, freePort, repoRoot, startServer, waitFor, type Server } from "./support.js";
+import { Proxy, cleanup, connected, freePort, pkgRoot, repoRoot, scratchDir, settle, startServer, waitFor, type Server } from "./support.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 /** The flags that work on a machine with no network but loopback. */
@@ -89,15 +91,16 @@ before(async () => {
 });
 
 after(async () => {
+  await cleanup();
   await browser?.close();
   await server?.stop();
 });
 
 /** Waits until `fn` is true in the page. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function until(page: Page, what: string, fn: (arg: any) => boolean, arg?: unknown): Promise<void> {
+async function until(page: Page, what: string, fn: (arg: any) => boolean, arg?: unknown, ms = WAIT): Promise<void> {
   try {
-    await page.waitForFunction(fn, arg, { timeout: WAIT, polling: 50 });
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
   } catch (e) {
     await page.screenshot({ path: path.join(SHOTS, `failed-${what.replace(/\W+/g, "-")}.png`) });
     throw new Error(`${what}: ${(e as Error).message.split("\n")[0]}`);
@@ -197,8 +200,11 @@ test("two users chat in Chromium: marks, presence, typing, offline and catch-up,
   for (let i = 1; i <= 70; i++) await carol.client.send(group.threadId, `c${i}`);
   const groupRow = `li[data-thread="${group.threadId}"]`;
   await until(alice, "alice sees the group", (s) => document.querySelector(s) !== null, groupRow);
-  // A reload starts a new client (signed in again from the tab's session storage) that
-  // knows none of it: the unread count comes from the server, the messages from history.
+  // A reload starts a new client (signed in again from the tab's session storage; its
+  // thread positions from IndexedDB): the unread count comes from the server, the
+  // messages from history. Reloaded once the 70 are saved as handed to the app (a
+  // reload before would see the unsaved rest again as new events, which is allowed).
+  await waitFor("alice's position saved", async () => (await storedPosition(alice, "alice", group.threadId)) === 70, WAIT);
   await alice.reload();
   await until(alice, "alice back after the reload", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
   await until(alice, "70 unread", (s) => document.querySelector(`${s} .unread`)?.textContent === "70", groupRow);
@@ -251,4 +257,182 @@ test("two users chat in Chromium: marks, presence, typing, offline and catch-up,
 
   await Promise.all([aliceCtx.close(), bobCtx.close(), evil.close()]);
   await bobLink.down();
+});
+
+test("the IndexedDB store keeps the client store contract in Chromium", { timeout: 60_000 }, async () => {
+  // The same contract as the memory and file stores (test/store-contract.ts), bundled
+  // with the store into the page: a real browser's IndexedDB, no fake.
+  const bundle = await build({
+    stdin: {
+      contents: `
+        import { storeContract } from "./test/store-contract.ts";
+        import { IndexedDbStore } from "./src/indexeddb.ts";
+        window.__storeContract = (name) =>
+          storeContract(() => IndexedDbStore.open(name), async (s) => s.close());
+      `,
+      resolveDir: pkgRoot,
+      loader: "ts",
+    },
+    bundle: true,
+    write: false,
+    format: "iife",
+    target: "es2020",
+    logLevel: "silent",
+  });
+  const code = bundle.outputFiles[0]?.text ?? "";
+  // The chat's origin gives IndexedDB a real origin; its CSP would refuse an inline script.
+  const ctx = await browser.newContext({ bypassCSP: true });
+  const page = await ctx.newPage();
+  await page.goto(`http://127.0.0.1:${server.port}/`);
+  await page.addScriptTag({ content: code });
+  await page.evaluate((name) => (window as unknown as { __storeContract(n: string): Promise<void> }).__storeContract(name), "contract");
+  // And it is still there after a reload (a new page on the same profile's database).
+  await page.reload();
+  const outbox = await page.evaluate(
+    () =>
+      new Promise<number>((resolve, reject) => {
+        const req = indexedDB.open("contract");
+        req.onerror = () => reject(req.error);
+        req.onsuccess = () => {
+          const count = req.result.transaction("outbox").objectStore("outbox").count();
+          count.onsuccess = () => resolve(count.result);
+          count.onerror = () => reject(count.error);
+        };
+      }),
+  );
+  assert.equal(outbox, 36);
+  await ctx.close();
+});
+
+/** The position the chat's IndexedDB store of `user` holds for a thread (0 if none). */
+function storedPosition(page: Page, user: string, threadId: string): Promise<number> {
+  return page.evaluate(
+    ([name, thread]) =>
+      new Promise<number>((resolve, reject) => {
+        const req = indexedDB.open(name);
+        req.onerror = () => reject(req.error);
+        req.onsuccess = () => {
+          const db = req.result;
+          if (!db.objectStoreNames.contains("threads")) {
+            db.close();
+            resolve(0);
+            return;
+          }
+          const get = db.transaction("threads").objectStore("threads").get(thread);
+          get.onsuccess = () => {
+            db.close();
+            resolve((get.result as { heldSeq?: number } | undefined)?.heldSeq ?? 0);
+          };
+          get.onerror = () => reject(get.error);
+        };
+      }),
+    [`messenger:${user}`, threadId] as const,
+  );
+}
+
+/** How many sends the chat's IndexedDB store of `user` holds. */
+function storedSends(page: Page, user: string): Promise<number> {
+  return page.evaluate(
+    (name) =>
+      new Promise<number>((resolve, reject) => {
+        const req = indexedDB.open(name);
+        req.onerror = () => reject(req.error);
+        req.onsuccess = () => {
+          const db = req.result;
+          if (!db.objectStoreNames.contains("outbox")) {
+            db.close();
+            resolve(0);
+            return;
+          }
+          const count = db.transaction("outbox").objectStore("outbox").count();
+          count.onsuccess = () => {
+            db.close();
+            resolve(count.result);
+          };
+          count.onerror = () => reject(count.error);
+        };
+      }),
+    `messenger:${user}`,
+  );
+}
+
+test("a message written while the server is down survives a reload and arrives exactly once", { timeout: 120_000 }, async () => {
+  // The server keeps its data in SQLite; it is killed and started again on the same
+  // folder. The page comes through a proxy that serves the chat's built files itself
+  // (as a cached app would load) and forwards the rest: while the server is down the
+  // page still loads, and its WebSocket and everything else fail.
+  const dataDir = scratchDir("browser-restart");
+  const own = await startServer({ dataDir });
+  const front = await Proxy.start(own.port);
+  const assets = path.join(repoRoot, "messenger-server", "assets", "web");
+  for (const [url, file, type] of [
+    ["/", "index.html", "text/html"],
+    ["/index.html", "index.html", "text/html"],
+    ["/chat.js", "chat.js", "text/javascript"],
+    ["/chat.css", "chat.css", "text/css"],
+  ] as const) {
+    front.files.set(url, { type, body: readFileSync(path.join(assets, file)) });
+  }
+  const base = `http://127.0.0.1:${front.port}/`;
+  const ctx = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const bob = await connected(own.wsUrl, "dora");
+  const alice = await signIn(ctx, base, "cleo");
+  await alice.fill("#direct-user", "dora");
+  await alice.click("#new-direct button[type=submit]");
+  await until(alice, "conversation open", () => document.querySelector("#conv-title")?.textContent === "dora");
+  await alice.fill("#compose", "before");
+  await alice.press("#compose", "Enter");
+  await msgStatus(alice, 1, "delivered", "the first message delivered");
+
+  await own.kill();
+  await until(alice, "cleo sees she is offline", () => document.querySelector("#conn")?.getAttribute("data-state") !== "connected");
+  await alice.fill("#compose", "written offline");
+  await alice.press("#compose", "Enter");
+  await until(alice, "the message waits", () => document.querySelector("#messages li[data-temp] .text")?.textContent === "written offline");
+  await waitFor("the send in IndexedDB", async () => (await storedSends(alice, "cleo")) === 1, WAIT);
+  await alice.screenshot({ path: path.join(SHOTS, "offline-before-reload.png") });
+
+  // The tab reloads with the server still down: the message is still there, waiting.
+  await alice.reload();
+  await until(alice, "the waiting message after the reload", () => document.querySelector("#messages li[data-temp] .text")?.textContent === "written offline");
+  assert.notEqual(await alice.getAttribute("#conn", "data-state"), "connected");
+  await until(alice, "the list shows it waiting", () => (document.querySelector('li[data-thread="dm:cleo:dora"] .last')?.textContent ?? "").includes("written offline"));
+  await alice.screenshot({ path: path.join(SHOTS, "offline-after-reload.png") });
+
+  // The server comes back (same data); the browser's `online` event cuts the backoff short.
+  const again = await startServer({ port: own.port, dataDir });
+  await ctx.setOffline(true);
+  await ctx.setOffline(false);
+  // Generous: should the event be missed, the next backoff attempt (at most 30 s) connects.
+  await until(alice, "cleo reconnected", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected", undefined, 45_000);
+  await until(alice, "stored as seq 2", () => document.querySelector('#messages li[data-seq="2"] .text')?.textContent === "written offline");
+  await until(alice, "no waiting copy left", () => document.querySelector("#messages li[data-temp]") === null);
+  await waitFor("dora gets it", () => bob.messages("dm:cleo:dora").length === 2, WAIT);
+  await settle(bob);
+  assert.deepEqual(
+    bob.messages("dm:cleo:dora").map((m) => m.text),
+    ["before", "written offline"],
+  );
+  const shown = await alice.$$eval("#messages li.msg .text", (els) => els.map((e) => e.textContent));
+  assert.deepEqual(shown, ["before", "written offline"], "each once");
+  assert.equal(await storedSends(alice, "cleo"), 0);
+  const history = await bob.client.historyAfter("dm:cleo:dora", 0);
+  assert.deepEqual(
+    history.map((m) => m.text),
+    ["before", "written offline"],
+    "stored once",
+  );
+
+  // Another reload with the server up: nothing is sent again, nothing shown twice.
+  await alice.reload();
+  await until(alice, "cleo online again", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected");
+  await until(alice, "the conversation from history", () => document.querySelectorAll("#messages li.msg").length === 2);
+  await settle(bob);
+  assert.equal((await bob.client.historyAfter("dm:cleo:dora", 0)).length, 2);
+  assert.deepEqual(await alice.$$eval("#messages li.msg .text", (els) => els.map((e) => e.textContent)), ["before", "written offline"]);
+  await alice.screenshot({ path: path.join(SHOTS, "offline-sent-once.png") });
+  await ctx.close();
+  await bob.client.close();
+  await front.close();
+  await again.stop();
 });

@@ -2,9 +2,12 @@
 // framework. Built into messenger-server/assets/web/chat.js by scripts/build-web.mjs.
 
 import {
+  IndexedDbStore,
+  MemoryStore,
   MessengerClient,
   MessengerError,
   newTempId,
+  type ClientStore,
   type ConnectionState,
   type Message,
   type Thread,
@@ -37,12 +40,15 @@ interface ThreadView {
   last?: Message;
   pending: LocalSend[];
   pager?: ReturnType<MessengerClient["historyPager"]>;
+  /** A history page arrived (opened offline: not yet, so it loads once connected). */
+  historyLoaded: boolean;
   loadingOlder: boolean;
   /** Typing members and when their indicator expires. */
   typing: Map<string, number>;
 }
 
 let client: MessengerClient | undefined;
+let store: IndexedDbStore | undefined;
 let me = "";
 const threads = new Map<string, ThreadView>();
 const presence = new Map<string, { status: "online" | "offline"; lastSeen?: number }>();
@@ -72,16 +78,20 @@ function h<K extends keyof HTMLElementTagNameMap>(
 function view(id: string): ThreadView {
   let t = threads.get(id);
   if (!t) {
+    // Until the server lists it (offline, after a restart), a direct thread's id names
+    // its two members.
+    const dm = /^dm:([^:]+):([^:]+)$/.exec(id);
     t = {
       id,
-      kind: "group",
-      members: [],
+      kind: dm ? "direct" : "group",
+      members: dm ? [dm[1] as string, dm[2] as string] : [],
       lastSeq: 0,
       unread: 0,
       listedSeq: 0,
       receipts: new Map(),
       messages: new Map(),
       pending: [],
+      historyLoaded: false,
       loadingOlder: false,
       typing: new Map(),
     };
@@ -107,8 +117,13 @@ function time(ms: number): string {
     : d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
+/** Presence is known only while connected: offline, an old "online" would mislead. */
+function presenceOf(user: string) {
+  return client?.state.kind === "connected" ? presence.get(user) : undefined;
+}
+
 function lastSeenText(user: string): string {
-  const p = presence.get(user);
+  const p = presenceOf(user);
   if (!p) return "";
   if (p.status === "online") return "online";
   return p.lastSeen ? `last seen ${time(p.lastSeen)}` : "offline";
@@ -168,14 +183,16 @@ function renderList(): void {
       const name = h("span", { class: "name" });
       if (t.kind === "direct") {
         const other = others(t)[0] ?? "";
-        const online = presence.get(other)?.status === "online";
+        const online = presenceOf(other)?.status === "online";
         name.append(h("span", { class: `dot${online ? " online" : ""}`, "aria-hidden": "true" }));
         name.append(other);
         name.title = lastSeenText(other);
       } else {
         name.append(threadName(t));
       }
-      const last = h("span", { class: "last" }, t.last ? `${t.last.senderId === me ? "You" : t.last.senderId}: ${t.last.text}` : " ");
+      const waiting = t.pending[t.pending.length - 1];
+      const preview = waiting ? `You: ${waiting.text} \u{1F552}` : t.last ? `${t.last.senderId === me ? "You" : t.last.senderId}: ${t.last.text}` : " ";
+      const last = h("span", { class: "last" }, preview);
       const li = h("li", { tabindex: "0", "data-thread": t.id, role: "button" }, name, last);
       if (t.unread > 0) {
         li.append(h("span", { class: "unread", "aria-label": `${t.unread} unread` }, String(t.unread)));
@@ -209,8 +226,8 @@ function renderHead(): void {
   if (t.kind === "direct") {
     sub.textContent = lastSeenText(others(t)[0] ?? "");
   } else {
-    const online = others(t).filter((u) => presence.get(u)?.status === "online").length;
-    sub.textContent = `${t.members.length} members, ${online} online`;
+    const online = others(t).filter((u) => presenceOf(u)?.status === "online").length;
+    sub.textContent = client?.state.kind === "connected" ? `${t.members.length} members, ${online} online` : `${t.members.length} members`;
   }
   const now = Date.now();
   const typing = [...t.typing].filter(([, until]) => until > now).map(([u]) => u);
@@ -325,6 +342,11 @@ async function refreshThreads(): Promise<void> {
       if (!v.last && t.lastSeq > 0) void loadLatest(v);
     }
     render();
+    const current = open ? threads.get(open) : undefined;
+    if (current && !current.historyLoaded && client) {
+      current.pager = client.historyPager(current.id, 50);
+      void loadOlder(current, true);
+    }
     await subscribeMembers();
     if (open) markRead(open);
   } catch (e) {
@@ -382,6 +404,7 @@ function markRead(id: string): void {
 
 async function openThread(id: string): Promise<void> {
   open = id;
+  sessionStorage.setItem("messenger.open", id);
   document.body.dataset.view = "thread";
   const v = view(id);
   v.unread = 0;
@@ -403,6 +426,7 @@ async function loadOlder(v: ThreadView, first: boolean): Promise<void> {
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
   try {
     const page = await v.pager.older();
+    v.historyLoaded = true;
     for (const m of page) addMessage(v, m, false);
   } catch (e) {
     // Offline: the next scroll (or reopening) tries again.
@@ -444,12 +468,52 @@ function wsUrl(): string {
   return `${proto}//${location.host}/ws`;
 }
 
-function start(token: string, label: string): void {
-  const c = new MessengerClient({ url: wsUrl(), token });
+/**
+ * The user a token names, to pick that user's local store: the name itself under dev
+ * auth, a JWT's `sub` (read, not verified: the server checks the token, and the SDK
+ * stops with `wrong_user` if the store belongs to someone else).
+ */
+function userOf(token: string): string | undefined {
+  const parts = token.split(".");
+  if (parts.length !== 3) return token;
+  try {
+    const json = atob((parts[1] as string).replace(/-/g, "+").replace(/_/g, "/"));
+    const sub = (JSON.parse(json) as { sub?: unknown }).sub;
+    return typeof sub === "string" ? sub : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The user's store: an IndexedDB database per user, so what they wrote offline survives
+ * a closed tab. Without IndexedDB (some private modes) the outbox lives in memory.
+ */
+async function openStore(token: string): Promise<ClientStore> {
+  const user = userOf(token);
+  if (user !== undefined) {
+    try {
+      store = await IndexedDbStore.open(`messenger:${user}`);
+      return store;
+    } catch (e) {
+      console.warn("IndexedDB unavailable: unsent messages will not survive closing the tab", e);
+    }
+  }
+  return new MemoryStore();
+}
+
+async function start(token: string, label: string): Promise<void> {
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  const s = await openStore(token);
+  const c = new MessengerClient({ url: wsUrl(), token, store: s });
   client = c;
   c.on("state", (s) => {
     if (client !== c) return;
     renderConn(s);
+    renderList();
+    renderHead();
     if (s.kind === "connected") {
       me = s.userId;
       $("me").textContent = `Signed in as ${me}`;
@@ -497,21 +561,49 @@ function start(token: string, label: string): void {
     render();
     void subscribeMembers();
   });
+  c.on("sent", (sent) => {
+    // Stored: the message itself follows as a `message` event; drop the 🕓 copy now.
+    const v = threads.get(sent.threadId);
+    if (v) v.pending = v.pending.filter((p) => p.tempId !== sent.tempId);
+  });
+  try {
+    // What a previous run left unsent (tab closed offline): shown at once, and sent
+    // once connected under the same temp ids.
+    await c.load();
+    const user = c.userId;
+    if (user !== undefined) {
+      me = user;
+      $("me").textContent = `Signed in as ${me}`;
+    }
+    for (const p of c.pending()) {
+      const local: LocalSend = { tempId: p.tempId, text: p.text, status: "sending" };
+      view(p.threadId).pending.push(local);
+      dispatch(p.threadId, local);
+    }
+  } catch (e) {
+    console.warn("the local store could not be read", e);
+  }
+  if (client !== c) return;
+  const wasOpen = sessionStorage.getItem("messenger.open");
+  render();
+  if (wasOpen) void openThread(wasOpen);
   c.connect().catch((e: unknown) => {
     if (client !== c) return;
     if (!(e instanceof MessengerError && e.kind === "auth")) showError("signin-error", e);
   });
-  $("signin").hidden = true;
-  $("app").hidden = false;
-  $("signout").hidden = false;
 }
 
 function signOut(): void {
   const c = client;
+  const s = store;
   client = undefined;
-  void c?.close();
+  store = undefined;
+  // Unsent messages stay in this browser's store of the user: they go out at the next
+  // sign-in as the same user.
+  void c?.close().then(() => s?.close());
   sessionStorage.removeItem("messenger.token");
   sessionStorage.removeItem("messenger.label");
+  sessionStorage.removeItem("messenger.open");
   threads.clear();
   presence.clear();
   subscribed.clear();
@@ -539,7 +631,7 @@ function init(): void {
     const label = jwt ? "the token" : `the name ${name}`;
     sessionStorage.setItem("messenger.token", token);
     sessionStorage.setItem("messenger.label", label);
-    start(token, label);
+    void start(token, label);
   });
   $("signout").addEventListener("click", signOut);
   $("new-direct").addEventListener("submit", (e) => {
@@ -579,6 +671,7 @@ function init(): void {
   $("back").addEventListener("click", () => {
     document.body.dataset.view = "list";
     open = undefined;
+    sessionStorage.removeItem("messenger.open");
     render();
   });
   const compose = $("compose") as HTMLTextAreaElement;
@@ -590,6 +683,7 @@ function init(): void {
     const p: LocalSend = { tempId: newTempId(), text, status: "sending" };
     view(open).pending.push(p);
     renderMessages(true);
+    renderList();
     dispatch(open, p);
     clearTimeout(typingStop);
     if (typingSentAt) sendTyping(false);
@@ -621,7 +715,7 @@ function init(): void {
     if (open) markRead(open);
   });
   const saved = sessionStorage.getItem("messenger.token");
-  if (saved) start(saved, sessionStorage.getItem("messenger.label") ?? "the token");
+  if (saved) void start(saved, sessionStorage.getItem("messenger.label") ?? "the token");
   renderConn({ kind: "idle" });
 }
 

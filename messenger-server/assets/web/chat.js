@@ -1709,8 +1709,185 @@ function statusFrom(text) {
   return m ? Number(m[1]) : void 0;
 }
 
+// src/indexeddb.ts
+var VERSION = 1;
+var META = "meta";
+var OUTBOX = "outbox";
+var THREADS = "threads";
+var RECEIPTS = "receipts";
+var ALL = [META, OUTBOX, THREADS, RECEIPTS];
+function failure(what, e) {
+  const why = e instanceof Error || typeof DOMException !== "undefined" && e instanceof DOMException ? e.message : String(e);
+  return new MessengerError("store", `IndexedDB ${what} failed: ${why}`, { cause: e });
+}
+function request(r) {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+function committed(tx) {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = () => reject(tx.error ?? new Error("transaction aborted"));
+    tx.onerror = () => {
+    };
+  });
+}
+var IndexedDbStore = class _IndexedDbStore {
+  constructor(db) {
+    this.db = db;
+    db.onversionchange = () => db.close();
+  }
+  /**
+   * Opens (or creates) the database `name`. Rejects with a `store` error when
+   * IndexedDB is missing or refuses (private modes, quota, a database of a newer SDK).
+   */
+  static async open(name = "messenger", factory) {
+    const idb = factory ?? globalThis.indexedDB;
+    if (!idb) throw new MessengerError("store", "IndexedDB is not available here (pass an IDBFactory, or use another store)");
+    let req;
+    try {
+      req = idb.open(name, VERSION);
+    } catch (e) {
+      throw failure(`open of ${name}`, e);
+    }
+    req.onupgradeneeded = () => {
+      const db2 = req.result;
+      if (!db2.objectStoreNames.contains(META)) db2.createObjectStore(META, { keyPath: "key" });
+      if (!db2.objectStoreNames.contains(OUTBOX)) db2.createObjectStore(OUTBOX, { keyPath: ["threadId", "tempId"] });
+      if (!db2.objectStoreNames.contains(THREADS)) db2.createObjectStore(THREADS, { keyPath: "threadId" });
+      if (!db2.objectStoreNames.contains(RECEIPTS)) db2.createObjectStore(RECEIPTS, { keyPath: ["threadId", "userId"] });
+    };
+    const db = await new Promise((resolve, reject) => {
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(failure(`open of ${name}`, req.error));
+      req.onblocked = () => reject(new MessengerError("store", `IndexedDB open of ${name} is blocked by another tab holding an older version`));
+    });
+    return new _IndexedDbStore(db);
+  }
+  /** Deletes the database `name` (for example when the user signs out). */
+  static async delete(name = "messenger", factory) {
+    const idb = factory ?? globalThis.indexedDB;
+    if (!idb) return;
+    try {
+      await request(idb.deleteDatabase(name));
+    } catch (e) {
+      throw failure(`delete of ${name}`, e);
+    }
+  }
+  /** Closes the connection to the database (after the client is closed). */
+  close() {
+    this.db.close();
+  }
+  /** Everything stored. */
+  async load() {
+    try {
+      const tx = this.db.transaction(ALL, "readonly");
+      const [meta, outbox, threads2, receipts] = await Promise.all([
+        request(tx.objectStore(META).getAll()),
+        request(tx.objectStore(OUTBOX).getAll()),
+        request(tx.objectStore(THREADS).getAll()),
+        request(tx.objectStore(RECEIPTS).getAll())
+      ]);
+      const state = {
+        synced: meta.some((m) => m.key === "synced" && m.value === true),
+        outbox: outbox.sort((a, b) => a.order - b.order).map((r) => ({ threadId: r.threadId, tempId: r.tempId, text: r.text, queuedAt: r.queuedAt })),
+        threads: threads2.map((t) => {
+          const p = { threadId: t.threadId, heldSeq: t.heldSeq };
+          if (t.ackDue) p.ackDue = { seq: t.ackDue.seq, messageId: t.ackDue.messageId };
+          return p;
+        }),
+        receipts: receipts.map((r) => ({ threadId: r.threadId, userId: r.userId, deliveredSeq: r.deliveredSeq, readSeq: r.readSeq }))
+      };
+      const user = meta.find((m) => m.key === "user")?.value;
+      if (typeof user === "string") state.userId = user;
+      return state;
+    } catch (e) {
+      throw failure("load", e);
+    }
+  }
+  /**
+   * Applies a batch in one transaction: the reads it needs (existing outbox keys,
+   * positions and receipts, the outbox counter) first, then every write in the order
+   * the contract gives.
+   */
+  async save(changes) {
+    let tx;
+    try {
+      tx = this.db.transaction(ALL, "readwrite");
+    } catch (e) {
+      throw failure("save", e);
+    }
+    const done = committed(tx);
+    const meta = tx.objectStore(META);
+    const outbox = tx.objectStore(OUTBOX);
+    const threads2 = tx.objectStore(THREADS);
+    const receipts = tx.objectStore(RECEIPTS);
+    const added = changes.outboxAdded ?? [];
+    const positions = changes.threads ?? [];
+    const marks = changes.receipts ?? [];
+    try {
+      const [next, present, held, had] = await Promise.all([
+        request(meta.get("nextOrder")),
+        Promise.all(added.map((e) => request(outbox.getKey([e.threadId, e.tempId])))),
+        Promise.all(positions.map((p) => request(threads2.get(p.threadId)))),
+        Promise.all(marks.map((r) => request(receipts.get([r.threadId, r.userId]))))
+      ]);
+      if (changes.userId !== void 0) meta.put({ key: "user", value: changes.userId });
+      if (changes.synced) meta.put({ key: "synced", value: true });
+      let order = typeof next?.value === "number" ? next.value : 0;
+      const seen = /* @__PURE__ */ new Set();
+      added.forEach((e, i) => {
+        const k = `${e.threadId}\0${e.tempId}`;
+        if (present[i] !== void 0 || seen.has(k)) return;
+        seen.add(k);
+        const row = { threadId: e.threadId, tempId: e.tempId, text: e.text, queuedAt: e.queuedAt, order: order++ };
+        outbox.put(row);
+      });
+      meta.put({ key: "nextOrder", value: order });
+      for (const r of changes.outboxRemoved ?? []) outbox.delete([r.threadId, r.tempId]);
+      const posNow = /* @__PURE__ */ new Map();
+      positions.forEach((p, i) => {
+        const cur = posNow.has(p.threadId) ? posNow.get(p.threadId) : held[i];
+        const row = { threadId: p.threadId, heldSeq: Math.max(cur?.heldSeq ?? 0, p.heldSeq) };
+        if (p.ackDue) row.ackDue = { seq: p.ackDue.seq, messageId: p.ackDue.messageId };
+        posNow.set(p.threadId, row);
+        threads2.put(row);
+      });
+      const marksNow = /* @__PURE__ */ new Map();
+      marks.forEach((r, i) => {
+        const k = `${r.threadId}\0${r.userId}`;
+        const cur = marksNow.has(k) ? marksNow.get(k) : had[i];
+        const row = {
+          threadId: r.threadId,
+          userId: r.userId,
+          deliveredSeq: Math.max(cur?.deliveredSeq ?? 0, r.deliveredSeq),
+          readSeq: Math.max(cur?.readSeq ?? 0, r.readSeq)
+        };
+        marksNow.set(k, row);
+        receipts.put(row);
+      });
+    } catch (e) {
+      try {
+        tx.abort();
+      } catch {
+      }
+      await done.catch(() => {
+      });
+      throw failure("save", e);
+    }
+    try {
+      await done;
+    } catch (e) {
+      throw failure("save", e);
+    }
+  }
+};
+
 // web/chat.ts
 var client;
+var store;
 var me = "";
 var threads = /* @__PURE__ */ new Map();
 var presence = /* @__PURE__ */ new Map();
@@ -1731,16 +1908,18 @@ function h(tag, attrs = {}, ...children) {
 function view(id) {
   let t = threads.get(id);
   if (!t) {
+    const dm = /^dm:([^:]+):([^:]+)$/.exec(id);
     t = {
       id,
-      kind: "group",
-      members: [],
+      kind: dm ? "direct" : "group",
+      members: dm ? [dm[1], dm[2]] : [],
       lastSeq: 0,
       unread: 0,
       listedSeq: 0,
       receipts: /* @__PURE__ */ new Map(),
       messages: /* @__PURE__ */ new Map(),
       pending: [],
+      historyLoaded: false,
       loadingOlder: false,
       typing: /* @__PURE__ */ new Map()
     };
@@ -1760,8 +1939,11 @@ function time(ms) {
   const today = (/* @__PURE__ */ new Date()).toDateString() === d.toDateString();
   return today ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
+function presenceOf(user) {
+  return client?.state.kind === "connected" ? presence.get(user) : void 0;
+}
 function lastSeenText(user) {
-  const p = presence.get(user);
+  const p = presenceOf(user);
   if (!p) return "";
   if (p.status === "online") return "online";
   return p.lastSeen ? `last seen ${time(p.lastSeen)}` : "offline";
@@ -1813,14 +1995,16 @@ function renderList() {
       const name = h("span", { class: "name" });
       if (t.kind === "direct") {
         const other = others(t)[0] ?? "";
-        const online = presence.get(other)?.status === "online";
+        const online = presenceOf(other)?.status === "online";
         name.append(h("span", { class: `dot${online ? " online" : ""}`, "aria-hidden": "true" }));
         name.append(other);
         name.title = lastSeenText(other);
       } else {
         name.append(threadName(t));
       }
-      const last = h("span", { class: "last" }, t.last ? `${t.last.senderId === me ? "You" : t.last.senderId}: ${t.last.text}` : " ");
+      const waiting = t.pending[t.pending.length - 1];
+      const preview = waiting ? `You: ${waiting.text} 🕒` : t.last ? `${t.last.senderId === me ? "You" : t.last.senderId}: ${t.last.text}` : " ";
+      const last = h("span", { class: "last" }, preview);
       const li = h("li", { tabindex: "0", "data-thread": t.id, role: "button" }, name, last);
       if (t.unread > 0) {
         li.append(h("span", { class: "unread", "aria-label": `${t.unread} unread` }, String(t.unread)));
@@ -1852,8 +2036,8 @@ function renderHead() {
   if (t.kind === "direct") {
     sub.textContent = lastSeenText(others(t)[0] ?? "");
   } else {
-    const online = others(t).filter((u) => presence.get(u)?.status === "online").length;
-    sub.textContent = `${t.members.length} members, ${online} online`;
+    const online = others(t).filter((u) => presenceOf(u)?.status === "online").length;
+    sub.textContent = client?.state.kind === "connected" ? `${t.members.length} members, ${online} online` : `${t.members.length} members`;
   }
   const now = Date.now();
   const typing = [...t.typing].filter(([, until]) => until > now).map(([u]) => u);
@@ -1956,6 +2140,11 @@ async function refreshThreads() {
       if (!v.last && t.lastSeq > 0) void loadLatest(v);
     }
     render();
+    const current = open ? threads.get(open) : void 0;
+    if (current && !current.historyLoaded && client) {
+      current.pager = client.historyPager(current.id, 50);
+      void loadOlder(current, true);
+    }
     await subscribeMembers();
     if (open) markRead(open);
   } catch (e) {
@@ -2001,6 +2190,7 @@ function markRead(id) {
 }
 async function openThread(id) {
   open = id;
+  sessionStorage.setItem("messenger.open", id);
   document.body.dataset.view = "thread";
   const v = view(id);
   v.unread = 0;
@@ -2021,6 +2211,7 @@ async function loadOlder(v, first) {
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
   try {
     const page = await v.pager.older();
+    v.historyLoaded = true;
     for (const m of page) addMessage(v, m, false);
   } catch (e) {
     v.pager = client?.historyPager(v.id, 50);
@@ -2053,21 +2244,50 @@ function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   return `${proto}//${location.host}/ws`;
 }
-function start(token, label) {
-  const c = new MessengerClient({ url: wsUrl(), token });
+function userOf(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) return token;
+  try {
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+    const sub = JSON.parse(json).sub;
+    return typeof sub === "string" ? sub : void 0;
+  } catch {
+    return void 0;
+  }
+}
+async function openStore(token) {
+  const user = userOf(token);
+  if (user !== void 0) {
+    try {
+      store = await IndexedDbStore.open(`messenger:${user}`);
+      return store;
+    } catch (e) {
+      console.warn("IndexedDB unavailable: unsent messages will not survive closing the tab", e);
+    }
+  }
+  return new MemoryStore();
+}
+async function start(token, label) {
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  const s = await openStore(token);
+  const c = new MessengerClient({ url: wsUrl(), token, store: s });
   client = c;
-  c.on("state", (s) => {
+  c.on("state", (s2) => {
     if (client !== c) return;
-    renderConn(s);
-    if (s.kind === "connected") {
-      me = s.userId;
+    renderConn(s2);
+    renderList();
+    renderHead();
+    if (s2.kind === "connected") {
+      me = s2.userId;
       $("me").textContent = `Signed in as ${me}`;
       subscribed.clear();
       void refreshThreads();
     }
-    if (s.kind === "closed" && s.error?.kind === "auth") {
+    if (s2.kind === "closed" && s2.error?.kind === "auth") {
       signOut();
-      $("signin-error").textContent = `The server refused ${label}: ${s.error.message}`;
+      $("signin-error").textContent = `The server refused ${label}: ${s2.error.message}`;
     }
   });
   c.on("message", (m) => {
@@ -2105,20 +2325,43 @@ function start(token, label) {
     render();
     void subscribeMembers();
   });
+  c.on("sent", (sent) => {
+    const v = threads.get(sent.threadId);
+    if (v) v.pending = v.pending.filter((p) => p.tempId !== sent.tempId);
+  });
+  try {
+    await c.load();
+    const user = c.userId;
+    if (user !== void 0) {
+      me = user;
+      $("me").textContent = `Signed in as ${me}`;
+    }
+    for (const p of c.pending()) {
+      const local = { tempId: p.tempId, text: p.text, status: "sending" };
+      view(p.threadId).pending.push(local);
+      dispatch(p.threadId, local);
+    }
+  } catch (e) {
+    console.warn("the local store could not be read", e);
+  }
+  if (client !== c) return;
+  const wasOpen = sessionStorage.getItem("messenger.open");
+  render();
+  if (wasOpen) void openThread(wasOpen);
   c.connect().catch((e) => {
     if (client !== c) return;
     if (!(e instanceof MessengerError && e.kind === "auth")) showError("signin-error", e);
   });
-  $("signin").hidden = true;
-  $("app").hidden = false;
-  $("signout").hidden = false;
 }
 function signOut() {
   const c = client;
+  const s = store;
   client = void 0;
-  void c?.close();
+  store = void 0;
+  void c?.close().then(() => s?.close());
   sessionStorage.removeItem("messenger.token");
   sessionStorage.removeItem("messenger.label");
+  sessionStorage.removeItem("messenger.open");
   threads.clear();
   presence.clear();
   subscribed.clear();
@@ -2145,7 +2388,7 @@ function init() {
     const label = jwt ? "the token" : `the name ${name}`;
     sessionStorage.setItem("messenger.token", token);
     sessionStorage.setItem("messenger.label", label);
-    start(token, label);
+    void start(token, label);
   });
   $("signout").addEventListener("click", signOut);
   $("new-direct").addEventListener("submit", (e) => {
@@ -2176,6 +2419,7 @@ function init() {
   $("back").addEventListener("click", () => {
     document.body.dataset.view = "list";
     open = void 0;
+    sessionStorage.removeItem("messenger.open");
     render();
   });
   const compose = $("compose");
@@ -2187,6 +2431,7 @@ function init() {
     const p = { tempId: newTempId(), text, status: "sending" };
     view(open).pending.push(p);
     renderMessages(true);
+    renderList();
     dispatch(open, p);
     clearTimeout(typingStop);
     if (typingSentAt) sendTyping(false);
@@ -2218,7 +2463,7 @@ function init() {
     if (open) markRead(open);
   });
   const saved = sessionStorage.getItem("messenger.token");
-  if (saved) start(saved, sessionStorage.getItem("messenger.label") ?? "the token");
+  if (saved) void start(saved, sessionStorage.getItem("messenger.label") ?? "the token");
   renderConn({ kind: "idle" });
 }
 init();
