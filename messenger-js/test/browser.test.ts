@@ -288,75 +288,53 @@ test("the IndexedDB store keeps the client store contract in Chromium", { timeou
   await page.evaluate((name) => (window as unknown as { __storeContract(n: string): Promise<void> }).__storeContract(name), "contract");
   // And it is still there after a reload (a new page on the same profile's database).
   await page.reload();
-  const outbox = await page.evaluate(
-    () =>
-      new Promise<number>((resolve, reject) => {
-        const req = indexedDB.open("contract");
-        req.onerror = () => reject(req.error);
-        req.onsuccess = () => {
-          const count = req.result.transaction("outbox").objectStore("outbox").count();
-          count.onsuccess = () => resolve(count.result);
-          count.onerror = () => reject(count.error);
-        };
-      }),
-  );
+  const outbox = await idbRead(page, "contract", "outbox");
   assert.equal(outbox, 36);
   await ctx.close();
 });
 
-/** The position the chat's IndexedDB store of `user` holds for a thread (0 if none). */
-function storedPosition(page: Page, user: string, threadId: string): Promise<number> {
+/**
+ * Reads an IndexedDB database of the page: how many rows `store` has, or with `key` that
+ * row (undefined when the database or the row does not exist).
+ */
+function idbRead(page: Page, name: string, store: string, key?: string): Promise<unknown> {
   return page.evaluate(
-    ([name, thread]) =>
-      new Promise<number>((resolve, reject) => {
-        const req = indexedDB.open(name);
+    ([db, os, k]) =>
+      new Promise<unknown>((resolve, reject) => {
+        const req = indexedDB.open(db);
         req.onerror = () => reject(req.error);
         req.onsuccess = () => {
-          const db = req.result;
-          if (!db.objectStoreNames.contains("threads")) {
-            db.close();
-            resolve(0);
+          const conn = req.result;
+          if (!conn.objectStoreNames.contains(os)) {
+            conn.close();
+            resolve(k === undefined ? 0 : undefined);
             return;
           }
-          const get = db.transaction("threads").objectStore("threads").get(thread);
-          get.onsuccess = () => {
-            db.close();
-            resolve((get.result as { heldSeq?: number } | undefined)?.heldSeq ?? 0);
+          const objects = conn.transaction(os).objectStore(os);
+          const r: IDBRequest = k === undefined ? objects.count() : objects.get(k);
+          r.onsuccess = () => {
+            conn.close();
+            resolve(r.result);
           };
-          get.onerror = () => reject(get.error);
+          r.onerror = () => reject(r.error);
         };
       }),
-    [`messenger:${user}`, threadId] as const,
+    [name, store, key] as const,
   );
+}
+
+/** The position the chat's IndexedDB store of `user` holds for a thread (0 if none). */
+async function storedPosition(page: Page, user: string, threadId: string): Promise<number> {
+  const row = (await idbRead(page, `messenger:${user}`, "threads", threadId)) as { heldSeq?: number } | undefined;
+  return row?.heldSeq ?? 0;
 }
 
 /** How many sends the chat's IndexedDB store of `user` holds. */
-function storedSends(page: Page, user: string): Promise<number> {
-  return page.evaluate(
-    (name) =>
-      new Promise<number>((resolve, reject) => {
-        const req = indexedDB.open(name);
-        req.onerror = () => reject(req.error);
-        req.onsuccess = () => {
-          const db = req.result;
-          if (!db.objectStoreNames.contains("outbox")) {
-            db.close();
-            resolve(0);
-            return;
-          }
-          const count = db.transaction("outbox").objectStore("outbox").count();
-          count.onsuccess = () => {
-            db.close();
-            resolve(count.result);
-          };
-          count.onerror = () => reject(count.error);
-        };
-      }),
-    `messenger:${user}`,
-  );
+async function storedSends(page: Page, user: string): Promise<number> {
+  return (await idbRead(page, `messenger:${user}`, "outbox")) as number;
 }
 
-test("a message written while the server is down survives a reload and arrives exactly once", { timeout: 120_000 }, async () => {
+test("a message written while the server is down survives a reload or a closed tab and arrives exactly once", { timeout: 120_000 }, async () => {
   // The server keeps its data in SQLite; it is killed and started again on the same
   // folder. The page comes through a proxy that serves the chat's built files itself
   // (as a cached app would load) and forwards the rest: while the server is down the
@@ -431,8 +409,45 @@ test("a message written while the server is down survives a reload and arrives e
   assert.equal((await bob.client.historyAfter("dm:cleo:dora", 0)).length, 2);
   assert.deepEqual(await alice.$$eval("#messages li.msg .text", (els) => els.map((e) => e.textContent)), ["before", "written offline"]);
   await alice.screenshot({ path: path.join(SHOTS, "offline-sent-once.png") });
+
+  // Once more with the tab closed instead of reloaded: a new page on the same profile
+  // (no session left: the user signs in again) finds the message and sends it once.
+  await again.kill();
+  await until(alice, "cleo offline again", () => document.querySelector("#conn")?.getAttribute("data-state") !== "connected");
+  await alice.fill("#compose", "from a closed tab");
+  await alice.press("#compose", "Enter");
+  await waitFor("that send in IndexedDB", async () => (await storedSends(alice, "cleo")) === 1, WAIT);
+  await alice.close();
+  const reopened = await ctx.newPage();
+  reopened.on("pageerror", (e) => console.error(`[cleo] page error: ${e.message}`));
+  await reopened.goto(base);
+  await reopened.fill("#signin-name", "cleo");
+  await reopened.click("#signin-form button[type=submit]");
+  await until(reopened, "the list shows it waiting", () =>
+    (document.querySelector('li[data-thread="dm:cleo:dora"] .last')?.textContent ?? "").includes("from a closed tab"),
+  );
+  const third = await startServer({ port: own.port, dataDir });
+  await ctx.setOffline(true);
+  await ctx.setOffline(false);
+  await until(reopened, "cleo reconnected once more", () => document.querySelector("#conn")?.getAttribute("data-state") === "connected", undefined, 45_000);
+  await reopened.click('li[data-thread="dm:cleo:dora"]');
+  await until(reopened, "stored as seq 3", () => document.querySelector('#messages li[data-seq="3"] .text')?.textContent === "from a closed tab");
+  await until(reopened, "the whole conversation, once", () => document.querySelectorAll("#messages li.msg").length === 3);
+  await until(reopened, "no waiting copy", () => document.querySelector("#messages li[data-temp]") === null);
+  await waitFor("dora gets it", () => bob.messages("dm:cleo:dora").length === 3, WAIT);
+  await settle(bob);
+  assert.deepEqual(
+    (await bob.client.historyAfter("dm:cleo:dora", 0)).map((m) => m.text),
+    ["before", "written offline", "from a closed tab"],
+    "each stored once",
+  );
+  assert.deepEqual(
+    bob.messages("dm:cleo:dora").map((m) => m.text),
+    ["before", "written offline", "from a closed tab"],
+  );
+  assert.equal(await storedSends(reopened, "cleo"), 0);
   await ctx.close();
   await bob.client.close();
   await front.close();
-  await again.stop();
+  await third.stop();
 });
