@@ -310,6 +310,11 @@ export class MessengerClient {
   private sessionSynced = false;
   private catchUpAt: number | undefined;
   private readonly acksDue = new Map<string, { seq: number; messageId: string }>();
+  /**
+   * The acks written on the current connection: owed again if it dies (acks have no
+   * reply, and a connection the server already dropped swallows them).
+   */
+  private readonly acksOnConnection = new Map<string, { seq: number; messageId: string }>();
   private lastRx = 0;
   private lastPing = 0;
 
@@ -963,12 +968,22 @@ export class MessengerClient {
     this.pendingReqs.clear();
     this.outbox.connectionLost();
     this.seq.connectionLost();
+    for (const [threadId, due] of this.acksOnConnection) {
+      const owed = this.acksDue.get(threadId);
+      if (owed && owed.seq >= due.seq) continue;
+      this.acksDue.set(threadId, due);
+      this.setPosition(threadId, (p) => {
+        if (!p.ackDue || p.ackDue.seq < due.seq) p.ackDue = { seq: due.seq, messageId: due.messageId };
+      });
+    }
+    this.acksOnConnection.clear();
   }
 
   private tick(now: number): void {
     this.flushOutbox(now);
     for (const [threadId, due] of this.acksDue) {
       this.write(encode({ type: "message_ack", thread_id: threadId, message_id: due.messageId, status: "DELIVERED" }, AUTO_ACK));
+      this.acksOnConnection.set(threadId, due);
       this.setPosition(threadId, (p) => {
         if (p.ackDue && p.ackDue.seq <= due.seq) delete p.ackDue;
       });

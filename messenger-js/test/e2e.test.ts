@@ -10,7 +10,7 @@ import { after, afterEach, before, describe, test } from "node:test";
 
 import path from "node:path";
 
-import { MessengerClient, MessengerError, backoffCeiling, type ConnectionState } from "../src/index.js";
+import { MemoryStore, MessengerClient, MessengerError, backoffCeiling, type ConnectionState } from "../src/index.js";
 import { FileStore } from "../src/node.js";
 import {
   Proxy,
@@ -322,6 +322,29 @@ describe("against the real server", { timeout: 120_000 }, () => {
     assert.equal((await alice2.client.historyAfter(thread, 0)).length, 1, "stored once");
     await closeAll(alice2);
     await proxy.close();
+  });
+
+  test("a DELIVERED ack owed when the app stopped is written by the next client on its store", { timeout: TEST_TIMEOUT }, async () => {
+    const alice = await connected(server.wsUrl, "k-alice");
+    const thread = (await alice.client.createDirect("k-bob")).threadId;
+    const sent = await alice.client.send(thread, "did you get this?");
+    // Bob's app had the message (position 1) but stopped before its ack went out.
+    const store = new MemoryStore();
+    await store.save({
+      userId: "k-bob",
+      synced: true,
+      threads: [{ threadId: thread, heldSeq: 1, ackDue: { seq: 1, messageId: sent.messageId } }],
+    });
+    const bob = await connected(server.wsUrl, "k-bob", { store });
+    await waitFor("alice sees bob's DELIVERED", () =>
+      alice.events.receipt.some((r) => r.userId === "k-bob" && r.status === "DELIVERED" && r.seq === 1),
+    );
+    await settle(bob);
+    assert.deepEqual(bob.messages(thread), [], "not handed to the app again");
+    await bob.client.close();
+    const left = await store.load();
+    assert.deepEqual(left.threads, [{ threadId: thread, heldSeq: 1 }], "the ack is no longer owed");
+    await closeAll(alice);
   });
 
   test("a store of another user is refused: the client stops with wrong_user", { timeout: TEST_TIMEOUT }, async () => {

@@ -672,6 +672,11 @@ var MessengerClient = class _MessengerClient {
     /** This connection's catch-up list was answered: the connection was healthy. */
     this.sessionSynced = false;
     this.acksDue = /* @__PURE__ */ new Map();
+    /**
+     * The acks written on the current connection: owed again if it dies (acks have no
+     * reply, and a connection the server already dropped swallows them).
+     */
+    this.acksOnConnection = /* @__PURE__ */ new Map();
     this.lastRx = 0;
     this.lastPing = 0;
     this.closing = false;
@@ -1261,11 +1266,21 @@ var MessengerClient = class _MessengerClient {
     this.pendingReqs.clear();
     this.outbox.connectionLost();
     this.seq.connectionLost();
+    for (const [threadId, due] of this.acksOnConnection) {
+      const owed = this.acksDue.get(threadId);
+      if (owed && owed.seq >= due.seq) continue;
+      this.acksDue.set(threadId, due);
+      this.setPosition(threadId, (p) => {
+        if (!p.ackDue || p.ackDue.seq < due.seq) p.ackDue = { seq: due.seq, messageId: due.messageId };
+      });
+    }
+    this.acksOnConnection.clear();
   }
   tick(now) {
     this.flushOutbox(now);
     for (const [threadId, due] of this.acksDue) {
       this.write(encode({ type: "message_ack", thread_id: threadId, message_id: due.messageId, status: "DELIVERED" }, AUTO_ACK));
+      this.acksOnConnection.set(threadId, due);
       this.setPosition(threadId, (p) => {
         if (p.ackDue && p.ackDue.seq <= due.seq) delete p.ackDue;
       });
