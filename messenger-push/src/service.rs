@@ -205,12 +205,26 @@ impl PushService {
         report
     }
 
-    /// Delivers `n` to every target of its user, retrying transient failures with the
-    /// retry policy (honouring `Retry-After`), removing targets reported gone. Returns
-    /// each target's final outcome; `Err` only when the target directory failed.
+    /// Delivers `n` to every target of its user: [`targets`](Self::targets), then
+    /// [`deliver_to`](Self::deliver_to). `Err` only when the target directory failed,
+    /// and then nothing was sent (so calling it again sends nothing twice).
     pub async fn deliver(&self, n: &Notification) -> Result<Report> {
+        let targets = self.targets(n).await?;
+        Ok(self.deliver_to(n, targets).await)
+    }
+
+    /// Where `n` goes: its user's targets from the directory (none for a thread the
+    /// user muted). A caller that retries a failed read (the worker, while the
+    /// registry's store is down) calls this, then [`deliver_to`](Self::deliver_to).
+    pub async fn targets(&self, n: &Notification) -> Result<Vec<PushTarget>> {
+        self.directory.targets(&n.user_id, &n.thread_id).await
+    }
+
+    /// Delivers `n` to `targets` (from [`targets`](Self::targets)), retrying transient
+    /// failures with the retry policy (honouring `Retry-After`), removing targets
+    /// reported gone. Returns each target's final outcome.
+    pub async fn deliver_to(&self, n: &Notification, targets: Vec<PushTarget>) -> Report {
         self.stats.notifications.fetch_add(1, Ordering::Relaxed);
-        let targets = self.directory.targets(&n.user_id, &n.thread_id).await?;
         let mut delays = self.retry.delays();
         let mut done = Vec::new();
         let mut pending = targets;
@@ -270,7 +284,7 @@ impl PushService {
                 tokio::time::sleep(wait).await;
             }
         }
-        Ok(Report { outcomes: done })
+        Report { outcomes: done }
     }
 }
 

@@ -24,6 +24,7 @@
 
 mod config;
 mod metrics;
+mod push;
 mod worker;
 
 pub use config::{

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub pushes: Family<Labels, Counter>,
     /// Pushes skipped by the large-group throttle.
     pub push_throttled: Counter,
+    /// Reads of the push registry (targets and mutes) that failed transiently and are
+    /// tried again.
+    pub push_registry_retries: Counter,
+    /// Notifications waiting for the push registry to answer (it failed at least once).
+    pub push_registry_waiting: Gauge,
     /// Hand-offs dead-lettered, by kind (`webhook`, `push`, `undecodable`).
     pub dead_lettered: Family<Labels, Counter>,
     /// Events being handed off now.
@@ -56,6 +61,8 @@ impl Metrics {
         let webhook_events = Family::<Labels, Counter>::default();
         let pushes = Family::<Labels, Counter>::default();
         let push_throttled = Counter::default();
+        let push_registry_retries = Counter::default();
+        let push_registry_waiting = Gauge::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let in_flight = Gauge::default();
         let assigned = Gauge::<i64, AtomicI64>::default();
@@ -85,6 +92,16 @@ impl Metrics {
             push_throttled.clone(),
         );
         registry.register(
+            "push_registry_retries",
+            "Failed reads of the push registry (targets, mutes), tried again with backoff",
+            push_registry_retries.clone(),
+        );
+        registry.register(
+            "push_registry_waiting",
+            "Notifications waiting for the push registry to answer",
+            push_registry_waiting.clone(),
+        );
+        registry.register(
             "dead_lettered",
             "Hand-offs written to the dead-letter topic",
             dead_lettered.clone(),
@@ -107,6 +124,8 @@ impl Metrics {
             webhook_events,
             pushes,
             push_throttled,
+            push_registry_retries,
+            push_registry_waiting,
             dead_lettered,
             in_flight,
             assigned,

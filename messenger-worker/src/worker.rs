@@ -16,7 +16,7 @@ use messenger_core::PushRegistry;
 use messenger_core::{ThreadId, UserId};
 use messenger_kafka::{ensure_topics, TopicSpec};
 use messenger_push::webhook::WebhookClient;
-use messenger_push::{Notification, Outcome, PushService, RetryPolicy};
+use messenger_push::{Outcome, PushService, RetryPolicy};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{WebhookEndpoint, WorkerConfig};
 use crate::metrics::Metrics;
+use crate::push::{DeadLetter, PushStage, Turn};
 
 /// Why the worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +189,7 @@ struct Shared {
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
     dlq: FutureProducer,
-    push: Option<PushService>,
+    push: Option<PushStage>,
     endpoints: Vec<Endpoint>,
     throttle: PushThrottle,
 }
@@ -271,37 +272,22 @@ impl Shared {
         out
     }
 
-    async fn push_one(&self, push: &PushService, n: Notification) {
-        match push.deliver(&n).await {
-            Ok(report) => {
-                for (t, o) in &report.outcomes {
-                    self.metrics
-                        .pushes
-                        .get_or_create(&vec![("outcome", o.label().to_string())])
-                        .inc();
-                    if !matches!(o, Outcome::Delivered | Outcome::TargetGone) {
-                        let rec = serde_json::json!({
-                            "kind": "push",
-                            "failed_at": now_ms(),
-                            "error": format!("{o:?}"),
-                            "target": t,
-                            "notification": n,
-                        });
-                        self.dead_letter("push", n.thread_id.as_str(), rec).await;
-                    }
-                }
-            }
-            Err(e) => {
-                let rec = serde_json::json!({
-                    "kind": "push", "failed_at": now_ms(),
-                    "error": format!("target directory: {e}"), "notification": n,
-                });
-                self.dead_letter("push", n.thread_id.as_str(), rec).await;
-            }
+    async fn dead_letters(&self, dead: Vec<DeadLetter>) {
+        for d in dead {
+            self.dead_letter(d.kind, &d.key, d.record).await;
         }
     }
 
-    async fn handle(self: Arc<Self>, header: Header, key: String, raw: Bytes) {
+    /// Hands one event off. `turn` is its place in its thread's push order (taken when
+    /// push is on): its pushes go once the thread's earlier events' have, and it ends
+    /// only after theirs, so the next event of the thread waits for both.
+    async fn handle(
+        self: Arc<Self>,
+        header: Header,
+        key: String,
+        raw: Bytes,
+        mut turn: Option<Turn>,
+    ) {
         let mut work: Vec<BoxFuture<'_, ()>> = Vec::new();
         if let (Some(push), "message.created") = (&self.push, header.kind.as_str()) {
             match serde_json::from_slice::<Event>(&raw) {
@@ -309,18 +295,16 @@ impl Shared {
                     body: EventBody::MessageCreated(m),
                     ..
                 }) => {
-                    for user in self.recipients(&m) {
-                        let n = Notification::new(
-                            user,
-                            m.thread_id.clone(),
-                            m.message_id,
-                            m.seq,
-                            m.sender_id.clone(),
-                            &m.text,
-                            m.sent_at,
-                        );
-                        work.push(self.push_one(push, n).boxed());
-                    }
+                    let turn = turn.as_mut();
+                    let this = &self;
+                    work.push(
+                        async move {
+                            let recipients = this.recipients(&m);
+                            let dead = push.notify(turn, &m, recipients).await;
+                            this.dead_letters(dead).await;
+                        }
+                        .boxed(),
+                    );
                 }
                 Ok(_) | Err(_) => {
                     let rec = serde_json::json!({
@@ -351,6 +335,9 @@ impl Shared {
             }
         }
         futures::future::join_all(work).await;
+        if let Some(mut turn) = turn {
+            turn.wait().await;
+        }
     }
 }
 
@@ -545,6 +532,7 @@ pub async fn run(
         })?;
     let push = push_service(&cfg).await?;
     let metrics = Metrics::new(push.as_ref().map(|p| p.metrics()));
+    let push = push.map(|p| PushStage::new(p, metrics.clone()));
     let offsets = Arc::new(Offsets {
         topic: cfg.kafka.events_topic.clone(),
         parts: Mutex::new(HashMap::new()),
@@ -658,6 +646,8 @@ pub async fn run(
         drop(m);
         offsets.start(partition, offset);
         metrics.in_flight.inc();
+        // Taken here, in the partition's order: a thread's events are in one partition.
+        let turn = shared.push.as_ref().map(|p| p.turn(&key));
         let (shared, offsets, metrics) = (shared.clone(), offsets.clone(), metrics.clone());
         tokio::spawn(async move {
             match serde_json::from_slice::<Header>(&raw) {
@@ -667,7 +657,7 @@ pub async fn run(
                         .get_or_create(&vec![("type", h.kind.clone())])
                         .inc();
                     let created = h.created_at;
-                    shared.clone().handle(h, key, raw).await;
+                    shared.clone().handle(h, key, raw, turn).await;
                     let age = now_ms().saturating_sub(created);
                     metrics.handoff_seconds.observe(age as f64 / 1000.0);
                 }
@@ -677,6 +667,9 @@ pub async fn run(
                         "error": e.to_string(), "event": String::from_utf8_lossy(&raw),
                     });
                     shared.dead_letter("undecodable", &key, rec).await;
+                    if let Some(mut turn) = turn {
+                        turn.wait().await;
+                    }
                 }
             }
             offsets.complete(partition, offset);

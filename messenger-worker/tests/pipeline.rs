@@ -1020,6 +1020,8 @@ async fn the_worker_notifies_registered_devices_through_apns_fcm_and_web_push() 
         .await
         .expect("hbase");
     let prefix = format!("{}_", uniq("pushw"));
+    // The worker reaches HBase through a proxy the test cuts later (the registry down).
+    let hbase_link = Cuttable::start(&hbase).await;
     let pki = TestPki::new();
     let apns = FakeApns::start(&pki).await;
     let fcm = FakeFcm::start(&pki).await;
@@ -1064,7 +1066,7 @@ async fn the_worker_notifies_registered_devices_through_apns_fcm_and_web_push() 
 brokers = "{brokers}"
 group = "{group}"
 [hbase]
-address = "{hbase}"
+address = "{hbase_link}"
 table_prefix = "{prefix}"
 [push]
 attempts = 2
@@ -1089,6 +1091,7 @@ ca_file = "{ca}"
             team_id = apns.team_id,
             apns_url = apns.url,
             fcm_url = fcm.url,
+            hbase_link = hbase_link.addr,
         ),
     );
     let mut wk = Proc::spawn(
@@ -1246,6 +1249,145 @@ ca_file = "{ca}"
             "{series} = {v}, expected at least {at_least}"
         );
     }
+
+    // The registry becomes unreachable for the worker (HBase down, as the worker sees
+    // it): bob's next notifications wait, and are retried rather than dead-lettered;
+    // when HBase is back they go out, once each and in the thread's order.
+    drop(wb);
+    loop {
+        let p = next_of(&mut wa, &alice, "presence").await;
+        if p["user_id"] == bob.as_str() && p["status"] == "offline" {
+            break;
+        }
+    }
+    hbase_link.cut();
+    let retries = "messenger_worker_push_registry_retries_total";
+    let before = worker_metric(listen, retries).await;
+    let mut during = Vec::new();
+    for (i, text) in ["while hbase is down", "and again"].into_iter().enumerate() {
+        let r = send_text(&mut wa, &alice, &open, &format!("d{i}"), text).await;
+        during.push(r["message_id"].as_str().expect("id").to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker_metric(listen, retries).await < before + 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never retried the registry read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        worker_metric(listen, "messenger_worker_push_registry_waiting").await,
+        1.0,
+        "the thread's first notification waits; the second waits behind it"
+    );
+    assert_eq!(
+        has(apns_ids(), &during[0]),
+        0,
+        "nothing sent while unreadable"
+    );
+    hbase_link.restore();
+    wait_for(
+        "the notifications held during the outage",
+        Duration::from_secs(60),
+        || {
+            during
+                .iter()
+                .all(|m| has(apns_ids(), m) == 1 && has(wp_ids(), m) == 1)
+        },
+    )
+    .await;
+    let order: Vec<String> = apns_ids()
+        .into_iter()
+        .filter(|m| during.contains(m))
+        .collect();
+    assert_eq!(order, during, "thread order kept");
+    let (part, off) = event_position(&brokers, &during[1]).await;
+    wait_committed(&brokers, &group, part, off).await;
+    assert_eq!(
+        worker_metric(
+            listen,
+            "messenger_worker_dead_lettered_total{kind=\"push\"}"
+        )
+        .await,
+        0.0,
+        "an unreachable registry dead-letters nothing"
+    );
+    assert_eq!(
+        worker_metric(listen, "messenger_worker_push_registry_waiting").await,
+        0.0
+    );
+    let log = std::fs::read_to_string(&wk.log).unwrap_or_default();
+    assert!(
+        log.contains("cannot read the push registry"),
+        "{}",
+        wk.log_tail()
+    );
+    assert!(
+        log.contains("the push registry answers again"),
+        "{}",
+        wk.log_tail()
+    );
     wk.assert_running();
     srv.assert_running();
+}
+
+/// A TCP proxy to `upstream` that the test can cut (open connections closed, new ones
+/// closed at once) and restore: a backend going down and coming back, as its clients
+/// see it.
+struct Cuttable {
+    addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn start(upstream: &str) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (o, c, upstream) = (open.clone(), conns.clone(), upstream.to_string());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().expect("conns").push(task.abort_handle());
+            }
+        });
+        Cuttable {
+            addr,
+            open,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().expect("conns").drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
 }
