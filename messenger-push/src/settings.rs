@@ -60,6 +60,12 @@ pub struct PushSettings {
     /// The webhook provider: every notification is POSTed, signed, to this endpoint of
     /// the application's backend (which knows its users' devices itself).
     pub webhook: Option<WebhookSettings>,
+    /// Server only. A server that produces the event log to Kafka (`[kafka] brokers`)
+    /// refuses to start with providers of its own, because `messenger-worker` sends
+    /// push from that log with the same sections and every notification would go out
+    /// twice. `true` says that no worker of the deployment sends push and this server
+    /// does. Default false. (The worker refuses the key: it is the one that sends.)
+    pub send_with_event_log: bool,
 }
 
 impl Default for PushSettings {
@@ -73,6 +79,7 @@ impl Default for PushSettings {
             fcm: None,
             webpush: None,
             webhook: None,
+            send_with_event_log: false,
         }
     }
 }

@@ -670,13 +670,37 @@ impl ServerConfig {
             ));
         }
         #[cfg(feature = "push")]
-        self.push.validate().map_err(ConfigError::Invalid)?;
+        {
+            self.push.validate().map_err(ConfigError::Invalid)?;
+            self.check_push_senders()?;
+        }
         if w.ping_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "websocket.ping_interval must be positive".into(),
             ));
         }
         Ok(())
+    }
+
+    /// One sender per notification: with the event log on Kafka, the workers send push
+    /// from it (same `[push]` sections), so providers here as well would send each
+    /// notification twice. Refused unless `push.send_with_event_log` says no worker
+    /// sends push.
+    #[cfg(feature = "push")]
+    fn check_push_senders(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.is_none() || !self.push.enabled() || self.push.send_with_event_log {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "push providers {:?} are configured and this server produces the event log to \
+             Kafka (kafka.brokers, --kafka), from which messenger-worker sends push with the \
+             same [push] sections: with both, every notification would be sent twice. Move \
+             the [push.*] provider sections to the workers' configuration (they read users' \
+             targets from the servers' HBase), or, if no worker of this deployment sends \
+             push, set push.send_with_event_log = true \
+             (MESSENGER_PUSH__SEND_WITH_EVENT_LOG=true) to have this server send them",
+            self.push.provider_names()
+        )))
     }
 
     /// Refuses dev auth on a non-loopback `listen` address unless
@@ -743,5 +767,47 @@ mod tests {
         }))
         .expect_err("typo");
         assert!(e.to_string().contains("max_frame_byte"), "{e}");
+    }
+
+    /// A server producing the event log with push providers of its own would send every
+    /// notification a second time beside the workers: refused with what to do, unless
+    /// the operator says no worker sends push.
+    #[cfg(feature = "push")]
+    #[test]
+    fn push_providers_beside_the_event_log_are_refused_unless_forced() {
+        let config = |kafka: bool, forced: Option<bool>| -> ServerConfig {
+            let mut c = serde_json::json!({
+                "push": {"webhook": {"url": "https://app.example/push", "secret": "s3cret"}},
+            });
+            if kafka {
+                c["kafka"] = serde_json::json!({"brokers": "127.0.0.1:9092"});
+            }
+            if let Some(f) = forced {
+                c["push"]["send_with_event_log"] = serde_json::json!(f);
+            }
+            serde_json::from_value(c).expect("valid")
+        };
+        let e = config(true, None).validate().expect_err("two senders");
+        let msg = e.to_string();
+        for what in [
+            "[\"webhook\"]",
+            "sent twice",
+            "workers' configuration",
+            "push.send_with_event_log = true",
+            "MESSENGER_PUSH__SEND_WITH_EVENT_LOG",
+        ] {
+            assert!(msg.contains(what), "{what:?} missing from: {msg}");
+        }
+        assert!(config(true, Some(false)).validate().is_err());
+        config(true, Some(true))
+            .validate()
+            .expect("forced: this server is the one sender");
+        config(false, None)
+            .validate()
+            .expect("no event log: the server is the only sender");
+        let mut c = ServerConfig::default();
+        c.kafka.brokers = Some("127.0.0.1:9092".into());
+        c.validate()
+            .expect("the event log without push providers on the server");
     }
 }

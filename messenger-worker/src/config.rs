@@ -294,6 +294,14 @@ impl WorkerConfig {
             );
         }
         self.push.validate()?;
+        if self.push.send_with_event_log {
+            return Err(
+                "push.send_with_event_log is a server setting (a server that sends push \
+                 itself beside the event log); the worker always sends what its [push] \
+                 sections configure: remove the key"
+                    .into(),
+            );
+        }
         if self.push.device_providers() && self.hbase.address.is_none() {
             return Err(format!(
                 "push providers {:?} send to the devices and browsers users registered, \
@@ -301,7 +309,8 @@ impl WorkerConfig {
                  hbase.address (--hbase HOST:PORT, MESSENGER_WORKER_HBASE__ADDRESS) to the \
                  Thrift2 gateway the servers use. A server on the embedded store (SQLite \
                  or memory) is one process that no worker can share: configure [push] on \
-                 that server instead",
+                 that server instead (with push.send_with_event_log = true there, as it \
+                 produces the event log)",
                 self.push.provider_names()
             ));
         }
@@ -331,5 +340,30 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_send_with_event_log_key_is_refused() {
+        let config = |forced: bool| -> WorkerConfig {
+            serde_json::from_value(serde_json::json!({
+                "kafka": {"brokers": "127.0.0.1:9092"},
+                "push": {
+                    "webhook": {"url": "https://app.example/push", "secret": "s3cret"},
+                    "send_with_event_log": forced,
+                },
+            }))
+            .expect("valid")
+        };
+        config(false).validate().expect("the worker sends push");
+        let e = config(true).validate().expect_err("a server setting");
+        assert!(
+            e.contains("server setting") && e.contains("remove the key"),
+            "{e}"
+        );
     }
 }
