@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::sync::Sharded;
 use session::SessionShared;
@@ -40,6 +40,10 @@ use crate::traits::{
     EventSink, IdGenerator, MessageStore, Presence, PushRegistry, PushSink, Relay,
     SessionDirectory, ThreadStore,
 };
+
+/// Unread counts `list_threads` reads from the store at once (one per thread with
+/// unread messages).
+const UNREAD_READS_AT_ONCE: usize = 8;
 
 /// Engine settings. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -1184,21 +1188,36 @@ impl Engine {
         let ids: Vec<ThreadId> = list.iter().map(|t| t.thread.thread_id.clone()).collect();
         let last = a.messages.last_seqs(&ids).await?;
         let mutes = self.active_mutes(&s.user).await;
+        // Unread counts are one store read per thread with unread messages (a scan on
+        // HBase): run a few at once rather than one after another, so a user with many
+        // threads waits for the slowest few reads, not for their sum.
+        let user = &s.user;
+        let reads: Vec<_> = list
+            .iter()
+            .zip(&last)
+            .map(|(ut, &last_seq)| {
+                let mine = ut
+                    .receipts
+                    .iter()
+                    .find(|(u, _)| u == user)
+                    .map(|(_, w)| w.read_seq)
+                    .unwrap_or(0);
+                let thread = &ut.thread.thread_id;
+                async move {
+                    if mine >= last_seq {
+                        Ok(0)
+                    } else {
+                        a.messages.count_unread(thread, user, mine).await
+                    }
+                }
+            })
+            .collect();
+        let unread: Vec<u64> = futures::stream::iter(reads)
+            .buffered(UNREAD_READS_AT_ONCE)
+            .try_collect()
+            .await?;
         let mut threads = Vec::with_capacity(list.len());
-        for (ut, last_seq) in list.into_iter().zip(last) {
-            let mine = ut
-                .receipts
-                .iter()
-                .find(|(u, _)| *u == s.user)
-                .map(|(_, w)| w.read_seq)
-                .unwrap_or(0);
-            let unread = if mine >= last_seq {
-                0
-            } else {
-                a.messages
-                    .count_unread(&ut.thread.thread_id, &s.user, mine)
-                    .await?
-            };
+        for ((ut, last_seq), unread) in list.into_iter().zip(last).zip(unread) {
             let mut receipts: BTreeMap<UserId, Receipt> = ut
                 .thread
                 .members

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use super::{unique_user, within};
 use crate::engine::{Adapters, Engine, EngineConfig, OutboxItem, Session};
 use crate::ids::{NodeId, ThreadId, UserId};
-use crate::model::PushNotification;
+use crate::model::{AckStatus, PushNotification};
 use crate::protocol::{ReqId, ServerFrame};
 use crate::traits::PushSink;
 
@@ -352,6 +352,62 @@ pub async fn acks_only_move_forward(backend: NodeAdapters) {
         .unwrap_or_else(|| panic!("bob's receipt"));
     assert_eq!((r.delivered_seq, r.read_seq), (3, 3), "never backwards");
     assert_eq!((s.last_seq, s.unread), (3, 0));
+}
+
+/// `list_threads` gives each thread its own unread count: messages after the caller's
+/// read watermark sent by others (own messages never count), matched to the right
+/// thread when the user has several.
+pub async fn list_threads_counts_unread_per_thread(backend: NodeAdapters) {
+    let (e, _) = start(&backend, 1).await;
+    let (a, b, c) = (
+        unique_user("alice"),
+        unique_user("bob"),
+        unique_user("carol"),
+    );
+    let mut a1 = Peer::connect(&e, &a).await;
+    let mut b1 = Peer::connect(&e, &b).await;
+    let mut c1 = Peer::connect(&e, &c).await;
+    let with_bob = a1.create("direct", &[&b]).await;
+    let group = a1.create("group", &[&b, &c]).await;
+    let with_carol = a1.create("direct", &[&c]).await;
+    // with_bob: three from bob, one from alice -> 3 unread.
+    for i in 0..3 {
+        b1.send(&with_bob, &format!("b{i}"), "x").await;
+    }
+    a1.send(&with_bob, "a0", "x").await;
+    // group: carol, bob, carol; alice read up to carol's first -> 2 unread.
+    let (first, _) = c1.send(&group, "c0", "x").await;
+    b1.send(&group, "b0", "x").await;
+    c1.send(&group, "c1", "x").await;
+    let read = serde_json::json!({"type":"message_ack","thread_id":group,
+                                  "message_id":first,"status":"READ"});
+    a1.engine
+        .handle_text(&a1.session.handle, &read.to_string())
+        .await;
+    c1.take("alice's READ", |f| match f {
+        ServerFrame::MessageAck {
+            user_id, status, ..
+        } if *user_id == a && *status == AckStatus::Read => Some(()),
+        _ => None,
+    })
+    .await;
+    // with_carol: only alice's own messages -> 0 unread.
+    a1.send(&with_carol, "a1", "x").await;
+    a1.send(&with_carol, "a2", "x").await;
+    let threads = match a1.request(serde_json::json!({"type":"list_threads"})).await {
+        ServerFrame::Threads { threads, .. } => threads,
+        f => panic!("list_threads: {f:?}"),
+    };
+    let of = |t: &ThreadId| {
+        threads
+            .iter()
+            .find(|s| s.thread_id == *t)
+            .map(|s| (s.last_seq, s.unread))
+            .unwrap_or_else(|| panic!("{t} is listed"))
+    };
+    assert_eq!(of(&with_bob), (4, 3), "with bob: last seq, unread");
+    assert_eq!(of(&group), (3, 2), "group: last seq, unread");
+    assert_eq!(of(&with_carol), (2, 0), "with carol: last seq, unread");
 }
 
 /// History pages by range: latest, before, after.

@@ -409,6 +409,7 @@ macro_rules! engine_tests {
                 resend_returns_the_original_and_delivers_once,
                 concurrent_senders_are_gapless_and_ordered,
                 acks_only_move_forward,
+                list_threads_counts_unread_per_thread,
                 history_pages_by_range,
                 offline_members_get_a_push,
                 two_nodes_deliver_to_each_other,
