@@ -126,6 +126,14 @@ export interface ClientOptions {
   /** Page size of catch-up and gap fills (the server caps it at 200). Default 200. */
   fillPageSize?: number;
   /**
+   * Sends written and not yet answered, at most; each answer lets the next one go.
+   * Default {@link MAX_SENDS_IN_FLIGHT} (64). The server answers a connection's
+   * requests in order and runs a read only after the sends before it, so this bounds
+   * how long the catch-up or a gap fill waits behind an outbox flushed after an
+   * outage. Values below 1 count as 1.
+   */
+  maxSendsInFlight?: number;
+  /**
    * Where the outbox, each thread's position and the receipt marks are kept across
    * restarts. Default: a new {@link MemoryStore} (gone with the page). In browsers use
    * an `IndexedDbStore` (one database per user), on Node a `FileStore` from
@@ -173,6 +181,19 @@ type End = { lost: string } | { closed: true };
 type Opened =
   | { ok: true; ws: WebSocketLike; userId: string; sessionId: string; early: string[] }
   | { ok: false; error: MessengerError };
+
+/**
+ * The default of {@link ClientOptions.maxSendsInFlight}: at most this many sends are
+ * written and not yet answered (the server's own per-session cap). The server answers a
+ * connection's requests in order and runs a read (the catch-up's `list_threads`, a gap
+ * fill's `fetch_history`) only after the sends before it are answered. A client that
+ * wrote its whole outbox at once after an outage (hundreds of sends) held its catch-up
+ * and every gap fill behind all of it; under sustained overload those reads were not
+ * answered before the next fault cut the connection, and the thread stayed stuck behind
+ * its gap (found by the chaos suite, docs/reliability.md). With the cap a read waits
+ * behind at most this many sends.
+ */
+export const MAX_SENDS_IN_FLIGHT = 64;
 
 /** How long a send refused as transient (`rate_limited`, `unavailable`) waits. */
 const SEND_RETRY_MS = 1000;
@@ -273,7 +294,14 @@ export class MessengerClient {
   private readonly opts: Required<
     Pick<
       ClientOptions,
-      "url" | "requestTimeoutMs" | "connectTimeoutMs" | "heartbeatMs" | "autoAckDelivered" | "initialSync" | "fillPageSize"
+      | "url"
+      | "requestTimeoutMs"
+      | "connectTimeoutMs"
+      | "heartbeatMs"
+      | "autoAckDelivered"
+      | "initialSync"
+      | "fillPageSize"
+      | "maxSendsInFlight"
     >
   > &
     ClientOptions;
@@ -336,6 +364,7 @@ export class MessengerClient {
       initialSync: "latest",
       fillPageSize: 200,
       ...options,
+      maxSendsInFlight: Math.max(1, Math.floor(options.maxSendsInFlight ?? MAX_SENDS_IN_FLIGHT)),
     };
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.log = options.logger ?? defaultLogger;
@@ -944,8 +973,10 @@ export class MessengerClient {
     this.session = sessionId;
     this.sessionSynced = false;
     this.setState({ kind: "connected", userId, sessionId });
-    this.flushOutbox(Date.now());
+    // The catch-up first: its list (and the fills it asks for) then waits behind no
+    // resent send, and the outbox follows, capped (see MAX_SENDS_IN_FLIGHT).
     this.catchUp();
+    this.flushOutbox(Date.now());
   }
 
   private catchUp(): void {
@@ -953,8 +984,11 @@ export class MessengerClient {
     this.request({ type: "list_threads" }, { kind: "catchUpList" });
   }
 
+  /** Writes the sends due now, oldest first, while fewer than the cap await an answer. */
   private flushOutbox(now: number): void {
-    for (const item of this.outbox.due(now)) {
+    const room = this.opts.maxSendsInFlight - this.outbox.inFlight();
+    if (room <= 0) return;
+    for (const item of this.outbox.due(now, room)) {
       this.request(
         { type: "send_message", thread_id: item.threadId, temp_id: item.tempId, text: item.text },
         { kind: "send", threadId: item.threadId, tempId: item.tempId },
@@ -1067,6 +1101,8 @@ export class MessengerClient {
             sentAt: f.sentAt,
           });
         }
+        // A slot of maxSendsInFlight is free: the next oldest send goes out.
+        this.flushOutbox(Date.now());
         return;
       }
       case "receive_message":
@@ -1206,6 +1242,8 @@ export class MessengerClient {
           }
           for (const w of item?.waiters ?? []) w.reject(err);
         }
+        // A slot of maxSendsInFlight is free.
+        this.flushOutbox(now);
         return;
       }
       case "fireHead": {

@@ -31,7 +31,7 @@
  * @packageDocumentation
  */
 
-export { MessengerClient, newTempId } from "./client.js";
+export { MAX_SENDS_IN_FLIGHT, MessengerClient, newTempId } from "./client.js";
 export type {
   ClientOptions,
   HistoryPager,

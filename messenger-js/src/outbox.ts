@@ -1,9 +1,11 @@
 /**
  * The local outbox: sends not yet confirmed by `message_sent`, keyed by (thread, temp
  * id), in the order the app made them. It outlives connections: every (re)connect
- * resends all of it with the same temp ids, and the server's idempotent send answers a
- * resend of an already stored message with the original id and seq. A send is written
- * only once the client store holds it (`stored`), so a restarted app resends it.
+ * resends all of it, oldest first and a window at a time (the client keeps at most
+ * `maxSendsInFlight` unanswered), with the same temp ids, and the server's idempotent
+ * send answers a resend of an already stored message with the original id and seq. A
+ * send is written only once the client store holds it (`stored`), so a restarted app
+ * resends it.
  *
  * @internal
  * @module
@@ -106,10 +108,21 @@ export class Outbox {
     return this.items.get(key(threadId, tempId));
   }
 
-  /** Items to write now (not in flight, no retry pending past `now`), marked in flight. */
-  due(now: number): OutboxItem[] {
+  /** Items written on the current connection and not answered yet. */
+  inFlight(): number {
+    let n = 0;
+    for (const item of this.items.values()) if (item.inFlight) n++;
+    return n;
+  }
+
+  /**
+   * Up to `limit` items to write now (not in flight, no retry pending past `now`),
+   * oldest first, marked in flight.
+   */
+  due(now: number, limit = Infinity): OutboxItem[] {
     const out: OutboxItem[] = [];
     for (const item of this.items.values()) {
+      if (out.length >= limit) break;
       if (item.inFlight || !item.stored) continue;
       if (item.retryAt !== undefined && item.retryAt > now) continue;
       item.inFlight = true;

@@ -104,6 +104,30 @@ describe("outbox", () => {
     assert.equal(o.size, 1);
   });
 
+  test("due takes at most `limit`, oldest first; inFlight counts what awaits an answer", () => {
+    const o = new Outbox();
+    for (let i = 1; i <= 5; i++) o.push(i % 2 ? "a" : "b", `t${i}`, `m${i}`, waiter());
+    o.markStored(o.list());
+    assert.deepEqual(
+      o.due(0, 2).map((i) => i.tempId),
+      ["t1", "t2"],
+    );
+    assert.equal(o.inFlight(), 2);
+    o.take("a", "t1");
+    assert.equal(o.inFlight(), 1, "an answer frees a slot");
+    assert.deepEqual(
+      o.due(0, 1).map((i) => i.tempId),
+      ["t3"],
+    );
+    o.connectionLost();
+    assert.equal(o.inFlight(), 0);
+    assert.deepEqual(
+      o.due(0, 3).map((i) => i.tempId),
+      ["t2", "t3", "t4"],
+      "resent from the oldest after a reconnect",
+    );
+  });
+
   test("a transient refusal waits for its retry time; failAll rejects every waiter", () => {
     const o = new Outbox();
     const errors: MessengerError[] = [];

@@ -93,10 +93,20 @@ var Outbox = class {
   get(threadId, tempId) {
     return this.items.get(key(threadId, tempId));
   }
-  /** Items to write now (not in flight, no retry pending past `now`), marked in flight. */
-  due(now) {
+  /** Items written on the current connection and not answered yet. */
+  inFlight() {
+    let n = 0;
+    for (const item of this.items.values()) if (item.inFlight) n++;
+    return n;
+  }
+  /**
+   * Up to `limit` items to write now (not in flight, no retry pending past `now`),
+   * oldest first, marked in flight.
+   */
+  due(now, limit = Infinity) {
     const out = [];
     for (const item of this.items.values()) {
+      if (out.length >= limit) break;
       if (item.inFlight || !item.stored) continue;
       if (item.retryAt !== void 0 && item.retryAt > now) continue;
       item.inFlight = true;
@@ -592,6 +602,7 @@ var MemoryStore = class {
 };
 
 // src/client.ts
+var MAX_SENDS_IN_FLIGHT = 64;
 var SEND_RETRY_MS = 1e3;
 var CATCH_UP_RETRY_MS = 1e3;
 var TICK_MS = 250;
@@ -688,7 +699,8 @@ var MessengerClient = class _MessengerClient {
       autoAckDelivered: true,
       initialSync: "latest",
       fillPageSize: 200,
-      ...options
+      ...options,
+      maxSendsInFlight: Math.max(1, Math.floor(options.maxSendsInFlight ?? MAX_SENDS_IN_FLIGHT))
     };
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.log = options.logger ?? defaultLogger;
@@ -1245,15 +1257,18 @@ var MessengerClient = class _MessengerClient {
     this.session = sessionId;
     this.sessionSynced = false;
     this.setState({ kind: "connected", userId, sessionId });
-    this.flushOutbox(Date.now());
     this.catchUp();
+    this.flushOutbox(Date.now());
   }
   catchUp() {
     this.catchUpAt = void 0;
     this.request({ type: "list_threads" }, { kind: "catchUpList" });
   }
+  /** Writes the sends due now, oldest first, while fewer than the cap await an answer. */
   flushOutbox(now) {
-    for (const item of this.outbox.due(now)) {
+    const room = this.opts.maxSendsInFlight - this.outbox.inFlight();
+    if (room <= 0) return;
+    for (const item of this.outbox.due(now, room)) {
       this.request(
         { type: "send_message", thread_id: item.threadId, temp_id: item.tempId, text: item.text },
         { kind: "send", threadId: item.threadId, tempId: item.tempId }
@@ -1358,6 +1373,7 @@ var MessengerClient = class _MessengerClient {
             sentAt: f.sentAt
           });
         }
+        this.flushOutbox(Date.now());
         return;
       }
       case "receive_message":
@@ -1495,6 +1511,7 @@ var MessengerClient = class _MessengerClient {
           }
           for (const w of item?.waiters ?? []) w.reject(err);
         }
+        this.flushOutbox(now);
         return;
       }
       case "fireHead": {
