@@ -168,6 +168,17 @@ export interface ProxiedConn {
   toClient(text: string): void;
 }
 
+/** A frame the proxy passed on (see {@link Proxy.wire}). */
+export interface WireFrame {
+  /** The proxied connection, numbered from 1 in the order they were opened. */
+  conn: number;
+  /** The user in the token. */
+  token: string;
+  /** `up`: client to server; `down`: server to client (before the filter). */
+  dir: "up" | "down";
+  text: string;
+}
+
 /**
  * Decides what reaches the client of each server frame: return the frames to forward
  * (none to drop it, two to duplicate it).
@@ -188,6 +199,12 @@ export class Proxy {
   readonly files = new Map<string, { type: string; body: Buffer }>();
   /** Server frames seen per token, in order. */
   readonly seen: { token: string; text: string }[] = [];
+  /**
+   * Every frame in both directions, in the order the proxy passed them on: `up` from
+   * the client to the server, `down` back; `conn` numbers the proxied connections.
+   */
+  readonly wire: WireFrame[] = [];
+  private conns = 0;
   private server: http.Server | undefined;
   private readonly wss = new WebSocketServer({ noServer: true });
   private readonly pairs = new Set<{ down: WebSocket; up: WebSocket }>();
@@ -247,6 +264,7 @@ export class Proxy {
     const token = new URL(req.url ?? "/", "http://x").searchParams.get("token") ?? "";
     const up = new WebSocket(`ws://127.0.0.1:${this.upstream}${req.url ?? "/ws"}`);
     const held: string[] = [];
+    const conn = ++this.conns;
     let down: WebSocket | undefined;
     up.on("unexpected-response", (_r, res) => {
       socket.end(`HTTP/1.1 ${res.statusCode} Refused\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
@@ -259,15 +277,20 @@ export class Proxy {
         held.push(text);
         return;
       }
-      this.forward(text, token, down);
+      this.forward(text, token, conn, down);
     });
     up.on("open", () => {
       this.wss.handleUpgrade(req, socket, head, (ws) => {
         down = ws;
         const pair = { down: ws, up };
         this.pairs.add(pair);
-        for (const t of held.splice(0)) this.forward(t, token, ws);
-        ws.on("message", (d) => up.readyState === WebSocket.OPEN && up.send(d.toString()));
+        for (const t of held.splice(0)) this.forward(t, token, conn, ws);
+        ws.on("message", (d) => {
+          if (up.readyState !== WebSocket.OPEN) return;
+          const text = d.toString();
+          this.wire.push({ conn, token, dir: "up", text });
+          up.send(text);
+        });
         ws.on("close", () => {
           this.pairs.delete(pair);
           up.close();
@@ -280,8 +303,9 @@ export class Proxy {
     });
   }
 
-  private forward(text: string, token: string, down: WebSocket): void {
+  private forward(text: string, token: string, connNo: number, down: WebSocket): void {
     this.seen.push({ token, text });
+    this.wire.push({ conn: connNo, token, dir: "down", text });
     const conn: ProxiedConn = { token, toClient: (t) => down.readyState === WebSocket.OPEN && down.send(t) };
     for (const t of this.filter(text, conn)) conn.toClient(t);
   }
