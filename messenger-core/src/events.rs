@@ -186,7 +186,13 @@ pub struct MessageCreated {
     /// accepted: the ones to notify by push. Empty when that could not be determined
     /// (`offline_known` false).
     pub offline: Vec<UserId>,
-    /// False when the session directory could not be read, so `offline` is unknown.
+    /// False when `offline` was not determined: the session directory could not be
+    /// read, or (in a cluster) the thread is large and this message did not take the
+    /// thread's push turn. A node sends a large thread's messages without looking its
+    /// members up; only the first message per `large_group_push_interval` per thread
+    /// and node looks them up, and its `offline` is exact. Consumers that push per event
+    /// therefore push at most once per member, thread, node and interval in large
+    /// threads, as the engine's own push sink does.
     pub offline_known: bool,
 }
 

@@ -278,12 +278,27 @@ pub struct PushNotification {
 ///
 /// `frame` is an encoded server frame (UTF-8 JSON) that is written as is to each target
 /// session, so a message is encoded once per send, not once per recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Between nodes an envelope travels as JSON (the Redis and Kafka relays). This is a
+/// protocol between server versions: fields and [`EnvelopeTo`] variants are added,
+/// never changed. The two forms on the wire:
+///
+/// ```json
+/// {"from_node":1,"users":["bob"],"except_session":"7","order":["d:alice:bob",3],"frame":"..."}
+/// {"from_node":1,"members_of":{"thread_id":"g:1","fingerprint":17,"count":10000},
+///  "except_session":"7","order":["g:1",4],"frame":"..."}
+/// ```
+///
+/// The second form has no `users` on purpose: a node from before it fails to decode it
+/// (its relay logs "undecodable message ... missing field `users`") rather than
+/// decoding an envelope addressed to nobody and dropping it silently.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "EnvelopeIn")]
 pub struct Envelope {
     /// The node that sent the envelope.
     pub from_node: NodeId,
-    /// Users on the receiving node whose sessions get the frame.
-    pub users: Vec<UserId>,
+    /// Whose sessions on the receiving node get the frame.
+    pub to: EnvelopeTo,
     /// A session that must not get it (the sending session of a message).
     pub except_session: Option<SessionId>,
     /// Orders delivery within a thread: frames with a `(thread, seq)` key are written to
@@ -291,4 +306,112 @@ pub struct Envelope {
     pub order: Option<(ThreadId, u64)>,
     /// The encoded server frame.
     pub frame: String,
+}
+
+/// Whose sessions on the receiving node get an [`Envelope`]'s frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvelopeTo {
+    /// These users' sessions (on the wire: `"users": [...]`). The sender looked up
+    /// where each user's sessions are.
+    Users(Vec<UserId>),
+    /// The receiving node's sessions of a large thread's members (on the wire:
+    /// `"members_of": {...}`), resolved by that node from its own record of which of
+    /// its sessions belong to the thread; the sender looked up no member.
+    MembersOf(ThreadMembers),
+}
+
+/// A large thread's member list as the sender saw it, named by a fingerprint: the
+/// receiving node checks that the member list it resolves the envelope with is the same
+/// one, and reads the thread again from the thread store when it is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadMembers {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// [`members_fingerprint`] of the member list the sender's membership check saw.
+    pub fingerprint: u64,
+    /// How many members that list had.
+    pub count: usize,
+}
+
+/// A fingerprint of a member list, equal on every node for the same list in the same
+/// order: 64-bit FNV-1a over each id's bytes followed by a `0xff` byte (which no id
+/// contains). Part of the envelope protocol: never change it.
+pub fn members_fingerprint(members: &[UserId]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for m in members {
+        for b in m.as_str().bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+/// The JSON form of an [`Envelope`] as read: exactly one of `users` and `members_of`.
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    from_node: NodeId,
+    #[serde(default)]
+    users: Option<Vec<UserId>>,
+    #[serde(default)]
+    members_of: Option<ThreadMembers>,
+    except_session: Option<SessionId>,
+    order: Option<(ThreadId, u64)>,
+    frame: String,
+}
+
+/// The JSON form of an [`Envelope`] as written (borrowed: nothing is copied).
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    from_node: NodeId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<&'a [UserId]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members_of: Option<&'a ThreadMembers>,
+    except_session: &'a Option<SessionId>,
+    order: &'a Option<(ThreadId, u64)>,
+    frame: &'a str,
+}
+
+impl TryFrom<EnvelopeIn> for Envelope {
+    type Error = String;
+
+    fn try_from(w: EnvelopeIn) -> Result<Self, String> {
+        let to = match (w.users, w.members_of) {
+            (Some(u), None) => EnvelopeTo::Users(u),
+            (None, Some(m)) => EnvelopeTo::MembersOf(m),
+            (Some(_), Some(_)) => {
+                return Err("an envelope names both `users` and `members_of`".into())
+            }
+            (None, None) => return Err("an envelope names neither `users` nor `members_of`".into()),
+        };
+        Ok(Envelope {
+            from_node: w.from_node,
+            to,
+            except_session: w.except_session,
+            order: w.order,
+            frame: w.frame,
+        })
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (users, members_of) = match &self.to {
+            EnvelopeTo::Users(u) => (Some(u.as_slice()), None),
+            EnvelopeTo::MembersOf(m) => (None, Some(m)),
+        };
+        EnvelopeOut {
+            from_node: self.from_node,
+            users,
+            members_of,
+            except_session: &self.except_session,
+            order: &self.order,
+            frame: &self.frame,
+        }
+        .serialize(s)
+    }
 }

@@ -200,6 +200,19 @@ pub trait Relay: Send + Sync {
 
     /// The envelopes addressed to `node`, from now on.
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>>;
+
+    /// The nodes that receive envelopes right now (those subscribed), in any order, or
+    /// `None` when this relay cannot tell (the default).
+    ///
+    /// The engine sends a message to a large thread as one
+    /// [`MembersOf`](crate::model::EnvelopeTo::MembersOf) envelope to each of these
+    /// nodes instead of looking up every member in the [`SessionDirectory`]; with
+    /// `None` it looks the members up. A node that subscribes after the call misses
+    /// that message live (its sessions get it on catch-up), as with a directory lookup
+    /// that ran before a session registered.
+    async fn nodes(&self) -> Result<Option<Vec<NodeId>>> {
+        Ok(None)
+    }
 }
 
 /// Each user's push targets (devices, browsers) and thread mutes: what the push path

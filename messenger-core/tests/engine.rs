@@ -1004,3 +1004,137 @@ async fn single_node_mode_skips_the_directory_but_not_delivery_or_push() {
         "only the member with no session is pushed"
     );
 }
+
+/// Counts the directory lookups the engine makes (calls and users looked up).
+struct CountingDirectory {
+    inner: std::sync::Arc<dyn messenger_core::SessionDirectory>,
+    calls: std::sync::atomic::AtomicUsize,
+    users: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl messenger_core::SessionDirectory for CountingDirectory {
+    async fn register(
+        &self,
+        e: &messenger_core::model::SessionEntry,
+    ) -> messenger_core::Result<()> {
+        self.inner.register(e).await
+    }
+    async fn unregister(
+        &self,
+        e: &messenger_core::model::SessionEntry,
+    ) -> messenger_core::Result<()> {
+        self.inner.unregister(e).await
+    }
+    async fn lookup(
+        &self,
+        users: &[messenger_core::UserId],
+    ) -> messenger_core::Result<Vec<Vec<messenger_core::model::SessionEntry>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        self.users.fetch_add(users.len(), Relaxed);
+        self.inner.lookup(users).await
+    }
+}
+
+/// Keeps every envelope the engine sends.
+struct RecordingRelay {
+    inner: std::sync::Arc<dyn messenger_core::Relay>,
+    sent: std::sync::Mutex<Vec<(NodeId, messenger_core::model::Envelope)>>,
+}
+
+#[async_trait::async_trait]
+impl messenger_core::Relay for RecordingRelay {
+    async fn send(
+        &self,
+        node: NodeId,
+        env: messenger_core::model::Envelope,
+    ) -> messenger_core::Result<()> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((node, env.clone()));
+        self.inner.send(node, env).await
+    }
+    async fn subscribe(
+        &self,
+        node: NodeId,
+    ) -> messenger_core::Result<futures::stream::BoxStream<'static, messenger_core::model::Envelope>>
+    {
+        self.inner.subscribe(node).await
+    }
+    async fn nodes(&self) -> messenger_core::Result<Option<Vec<NodeId>>> {
+        self.inner.nodes().await
+    }
+}
+
+/// In a cluster, a message to a large group is one `members_of` envelope per other
+/// node and no directory lookup (only the thread's push turn looks the members up,
+/// once per interval); a small group still gets a lookup and `users` envelopes.
+#[tokio::test]
+async fn large_groups_in_a_cluster_send_one_envelope_per_node_and_no_lookup() {
+    use messenger_core::model::EnvelopeTo;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    let backend = MemBackend::new();
+    let dir = Arc::new(CountingDirectory {
+        inner: backend.directory().clone(),
+        calls: Default::default(),
+        users: Default::default(),
+    });
+    let relay = Arc::new(RecordingRelay {
+        inner: Arc::new(backend.relay().clone()),
+        sent: Default::default(),
+    });
+    let mut engines = Vec::new();
+    for n in [1, 2, 3] {
+        let mut a = backend.adapters(NodeId::new(n).expect("node"));
+        if n == 1 {
+            a.directory = dir.clone();
+            a.relay = relay.clone();
+        }
+        let mut cfg = common::config(n);
+        cfg.large_group_threshold = 3;
+        engines.push(common::engine_with(a, cfg).await);
+    }
+    let mut a = Client::connect(&engines[0], "alice").await;
+    let mut b = Client::connect(&engines[1], "bob").await;
+    let mut c = Client::connect(&engines[2], "carol").await;
+    let big = group(&mut a, &["bob", "carol", "d1", "d2"], "big").await;
+    drain_thread_frame(&mut b).await;
+    drain_thread_frame(&mut c).await;
+    let (calls0, users0) = (dir.calls.load(Relaxed), dir.users.load(Relaxed));
+    relay.sent.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    for i in 1..=5u64 {
+        send(&mut a, &big, &format!("m{i}"), "x").await;
+        for x in [&mut b, &mut c] {
+            assert_eq!(expect_receive(x).await.1, i, "{}", x.user);
+        }
+    }
+    // The push turn of message 1 looked the 5 members up once; nothing else did.
+    common::eventually(|| dir.calls.load(Relaxed) - calls0 == 1).await;
+    assert_eq!(dir.users.load(Relaxed) - users0, 5);
+    let sent = std::mem::take(&mut *relay.sent.lock().unwrap_or_else(|p| p.into_inner()));
+    assert_eq!(sent.len(), 10, "one envelope per other node and message");
+    for (node, env) in &sent {
+        assert!(node.get() == 2 || node.get() == 3);
+        match &env.to {
+            EnvelopeTo::MembersOf(m) => {
+                assert_eq!((&m.thread_id, m.count), (&big, 5));
+            }
+            other => panic!("expected members_of, got {other:?}"),
+        }
+    }
+
+    // A small group: a lookup per message and `users` envelopes to bob's node only.
+    let small = group(&mut a, &["bob"], "small").await;
+    drain_thread_frame(&mut b).await;
+    relay.sent.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let calls1 = dir.calls.load(Relaxed);
+    send(&mut a, &small, "s1", "x").await;
+    expect_receive(&mut b).await;
+    common::eventually(|| dir.calls.load(Relaxed) > calls1).await;
+    let sent = std::mem::take(&mut *relay.sent.lock().unwrap_or_else(|p| p.into_inner()));
+    let to: Vec<(u16, &EnvelopeTo)> = sent.iter().map(|(n, e)| (n.get(), &e.to)).collect();
+    assert_eq!(to, [(2, &EnvelopeTo::Users(vec![uid("bob")]))]);
+}

@@ -172,6 +172,59 @@ async fn every_durable_change_is_published_once_on_a_single_node() {
     every_durable_change_is_published_once(true).await;
 }
 
+/// In a cluster a large thread's messages are not looked up member by member: only
+/// the message that takes the thread's push turn carries the offline members; the
+/// others say `offline_known: false` (documented on `MessageCreated::offline_known`).
+#[tokio::test]
+async fn large_threads_in_a_cluster_carry_offline_members_once_per_push_turn() {
+    let rec = Arc::new(Recorder::default());
+    let mut adapters = MemBackend::new().adapters(NodeId::new(1).expect("node"));
+    adapters.events = rec.clone();
+    let mut cfg = config(1);
+    cfg.large_group_threshold = 2;
+    let e = engine_with(adapters, cfg).await;
+    let mut alice = Client::connect(&e, "alice").await;
+    let _bob = Client::connect(&e, "bob").await;
+    alice
+        .send(json!({"type":"create_thread","kind":"group","members":["bob","carol","dave"]}))
+        .await;
+    let thread: ThreadId = match alice.recv().await {
+        ServerFrame::Thread { thread_id, .. } => thread_id,
+        f => panic!("expected thread, got {f:?}"),
+    };
+    rec.take();
+    let mut offline = Vec::new();
+    for i in 0..3 {
+        alice
+            .send(json!({"type":"send_message","thread_id":thread,"temp_id":format!("t{i}"),"text":"hi"}))
+            .await;
+        match alice.recv().await {
+            ServerFrame::MessageSent { .. } => {}
+            f => panic!("expected message_sent, got {f:?}"),
+        }
+        common::eventually(|| {
+            let ev = rec.take();
+            for x in &ev {
+                if let EventBody::MessageCreated(m) = &x.body {
+                    offline.push((m.seq, m.offline_known, m.offline.clone()));
+                }
+            }
+            offline.len() == i + 1
+        })
+        .await;
+    }
+    let known: Vec<(u64, bool, Vec<&str>)> =
+        offline.iter().map(|(s, k, o)| (*s, *k, names(o))).collect();
+    assert_eq!(
+        known,
+        [
+            (1, true, vec!["carol", "dave"]),
+            (2, false, vec![]),
+            (3, false, vec![])
+        ]
+    );
+}
+
 #[test]
 fn event_json_has_a_stable_shape() {
     let e: Event = serde_json::from_value(json!({

@@ -355,11 +355,54 @@ impl Relay for RedisRelay {
         Ok(())
     }
 
+    /// The nodes subscribed to their relay channel right now: one `PUBSUB CHANNELS
+    /// {p}:relay:*` (a node that crashed has lost its subscription with its connection,
+    /// so it is not listed; one in a resubscribe gap is not either).
+    async fn nodes(&self) -> Result<Option<Vec<NodeId>>> {
+        let sh = &self.shared;
+        let prefix = sh.keys.relay_channel_prefix();
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut con = sh.con.clone();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(pattern)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| map("relay nodes", e))?;
+        Ok(Some(
+            channels
+                .iter()
+                .filter_map(|c| c.strip_prefix(prefix.as_str()).and_then(parse_node))
+                .collect(),
+        ))
+    }
+
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>> {
         let sh = &self.shared;
         subscribe::subscribe(sh.subscription(sh.keys.relay_channel(node)), "relay", |b| {
             serde_json::from_slice::<Envelope>(b).map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+/// `s` with Redis glob specials escaped, to match it literally in a pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_escape_matches_literally() {
+        assert_eq!(super::glob_escape("messenger:relay:"), "messenger:relay:");
+        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

@@ -65,7 +65,12 @@ impl Keys {
 
     /// `{p}:relay:{node}`: pub/sub channel of envelopes addressed to a node.
     pub fn relay_channel(&self, n: NodeId) -> String {
-        format!("{}:relay:{n}", self.prefix)
+        format!("{}{n}", self.relay_channel_prefix())
+    }
+
+    /// `{p}:relay:`: what every relay channel's name starts with (the node id follows).
+    pub fn relay_channel_prefix(&self) -> String {
+        format!("{}:relay:", self.prefix)
     }
 }
 

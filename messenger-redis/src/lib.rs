@@ -80,6 +80,9 @@
 //! and replay after a reconnect, which the system does not need (a node that was
 //! disconnected has lost its WebSocket sessions too; they catch up from history).
 //! `send` to a node nobody listens on succeeds, as the trait says (best effort).
+//! [`Relay::nodes`](messenger_core::Relay::nodes) is one `PUBSUB CHANNELS {p}:relay:*`:
+//! the nodes subscribed right now, which the engine sends a large group's messages to
+//! (one envelope per node, no lookup per member).
 //!
 //! # Failure behaviour
 //!

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
-use messenger_core::model::{Envelope, PresenceInfo, PresenceStatus, SessionEntry};
+use messenger_core::model::{Envelope, EnvelopeTo, PresenceInfo, PresenceStatus, SessionEntry};
 use messenger_core::time::now_ms;
 use messenger_core::{ErrorKind, NodeId, SessionId, UserId};
 use messenger_redis::{RedisCluster, RedisOptions};
@@ -59,7 +59,7 @@ async fn next_for(
 fn env(from: NodeId, tag: &str) -> Envelope {
     Envelope {
         from_node: from,
-        users: vec![UserId::new("someone").unwrap()],
+        to: EnvelopeTo::Users(vec![UserId::new("someone").unwrap()]),
         except_session: None,
         order: None,
         frame: tag.to_owned(),
@@ -181,7 +181,7 @@ async fn relay_delivers_from_a_to_b_only() {
     let mut at_b = b.relay().subscribe(node(2)).await.unwrap();
     let sent = Envelope {
         from_node: node(1),
-        users: vec![user("x"), user("y")],
+        to: EnvelopeTo::Users(vec![user("x"), user("y")]),
         except_session: Some(session(9)),
         order: Some((messenger_core::ThreadId::new("g:1").unwrap(), 42)),
         frame: r#"{"type":"message","text":"hi \"there\" ✓"}"#.into(),

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
-use messenger_core::model::{Envelope, PresenceInfo, PresenceStatus, SessionEntry};
+use messenger_core::model::{Envelope, EnvelopeTo, PresenceInfo, PresenceStatus, SessionEntry};
 use messenger_core::time::now_ms;
 use messenger_core::{NodeId, SessionId, UserId};
 use messenger_redis::RedisCluster;
@@ -19,7 +19,7 @@ fn node(n: u16) -> NodeId {
 fn env(tag: &str) -> Envelope {
     Envelope {
         from_node: node(1),
-        users: vec![UserId::new("someone").unwrap()],
+        to: EnvelopeTo::Users(vec![UserId::new("someone").unwrap()]),
         except_session: None,
         order: None,
         frame: tag.to_owned(),

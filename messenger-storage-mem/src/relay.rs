@@ -125,6 +125,17 @@ impl Relay for MemRelay {
         Ok(())
     }
 
+    /// The nodes with at least one live subscription.
+    async fn nodes(&self) -> Result<Option<Vec<NodeId>>> {
+        Ok(Some(
+            read(&self.hub.nodes)
+                .iter()
+                .filter(|(_, subs)| subs.iter().any(|s| !s.is_closed()))
+                .map(|(n, _)| *n)
+                .collect(),
+        ))
+    }
+
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>> {
         let (tx, rx) = mpsc::channel(self.hub.capacity);
         write(&self.hub.nodes).entry(node).or_default().push(tx);
@@ -137,12 +148,13 @@ impl Relay for MemRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use messenger_core::model::EnvelopeTo;
     use std::time::Duration;
 
     fn env(from: u16, frame: &str) -> Envelope {
         Envelope {
             from_node: NodeId::new(from).unwrap(),
-            users: vec![],
+            to: EnvelopeTo::Users(vec![]),
             except_session: None,
             order: None,
             frame: frame.into(),

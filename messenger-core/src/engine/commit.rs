@@ -40,7 +40,9 @@ use super::session::SessionShared;
 use super::{receive_frame, Delivery, Engine, Recipients, ThreadSlot};
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, UserId};
-use crate::model::{Appended, Envelope, NewMessage, StoredMessage, ThreadInfo};
+use crate::model::{
+    Appended, Envelope, EnvelopeTo, NewMessage, StoredMessage, ThreadInfo, ThreadMembers,
+};
 use crate::protocol::{ReqId, ServerFrame};
 use crate::sync::lock;
 
@@ -323,12 +325,22 @@ impl Engine {
         reply.answer(self, |req_id| ServerFrame::error(req_id, code, message));
     }
 
-    /// Remote fan-out of a batch's new messages: one directory lookup per distinct
-    /// member list (one per batch unless membership changed inside it), one relay
-    /// envelope per remote node per message, then for each message
+    /// Remote fan-out of a batch's new messages, then for each message in seq order
     /// [`accepted`](Engine::accepted) (the event log, push for members with no session
     /// anywhere). Failures are logged: the messages are stored and members get them on
     /// catch-up.
+    ///
+    /// A large thread (with [`large_group_relay`](super::EngineConfig::large_group_relay)
+    /// and a relay that lists its nodes) costs one envelope per other live node and
+    /// message, each naming the member list by its fingerprint, and no directory lookup:
+    /// each node delivers to its own sessions of the members (see [`super::interest`]).
+    /// Only the message that takes the thread's push turn (once per
+    /// `large_group_push_interval`) looks the members up, for its offline list; the
+    /// others' events say `offline_known: false`.
+    ///
+    /// Any other thread: one directory lookup per distinct member list (one per batch
+    /// unless membership changed inside it) and one envelope per remote node with
+    /// sessions of its members, per message.
     async fn fan_out_batch(&self, batch: Vec<Committed>) {
         if batch.is_empty() {
             return;
@@ -354,6 +366,9 @@ impl Engine {
         }
         let me = inner.config.node_id;
         let mut sends = Vec::new();
+        let mut after: Vec<After> = Vec::with_capacity(batch.len());
+        // The relay's live nodes, asked at most once per batch.
+        let mut nodes: Option<Option<Vec<NodeId>>> = None;
         let mut start = 0;
         while start < batch.len() {
             let members = &batch[start].thread.members;
@@ -363,14 +378,48 @@ impl Engine {
                 .map_or(batch.len(), |k| start + k);
             let group = &batch[start..end];
             start = end;
+            let large = group[0]
+                .large
+                .as_ref()
+                .filter(|_| inner.config.large_group_relay);
+            if let Some(interest) = large {
+                if nodes.is_none() {
+                    nodes = Some(self.relay_nodes().await);
+                }
+                if let Some(Some(list)) = &nodes {
+                    let now = Instant::now();
+                    let every = inner.config.large_group_push_interval;
+                    for c in group {
+                        let frame = String::from_utf8_lossy(&c.frame).into_owned();
+                        for node in list.iter().filter(|n| **n != me) {
+                            let env = Envelope {
+                                from_node: me,
+                                to: EnvelopeTo::MembersOf(ThreadMembers {
+                                    thread_id: c.message.thread_id.clone(),
+                                    fingerprint: interest.fingerprint(),
+                                    count: interest.members().len(),
+                                }),
+                                except_session: Some(c.sender.id.clone()),
+                                order: Some((c.message.thread_id.clone(), c.message.seq)),
+                                frame: frame.clone(),
+                            };
+                            sends.push(self.relay_send(*node, env));
+                        }
+                        after.push(if interest.take_push_turn(now, every) {
+                            After::PushTurn
+                        } else {
+                            After::Offline(None)
+                        });
+                    }
+                    continue;
+                }
+            }
             let sessions = match inner.a.directory.lookup(members).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(thread = %group[0].thread.thread_id, error = %e,
                         "directory lookup failed: remote members get these messages on catch-up");
-                    for c in group {
-                        self.accepted(&c.thread, &c.message, None, c.large.as_deref());
-                    }
+                    after.extend(group.iter().map(|_| After::Offline(None)));
                     continue;
                 }
             };
@@ -398,7 +447,7 @@ impl Engine {
                     for (node, users) in &by_node {
                         let env = Envelope {
                             from_node: me,
-                            users: users.clone(),
+                            to: EnvelopeTo::Users(users.clone()),
                             except_session: Some(c.sender.id.clone()),
                             order: Some((c.message.thread_id.clone(), c.message.seq)),
                             frame: frame.clone(),
@@ -411,11 +460,72 @@ impl Engine {
                     .filter(|u| ***u != c.message.sender_id)
                     .map(|u| (*u).clone())
                     .collect();
-                self.accepted(&c.thread, &c.message, Some(offline), c.large.as_deref());
+                after.push(After::Offline(Some(offline)));
             }
         }
         // Polled in order, so each relay connection sees a thread's envelopes in seq
         // order; receivers restore order anyway (see `order`).
         futures::future::join_all(sends).await;
+        for (c, a) in batch.iter().zip(after) {
+            match a {
+                After::Offline(offline) => {
+                    self.accepted(&c.thread, &c.message, offline, c.large.as_deref())
+                }
+                // The turn is taken: push is not gated again.
+                After::PushTurn => {
+                    let offline = self.offline_anywhere(&c.thread, &c.message.sender_id).await;
+                    self.accepted(&c.thread, &c.message, offline, None)
+                }
+            }
+        }
     }
+
+    /// The relay's live nodes (see [`Relay::nodes`](crate::Relay::nodes)); `None` when
+    /// it cannot tell or the call failed (the caller looks the members up instead).
+    async fn relay_nodes(&self) -> Option<Vec<NodeId>> {
+        match self.inner.a.relay.nodes().await {
+            Ok(Some(mut list)) => {
+                list.sort_unstable();
+                list.dedup();
+                Some(list)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "the relay could not list its nodes: looking the members up instead");
+                None
+            }
+        }
+    }
+
+    /// The members of `thread`, other than `sender`, with no session on any node (one
+    /// directory lookup of every member); `None` when the directory cannot be read.
+    async fn offline_anywhere(&self, thread: &ThreadInfo, sender: &UserId) -> Option<Vec<UserId>> {
+        match self.inner.a.directory.lookup(&thread.members).await {
+            Ok(found) => Some(
+                thread
+                    .members
+                    .iter()
+                    .zip(found)
+                    .filter(|(u, entries)| entries.is_empty() && *u != sender)
+                    .map(|(u, _)| u.clone())
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(thread = %thread.thread_id, error = %e,
+                    "directory lookup failed: no push for this large thread's turn");
+                None
+            }
+        }
+    }
+}
+
+/// What a committed message's event and push get once its envelopes are sent.
+enum After {
+    /// Its offline members (`None`: unknown), push gated by the thread's push turn
+    /// when it is large.
+    Offline(Option<Vec<UserId>>),
+    /// A large thread's message that took the thread's push turn: look its offline
+    /// members up, then push to them.
+    PushTurn,
 }

@@ -10,6 +10,13 @@
 //! interest that names their user. Interests not used for a while are dropped by the
 //! engine's sweep.
 //!
+//! In a cluster the same record resolves the envelopes other nodes send for a large
+//! thread ([`EnvelopeTo::MembersOf`](crate::model::EnvelopeTo::MembersOf)): one per
+//! node and message, naming the member list by its fingerprint. An interest built from
+//! that member list answers it at once ([`LargeThreads::current`]); otherwise the
+//! engine reads the thread from the thread store and builds one (a member added or
+//! removed since: the store's list is the current one).
+//!
 //! The interest also gates push for the thread: offline members of a large thread are
 //! handed to the push sink at most once per interval for the whole thread, so a busy
 //! group costs no per-member throttle bookkeeping per message.
@@ -23,12 +30,15 @@ use std::time::{Duration, Instant};
 
 use super::session::SessionShared;
 use crate::ids::{SessionId, ThreadId, UserId};
+use crate::model::members_fingerprint;
 use crate::sync::{lock, Sharded};
 
 /// The local sessions of one large thread's members, for one member list.
 pub(crate) struct Interest {
     /// The member list this interest was built from.
     members: Vec<UserId>,
+    /// [`members_fingerprint`] of `members`: what envelopes name it by.
+    fingerprint: u64,
     member_set: HashSet<UserId>,
     /// Members with at least one session on this node, and those sessions.
     online: Mutex<HashMap<UserId, Vec<Arc<SessionShared>>>>,
@@ -42,6 +52,16 @@ struct Times {
 }
 
 impl Interest {
+    /// The member list it was built from.
+    pub(crate) fn members(&self) -> &[UserId] {
+        &self.members
+    }
+
+    /// The fingerprint of that member list.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     /// Calls `f` for every local session of the thread's members, except `except`.
     pub(crate) fn for_each_session(
         &self,
@@ -152,12 +172,22 @@ impl LargeThreads {
         let pushed = table.get(thread).and_then(|old| lock(&old.times).pushed);
         let interest = Arc::new(Interest {
             members: members.to_vec(),
+            fingerprint: members_fingerprint(members),
             member_set: members.iter().cloned().collect(),
             online: Mutex::new(online),
             times: Mutex::new(Times { used: now, pushed }),
         });
         table.insert(thread.clone(), interest.clone());
         interest
+    }
+
+    /// The interest of `thread` if it was built from the member list whose fingerprint
+    /// is `fingerprint` (see [`members_fingerprint`]).
+    pub(crate) fn current(&self, thread: &ThreadId, fingerprint: u64) -> Option<Arc<Interest>> {
+        let table = lock(&self.table);
+        let i = table.get(thread).filter(|i| i.fingerprint == fingerprint)?;
+        i.touch(Instant::now());
+        Some(i.clone())
     }
 
     /// A session of `user` registered in the session table (call after inserting it).

@@ -28,8 +28,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventBody, EventId, MembershipChanged, MessageCreated, ReceiptUpdated};
 use crate::ids::{MessageId, NodeId, SessionId, ThreadId, UserId};
 use crate::model::{
-    AckStatus, Envelope, HistoryQuery, NewMessage, NewThread, PresenceInfo, PushNotification,
-    SessionEntry, StoredMessage, ThreadInfo, ThreadKind,
+    AckStatus, Envelope, EnvelopeTo, HistoryQuery, NewMessage, NewThread, PresenceInfo,
+    PushNotification, SessionEntry, StoredMessage, ThreadInfo, ThreadKind, ThreadMembers,
 };
 use crate::protocol::{
     decode_client, ClientFrame, CreateThread, HistoryMessage, Receipt, ReqId, Request, ServerFrame,
@@ -74,6 +74,15 @@ pub struct EngineConfig {
     /// this interval per thread and node (default 60 s), so each member gets at most one
     /// push per thread and interval.
     pub large_group_push_interval: Duration,
+    /// In a cluster, send each message to a large group as one envelope per node
+    /// ([`EnvelopeTo::MembersOf`]: "your sessions of this thread's members"), which each
+    /// node resolves from its own record of its sessions, instead of looking up every
+    /// member in the [`SessionDirectory`] (default true). Needs a relay that lists its
+    /// nodes ([`Relay::nodes`]); without one the members are looked up as before.
+    /// Nodes from before this envelope cannot decode it (they log it and skip it, and
+    /// their sessions get those messages on catch-up only): during a rolling upgrade
+    /// from such a version, set it to false until every node runs this one.
+    pub large_group_relay: bool,
     /// Frames a session's outbound queue holds before the session is closed as a slow
     /// consumer (default 1024).
     pub outbound_queue: usize,
@@ -111,6 +120,7 @@ impl Default for EngineConfig {
             presence_grace: Duration::from_secs(3),
             large_group_threshold: 100,
             large_group_push_interval: Duration::from_secs(60),
+            large_group_relay: true,
             outbound_queue: 1024,
             reorder_window: Duration::from_millis(50),
             single_node: false,
@@ -276,7 +286,7 @@ impl Engine {
             async move {
                 while let Some(env) = stream.next().await {
                     let Some(inner) = weak.upgrade() else { break };
-                    Engine { inner }.deliver_envelope(env);
+                    Engine { inner }.deliver_envelope(env).await;
                 }
                 tracing::debug!("relay stream ended");
             }
@@ -912,9 +922,18 @@ impl Engine {
         }
     }
 
-    fn deliver_envelope(&self, env: Envelope) {
+    /// Delivers an envelope from another node to the local sessions it names. Envelopes
+    /// are handled one at a time, in the order the relay hands them over.
+    async fn deliver_envelope(&self, env: Envelope) {
+        let to = match env.to {
+            EnvelopeTo::Users(users) => Recipients::Users(users),
+            EnvelopeTo::MembersOf(t) => match self.resolve_members_of(&t).await {
+                Some(i) => Recipients::Large(i),
+                None => return,
+            },
+        };
         let d = Delivery {
-            to: Recipients::Users(env.users),
+            to,
             except: env.except_session,
             kind: frame_kind(&env.frame),
             frame: Bytes::from(env.frame),
@@ -926,6 +945,40 @@ impl Engine {
                 self.deliver_ordered(&slot, seq, d);
             }
             None => self.deliver_local(&d),
+        }
+    }
+
+    /// This node's interest in a large thread for the member list an envelope names:
+    /// the one it has when the fingerprints agree, else one built from the thread as
+    /// the thread store has it now (membership changed since: the current members get
+    /// it, a member who left does not). `None` when the thread cannot be read (the
+    /// members on this node get the message on catch-up).
+    async fn resolve_members_of(&self, t: &ThreadMembers) -> Option<Arc<interest::Interest>> {
+        let inner = &self.inner;
+        if let Some(i) = inner.large.current(&t.thread_id, t.fingerprint) {
+            return Some(i);
+        }
+        match inner.a.threads.get_thread(&t.thread_id).await {
+            Ok(Some(thread)) => {
+                let i = inner
+                    .large
+                    .get(&thread.thread_id, &thread.members, &inner.sessions);
+                if i.fingerprint() != t.fingerprint {
+                    tracing::debug!(thread = %t.thread_id,
+                        "membership changed since the send: delivered to the current members");
+                }
+                Some(i)
+            }
+            Ok(None) => {
+                tracing::warn!(thread = %t.thread_id, "envelope for an unknown thread: skipped");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(thread = %t.thread_id, error = %e,
+                    "could not read a large thread's members: its sessions on this node get \
+                     the message on catch-up");
+                None
+            }
         }
     }
 
@@ -973,7 +1026,7 @@ impl Engine {
                 node,
                 Envelope {
                     from_node: me,
-                    users,
+                    to: EnvelopeTo::Users(users),
                     except_session: except.clone(),
                     order: None,
                     frame: encoded.clone(),

@@ -57,12 +57,22 @@ impl PushSink for RecordingPush {
 
 /// An engine on `node` of the backend, with a [`RecordingPush`].
 pub async fn start(backend: &NodeAdapters, node: u16) -> (Engine, Arc<RecordingPush>) {
+    start_with(backend, node, |_| {}).await
+}
+
+/// [`start`] with the configuration changed by `tune` first.
+pub async fn start_with(
+    backend: &NodeAdapters,
+    node: u16,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Engine, Arc<RecordingPush>) {
     let node = NodeId::new(node).unwrap_or_else(|e| panic!("bad node id: {e}"));
     let mut adapters = backend(node).await;
     let push = Arc::new(RecordingPush::default());
     adapters.push = push.clone();
     let mut config = EngineConfig::with_node(node);
     config.presence_grace = Duration::from_millis(200);
+    tune(&mut config);
     let engine = Engine::start(config, adapters)
         .await
         .unwrap_or_else(|e| panic!("the engine did not start: {e}"));
@@ -488,4 +498,141 @@ pub async fn two_nodes_deliver_to_each_other(backend: NodeAdapters) {
     let (id, seq) = a1.send(&t, "x1", "across nodes").await;
     let (got, gseq, text) = b2.receive(&t).await;
     assert_eq!((got, gseq, text.as_str()), (id, seq, "across nodes"));
+}
+
+/// Reads `n` messages of `thread` on `peer`: their seqs and texts, in arrival order.
+async fn receive_n(peer: &mut Peer, thread: &ThreadId, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (_, seq, text) = peer.receive(thread).await;
+        got.push((seq, text));
+    }
+    got
+}
+
+/// Large groups over two nodes (threshold 3, so a group of 6 is large): each node
+/// delivers a large thread's messages to its own sessions of the members from one
+/// envelope per node. Every online member's session on either node gets each message
+/// exactly once, in seq order, from senders on both nodes; a member added on one node
+/// is delivered on the other after the change; a member who left gets nothing more; an
+/// offline member gets a push.
+pub async fn large_groups_across_nodes(backend: NodeAdapters) {
+    // A reorder window far longer than any relay delay on a loaded machine: a seq past
+    // a gap waits for the missing ones, so seq order is the engine's, not the timing's.
+    let small = |c: &mut EngineConfig| {
+        c.large_group_threshold = 3;
+        c.reorder_window = Duration::from_secs(8);
+    };
+    let (e1, push1) = start_with(&backend, 1, small).await;
+    let (e2, push2) = start_with(&backend, 2, small).await;
+    let [a, b, c, d, f, late] = ["alice", "bob", "carol", "dave", "frank", "late"].map(unique_user);
+    // alice and carol on node 1; bob (two sessions), frank and alice's second session
+    // on node 2; dave offline; `late` online on node 2 and not a member yet.
+    let mut a1 = Peer::connect(&e1, &a).await;
+    let mut c1 = Peer::connect(&e1, &c).await;
+    let mut a2 = Peer::connect(&e2, &a).await;
+    let mut b2 = Peer::connect(&e2, &b).await;
+    let mut b2x = Peer::connect(&e2, &b).await;
+    let mut f2 = Peer::connect(&e2, &f).await;
+    let mut late2 = Peer::connect(&e2, &late).await;
+    let extra = unique_user("extra");
+    let t = a1.create("group", &[&b, &c, &d, &f, &extra]).await;
+
+    for i in 1..=3u64 {
+        let (_, seq) = a1.send(&t, &format!("a{i}"), &format!("from 1: {i}")).await;
+        assert_eq!(seq, i);
+    }
+    let want: Vec<(u64, String)> = (1..=3).map(|i| (i, format!("from 1: {i}"))).collect();
+    for p in [&mut c1, &mut a2, &mut b2, &mut b2x, &mut f2] {
+        assert_eq!(receive_n(p, &t, 3).await, want, "{}", p.user);
+    }
+    // From node 2 back to node 1 (and to the sender's other session on node 2).
+    let (_, seq) = b2.send(&t, "b1", "from 2").await;
+    assert_eq!(seq, 4);
+    for p in [&mut a1, &mut c1, &mut a2, &mut b2x, &mut f2] {
+        let got = p.receive(&t).await;
+        assert_eq!((got.1, got.2.as_str()), (4, "from 2"), "{}", p.user);
+    }
+    // Senders on both nodes at once: every session sees 1..N once, in seq order.
+    let per = 10u64;
+    let mut senders = Vec::new();
+    for (e, u, tag) in [(&e1, &a, "x"), (&e2, &f, "y")] {
+        let (e, u, t, tag) = (e.clone(), u.clone(), t.clone(), tag.to_owned());
+        senders.push(tokio::spawn(async move {
+            let mut p = Peer::connect(&e, &u).await;
+            for n in 0..per {
+                p.send(&t, &format!("{tag}{n}"), "burst").await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap_or_else(|e| panic!("sender: {e}"));
+    }
+    let total = 4 + 2 * per;
+    for p in [&mut a1, &mut c1, &mut a2, &mut b2, &mut b2x, &mut f2] {
+        let seqs: Vec<u64> = receive_n(p, &t, (2 * per) as usize)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(
+            seqs,
+            (5..=total).collect::<Vec<_>>(),
+            "{}: every message once, in seq order",
+            p.user
+        );
+    }
+    late2.no_receive(&t).await;
+
+    // A member added on node 1 is delivered on node 2 from the next message on.
+    match a1
+        .request(serde_json::json!({"type":"add_members","thread_id":t,"members":[late]}))
+        .await
+    {
+        ServerFrame::Thread { members, .. } => assert!(members.contains(&late)),
+        f => panic!("add_members: {f:?}"),
+    }
+    // bob leaves on node 2: neither of his sessions gets anything more.
+    match b2
+        .request(serde_json::json!({"type":"leave_thread","thread_id":t}))
+        .await
+    {
+        ServerFrame::Thread { members, .. } => assert!(!members.contains(&b)),
+        f => panic!("leave_thread: {f:?}"),
+    }
+    let (_, seq) = a1.send(&t, "after", "after the changes").await;
+    assert_eq!(seq, total + 1);
+    for p in [&mut late2, &mut c1, &mut a2, &mut f2] {
+        let got = p.receive(&t).await;
+        assert_eq!(got.1, total + 1, "{}", p.user);
+    }
+    // Node 2 delivered the message (late, frank and alice's session there have it):
+    // bob's sessions, served by the same node, did not get it.
+    b2.no_receive(&t).await;
+    b2x.no_receive(&t).await;
+    let (_, seq) = f2.send(&t, "after2", "from 2 after the changes").await;
+    for p in [&mut late2, &mut a1, &mut c1, &mut a2] {
+        assert_eq!(p.receive(&t).await.1, seq, "{}", p.user);
+    }
+    b2x.no_receive(&t).await;
+
+    // dave and `extra` (offline) got a push from the thread's first push turn.
+    for u in [&d, &extra] {
+        within("a push for an offline member", async {
+            loop {
+                if push1.seen().iter().any(|n| &n.user_id == u && n.seq == 1) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    let online = [&a, &b, &c, &f, &late];
+    for n in push1.seen().iter().chain(push2.seen().iter()) {
+        assert!(
+            !online.contains(&&n.user_id),
+            "no push for a member with a session: {n:?}"
+        );
+    }
 }

@@ -346,6 +346,7 @@ macro_rules! relay_tests {
                 send_without_subscriber_is_ok,
                 envelope_round_trips,
                 delivers_every_envelope_once,
+                lists_subscribed_nodes,
             ]
         );
     };
@@ -413,6 +414,7 @@ macro_rules! engine_tests {
                 history_pages_by_range,
                 offline_members_get_a_push,
                 two_nodes_deliver_to_each_other,
+                large_groups_across_nodes,
             ]
         );
     };

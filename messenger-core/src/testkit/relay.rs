@@ -14,14 +14,14 @@ use super::{
     CONCURRENT_TASKS, OPS_PER_TASK,
 };
 use crate::ids::NodeId;
-use crate::model::Envelope;
+use crate::model::{Envelope, EnvelopeTo, ThreadMembers};
 use crate::traits::Relay;
 
 /// An envelope from `from` whose frame is `{"tag":"<tag>","n":"<n>"}`.
 pub fn tagged_envelope(from: NodeId, tag: &str, n: &str) -> Envelope {
     Envelope {
         from_node: from,
-        users: vec![unique_user("to")],
+        to: EnvelopeTo::Users(vec![unique_user("to")]),
         except_session: None,
         order: None,
         frame: format!(r#"{{"tag":"{tag}","n":"{n}"}}"#),
@@ -122,20 +122,34 @@ pub async fn envelope_round_trips(relay: Arc<dyn Relay>) {
     let mut s = subscribe(&*relay, to).await;
     let full = Envelope {
         from_node: from,
-        users: vec![unique_user("a"), unique_user("b"), unique_user("c")],
+        to: EnvelopeTo::Users(vec![unique_user("a"), unique_user("b"), unique_user("c")]),
         except_session: Some(unique_session()),
         order: Some((unique_thread("order"), 42)),
         frame: format!(r#"{{"tag":"{tag}","n":"full ✓ \\\" é"}}"#),
     };
     let bare = tagged_envelope(from, &tag, "bare");
+    let thread = unique_thread("large");
+    let members_of = Envelope {
+        from_node: from,
+        to: EnvelopeTo::MembersOf(ThreadMembers {
+            thread_id: thread.clone(),
+            fingerprint: u64::MAX - 7,
+            count: 10_000,
+        }),
+        except_session: Some(unique_session()),
+        order: Some((thread, 7)),
+        frame: format!(r#"{{"tag":"{tag}","n":"members_of"}}"#),
+    };
     send(&*relay, to, full.clone()).await;
     send(&*relay, to, bare.clone()).await;
+    send(&*relay, to, members_of.clone()).await;
     let mut got = HashMap::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (n, env) = next_tagged(&mut s, &tag).await;
         got.insert(n, env);
     }
     assert_eq!(got.get("bare"), Some(&bare));
+    assert_eq!(got.get("members_of"), Some(&members_of));
     assert_eq!(got.get("full ✓ \\\\\\\" é"), Some(&full), "got {got:?}");
 }
 
@@ -177,6 +191,21 @@ pub async fn delivers_every_envelope_once(relay: Arc<dyn Relay>) {
         labels_until(&mut s, &tag).await.is_empty(),
         "a duplicate arrived"
     );
+}
+
+/// A relay that lists its nodes ([`Relay::nodes`] is `Some`) lists every node with a
+/// live subscription.
+pub async fn lists_subscribed_nodes(relay: Arc<dyn Relay>) {
+    let (n1, n2) = (unique_node(), unique_node());
+    let _s1 = subscribe(&*relay, n1).await;
+    let _s2 = subscribe(&*relay, n2).await;
+    let listed = relay.nodes().await.unwrap_or_else(|e| panic!("nodes: {e}"));
+    if let Some(list) = listed {
+        assert!(
+            list.contains(&n1) && list.contains(&n2),
+            "{n1} and {n2} are subscribed; listed: {list:?}"
+        );
+    }
 }
 
 crate::relay_tests!(@checks __testkit_list (Relay));
