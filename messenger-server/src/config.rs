@@ -354,6 +354,12 @@ pub struct RedisSettings {
     /// Default 15 s.
     #[serde(with = "humantime_serde")]
     pub node_ttl: Duration,
+    /// Send each message to a large group (more than `push.large_group_threshold`
+    /// members) as one envelope per node, which each node resolves to its own sessions
+    /// of the members, instead of looking up every member in Redis. Default true. Set
+    /// it to false while upgrading a cluster from a version before it (those nodes
+    /// cannot decode the envelope); see `docs/architecture.md`.
+    pub large_group_relay: bool,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -362,6 +368,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("url", &self.url.as_deref().map(crate::cluster::redact))
             .field("key_prefix", &self.key_prefix)
             .field("node_ttl", &self.node_ttl)
+            .field("large_group_relay", &self.large_group_relay)
             .finish()
     }
 }
@@ -372,6 +379,7 @@ impl Default for RedisSettings {
             url: None,
             key_prefix: "messenger".into(),
             node_ttl: Duration::from_secs(15),
+            large_group_relay: true,
         }
     }
 }

@@ -322,6 +322,7 @@ impl ServerBuilder {
             ec.presence_grace = config.presence.grace;
             ec.max_group_members = config.limits.max_group_members;
             ec.single_node = single_node;
+            ec.large_group_relay = config.redis.large_group_relay;
             #[cfg(feature = "push")]
             {
                 ec.large_group_threshold = config.push.large_group_threshold;
