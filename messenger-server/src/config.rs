@@ -212,7 +212,8 @@ pub struct Limits {
     /// Frames a session's outbound queue holds before it is closed as a slow consumer
     /// (close code 4000). Default 1024.
     pub outbound_queue: usize,
-    /// Sustained client frames per second per session. Default 50.
+    /// Sustained client frames per second per session. Default 50. Frames over it are
+    /// paced (read when a token is due), never refused.
     pub rate_limit_per_sec: u32,
     /// Burst of client frames per session above the sustained rate. Default 100.
     pub rate_limit_burst: u32,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use messenger_core::engine::{CloseReason, Engine, Outbox, OutboxItem, Session, SessionHandle};
-use messenger_core::protocol::{decode_client, ClientFrame, ServerFrame};
+use messenger_core::protocol::{decode_client, ClientFrame, Request, ServerFrame};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -63,18 +63,19 @@ pub(crate) struct ConnCtx {
     pub(crate) guards: Arc<crate::limits::Guards>,
 }
 
-/// A token bucket: `rate` tokens per second, at most `burst` stored.
+/// A token bucket: `rate` tokens per second, at most `burst` stored. On tokio's clock,
+/// so the pacing timer and the bucket agree (and paused-time tests hold).
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
-    last: Instant,
+    last: tokio::time::Instant,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: tokio::time::Instant) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket {
             rate: f64::from(rate_per_sec),
@@ -84,8 +85,28 @@ impl TokenBucket {
         }
     }
 
+    /// How long from `now` until a token is there (zero if one is).
+    pub(crate) fn until_token(&self, now: tokio::time::Instant) -> Duration {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if tokens >= 1.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - tokens) / self.rate)
+        }
+    }
+
+    /// Takes a token that `until_token` said is due, even if the clock has not quite
+    /// reached it (a timer may fire a little early or the rate may round): the bucket
+    /// goes negative by the remainder, so the average rate still holds.
+    pub(crate) fn take_due(&mut self, now: tokio::time::Instant) {
+        if !self.take(now) {
+            self.tokens -= 1.0;
+        }
+    }
+
     /// Takes one token if there is one.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: tokio::time::Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
@@ -162,9 +183,13 @@ where
     let mut bucket = TokenBucket::new(
         ctx.config.limits.rate_limit_per_sec,
         ctx.config.limits.rate_limit_burst,
-        Instant::now(),
+        tokio::time::Instant::now(),
     );
     let mut batch = Batch::default();
+    // A frame over the session's frame rate, held (not refused) until its token is due;
+    // nothing more is read from the socket meanwhile, so the client's frames keep their
+    // order and the backpressure reaches its socket. Boxed: one pointer in an idle task.
+    let mut held: Option<(Box<Message>, tokio::time::Instant)> = None;
     loop {
         // Unbiased: a session flooded with deliveries still reads its own frames, and a
         // chatty peer does not starve its deliveries.
@@ -189,7 +214,7 @@ where
                     return end;
                 }
             }
-            next = ws.next() => {
+            next = ws.next(), if held.is_none() => {
                 last_read = tokio::time::Instant::now();
                 let msg = match next {
                     None => return End::PeerGone,
@@ -211,10 +236,28 @@ where
                         return End::PeerGone;
                     }
                 };
-                on_message(ctx, handle, &mut bucket, msg).await;
+                let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if counted && !bucket.take(last_read) {
+                    let due = last_read + bucket.until_token(last_read);
+                    ctx.metrics.frames_paced.inc();
+                    held = Some((Box::new(msg), due));
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
+                    }
+                } else {
+                    on_message(ctx, handle, msg).await;
+                }
             }
             () = &mut timer => {
                 let now = tokio::time::Instant::now();
+                if let Some((_, due)) = &held {
+                    if now >= *due {
+                        if let Some((msg, _)) = held.take() {
+                            bucket.take_due(now);
+                            on_message(ctx, handle, *msg).await;
+                        }
+                    }
+                }
                 if now >= last_read + dead_after {
                     ctx.metrics.heartbeat_timeouts.inc();
                     tracing::info!(session = %handle.id(), user = %handle.user(),
@@ -238,59 +281,35 @@ where
                         next_ping = now + interval;
                     }
                 }
-                timer.as_mut().reset(next_ping.min(last_read + dead_after));
+                let mut next = next_ping.min(last_read + dead_after);
+                if let Some((_, due)) = &held {
+                    next = next.min(*due);
+                }
+                timer.as_mut().reset(next);
             }
         }
     }
 }
 
-/// One frame from the peer.
-async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, bucket: &mut TokenBucket, msg: Message) {
+/// One frame from the peer, within the session's frame rate (the caller paces the rest).
+async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, msg: Message) {
     match msg {
         Message::Text(text) => {
             let decoded = decode_client(text.as_str());
             ctx.metrics
                 .frame_in(decoded.as_ref().ok().map(|r| r.frame.type_name()));
-            if !bucket.take(Instant::now()) {
-                let req_id = match &decoded {
-                    Ok(r) => r.req_id.clone(),
-                    Err(e) => e.req_id.clone(),
-                };
-                reject(
-                    ctx,
-                    handle,
-                    req_id,
-                    "rate_limited",
-                    "too many frames; slow down",
-                );
-                return;
-            }
             match decoded {
-                Ok(req) => {
-                    if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
-                        ctx.metrics.limit(limit);
-                        reject(ctx, handle, req.req_id, code, message);
-                        return;
-                    }
-                    // Boxed: the engine's request future is over 1 KiB and would
-                    // otherwise sit in every idle connection's task.
-                    Box::pin(ctx.engine.handle(handle, req)).await
-                }
+                Ok(req) => handle_request(ctx, handle, req).await,
                 Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
             }
         }
         Message::Binary(_) => {
             ctx.metrics.binary_in();
-            let code = if bucket.take(Instant::now()) {
-                "bad_request"
-            } else {
-                "rate_limited"
-            };
             reject(
                 ctx,
                 handle,
                 None,
-                code,
+                "bad_request",
                 "binary frames are reserved; send JSON text frames",
             );
         }
@@ -298,6 +317,18 @@ async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, bucket: &mut TokenBuc
         // stream); any frame counts as liveness.
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
     }
+}
+
+/// A decoded request: checked against the abuse limits, then handed to the engine.
+async fn handle_request(ctx: &ConnCtx, handle: &SessionHandle, req: Request) {
+    if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
+        ctx.metrics.limit(limit);
+        reject(ctx, handle, req.req_id, code, message);
+        return;
+    }
+    // Boxed: the engine's request future is over 1 KiB and would otherwise sit in every
+    // idle connection's task.
+    Box::pin(ctx.engine.handle(handle, req)).await
 }
 
 /// The abuse limit a frame breaks, if any, as (error code, limit label, message). Such a
@@ -453,7 +484,7 @@ mod tests {
 
     #[test]
     fn bucket_refills() {
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now();
         let mut b = TokenBucket::new(10, 3, t0);
         assert!(b.take(t0) && b.take(t0) && b.take(t0));
         assert!(!b.take(t0));
@@ -614,22 +645,62 @@ mod session_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rate_limit_replies_without_processing() {
+    async fn frames_over_the_rate_are_paced_not_refused() {
         let mut config = ServerConfig::default();
         config.limits.rate_limit_per_sec = 1;
         config.limits.rate_limit_burst = 2;
         let (mut inp, mut out, _task, _engine) = open(config).await;
         next_text(&mut out).await;
+        let t0 = tokio::time::Instant::now();
         for i in 0..3 {
             let f = format!(r#"{{"type":"ping","req_id":{i}}}"#);
             inp.send(Ok(Message::Text(f.into()))).await.expect("send");
         }
-        assert_eq!(next_text(&mut out).await["type"], "pong");
-        assert_eq!(next_text(&mut out).await["type"], "pong");
-        let e = next_text(&mut out).await;
-        assert_eq!(
-            (e["code"].as_str(), e["req_id"].as_u64()),
-            (Some("rate_limited"), Some(2))
+        for i in 0..3 {
+            let r = next_text(&mut out).await;
+            assert_eq!(
+                (r["type"].as_str(), r["req_id"].as_u64()),
+                (Some("pong"), Some(i))
+            );
+        }
+        // The burst at once, the third a token later.
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_over_the_rate_are_stored_in_the_order_written() {
+        let mut config = ServerConfig::default();
+        config.limits.rate_limit_per_sec = 1;
+        config.limits.rate_limit_burst = 2;
+        let (mut inp, mut out, _task, _engine) = open(config).await;
+        next_text(&mut out).await;
+        let create = r#"{"type":"create_thread","req_id":0,"kind":"direct","members":["bob"]}"#;
+        inp.send(Ok(Message::Text(create.into())))
+            .await
+            .expect("send");
+        let thread = next_text(&mut out).await;
+        assert_eq!(thread["type"], "thread", "{thread}");
+        let thread_id = thread["thread_id"].as_str().expect("thread_id").to_owned();
+        let t0 = tokio::time::Instant::now();
+        // One token left, then one a second: s0 at once, s1..s3 held a second each,
+        // never refused, stored in the order they were written.
+        for i in 0..4 {
+            let f = serde_json::json!({"type":"send_message","req_id":i + 1,
+                "thread_id":thread_id,"temp_id":format!("s{i}"),"text":"x"});
+            inp.send(Ok(Message::Text(f.to_string().into())))
+                .await
+                .expect("send");
+        }
+        for i in 0..4u64 {
+            let r = next_text(&mut out).await;
+            assert_eq!(r["type"], "message_sent", "{r}");
+            assert_eq!(r["temp_id"], format!("s{i}"), "{r}");
+            assert_eq!(r["seq"], i + 1, "{r}");
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_secs(3),
+            "paced at the rate: {:?}",
+            t0.elapsed()
         );
     }
 

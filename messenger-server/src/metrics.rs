@@ -37,6 +37,7 @@ pub const SERIES: &[&str] = &[
     "messenger_unauthorized_total",
     "messenger_heartbeat_timeouts_total",
     "messenger_oversized_frames_total",
+    "messenger_frames_paced_total",
     "messenger_slow_consumer_closes_total",
     "messenger_frames_in_total",
     "messenger_frames_out_total",
@@ -88,6 +89,7 @@ pub(crate) struct Metrics {
     unauthorized: Family<Labels, Counter>,
     pub(crate) heartbeat_timeouts: Counter,
     pub(crate) oversized_frames: Counter,
+    pub(crate) frames_paced: Counter,
     pub(crate) slow_consumer_closes: Counter,
     frames_in: Vec<Counter>,
     frames_in_invalid: Counter,
@@ -145,6 +147,12 @@ impl Metrics {
             "Connections closed with 1009 (frame over the size limit)",
             oversized_frames.clone(),
         );
+        let frames_paced = Counter::default();
+        r.register(
+            "frames_paced",
+            "Client frames over the session's frame rate, held until a token was due (not refused)",
+            frames_paced.clone(),
+        );
         let slow_consumer_closes = Counter::default();
         r.register(
             "slow_consumer_closes",
@@ -200,6 +208,7 @@ impl Metrics {
             unauthorized,
             heartbeat_timeouts,
             oversized_frames,
+            frames_paced,
             slow_consumer_closes,
             frames_in,
             frames_in_invalid,
