@@ -7,6 +7,7 @@
 #                    over the 3 nodes (connection i to node i mod 3), 2 senders, 100
 #                    messages/s in all (199 900 deliveries/s offered), 10 s; latency
 #                    from each send to its last online member
+#   biggroup-half, biggroup-lookup-half   the same at 50 messages/s (99 950 deliveries/s)
 #   biggroup-lookup  the same with `[redis] large_group_relay = false`: the per-member
 #                    directory lookup of every large-group message (the path before
 #                    the members_of envelope), same binary, for the A/B
@@ -21,7 +22,9 @@
 # HBase runs with HBASE_PROFILE=tuned in target/cluster-hbase-run (from empty, stopped
 # at the end); Redis on REDIS_PORT. Every server set gets fresh tables and a fresh Redis
 # key prefix. Everything this script starts is stopped by pid on exit; every run is
-# bounded in time. Server CPU is summed over the nodes; HBase's CPU is reported apart.
+# bounded in time. Server CPU is summed over the nodes; HBase's and Redis's CPU and the
+# Redis commands of each run are added to its JSON (hbase_cpu_secs, redis_cpu_secs,
+# redis_commands, redis_commands_per_send).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/messenger-cluster-hbase}
@@ -104,23 +107,35 @@ stop_nodes() {
   PIDS=()
 }
 
+# Redis: user+system CPU seconds and commands processed so far.
+redis_stat() {
+  redis-cli -p "$REDIS_PORT" info | tr -d '\r' | awk -F: '
+    $1=="used_cpu_user"||$1=="used_cpu_sys" {c+=$2} $1=="total_commands_processed" {n=$2}
+    END {print c, n}'
+}
+
 bench() { # name round args...
   local name=$1 n=$2; shift 2
-  local c0; c0=$(hbase_cpu)
+  local c0 r0; c0=$(hbase_cpu); r0=$(redis_stat)
   log "$name round $n: messenger-bench $*"
   timeout 120 "$BENCH" "$@" --floor off --json "$OUT/$name-$n.json" >"$OUT/$name-$n.txt" \
     2>"$OUT/$name-$n.progress" || echo "run failed (see $OUT/$name-$n.progress)" >&2
-  local c1; c1=$(hbase_cpu)
-  python3 - "$OUT/$name-$n.json" "$c0" "$c1" <<'PY'
+  local c1 r1; c1=$(hbase_cpu); r1=$(redis_stat)
+  python3 - "$OUT/$name-$n.json" "$c0" "$c1" $r0 $r1 <<'PY'
 import json, sys
-p, c0, c1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+p, c0, c1, rc0, rn0, rc1, rn1 = sys.argv[1], *map(float, sys.argv[2:])
 try:
     d = json.load(open(p))
 except (OSError, ValueError):
     sys.exit(0)
 d["hbase_cpu_secs"] = round(c1 - c0, 2)
+d["redis_cpu_secs"] = round(rc1 - rc0, 2)
+d["redis_commands"] = int(rn1 - rn0)
+if d.get("sent_total"):
+    d["redis_commands_per_send"] = round((rn1 - rn0) / d["sent_total"], 1)
 json.dump(d, open(p, "w"), indent=1)
 PY
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('hbase_cpu_secs', d.get('hbase_cpu_secs'), 'redis_cpu_secs', d.get('redis_cpu_secs'), 'redis_commands', d.get('redis_commands'), 'per send', d.get('redis_commands_per_send'))" "$OUT/$name-$n.json" >&2 || true
   sed -n '/results/,$p' "$OUT/$name-$n.txt" >&2
 }
 delivered_rate() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['delivered_per_sec']))" "$1"; }
@@ -133,13 +148,15 @@ stop_nodes
 for n in $(seq "$RUNS"); do
   for s in $SCENARIOS; do
     case $s in
-      biggroup)
-        start_nodes "bg$n" 3
-        bench biggroup "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}"
+      biggroup|biggroup-half)
+        rate=100; [ "$s" = biggroup-half ] && rate=50
+        start_nodes "bg$n$rate" 3
+        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
         stop_nodes ;;
-      biggroup-lookup)
-        start_nodes "bl$n" 3 MESSENGER_REDIS__LARGE_GROUP_RELAY=false
-        bench biggroup-lookup "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}"
+      biggroup-lookup|biggroup-lookup-half)
+        rate=100; [ "$s" = biggroup-lookup-half ] && rate=50
+        start_nodes "bl$n$rate" 3 MESSENGER_REDIS__LARGE_GROUP_RELAY=false
+        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
         stop_nodes ;;
       xpairs)
         start_nodes "xp$n" 2
