@@ -38,7 +38,7 @@ SERVER=${SERVER:-$REL/messenger-server}
 BENCH=${BENCH:-$REL/messenger-bench}
 export HBASE_RUN_DIR=${HBASE_RUN_DIR:-$PWD/target/cluster-hbase-run}
 export HBASE_PROFILE=${HBASE_PROFILE:-tuned}
-BIG=(--group-size 10000 --online 2000 --senders 2 --rate 100 --duration 10)
+BIG=(--group-size 10000 --online 2000 --senders 2 --duration 10)
 PAIRS=(--pairs 50 --window 8 --duration 10)
 mkdir -p "$OUT"
 for b in "$SERVER" "$BENCH"; do
