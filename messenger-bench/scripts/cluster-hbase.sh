@@ -14,6 +14,8 @@
 #   xpairs           2 nodes; 50 pairs, the two sides of each pair on different nodes
 #                    (cross-node 1:1), as fast as they go, 10 s; then xpairs-half at
 #                    half of the rate this round's xpairs delivered (latency)
+#   pairs1           the control for xpairs: the same 50 pairs on one node (Redis and
+#                    HBase as above), full speed
 #
 #   cargo build --release -p messenger-server --features cli -p messenger-bench
 #   /work/tools/quiet timeout 660 messenger-bench/scripts/cluster-hbase.sh [OUT] [RUNS] [SCENARIOS...]
@@ -157,6 +159,10 @@ for n in $(seq "$RUNS"); do
         rate=100; [ "$s" = biggroup-lookup-half ] && rate=50
         start_nodes "bl$n$rate" 3 MESSENGER_REDIS__LARGE_GROUP_RELAY=false
         bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
+        stop_nodes ;;
+      pairs1)
+        start_nodes "p1n$n" 1
+        bench pairs1 "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}"
         stop_nodes ;;
       xpairs)
         start_nodes "xp$n" 2
