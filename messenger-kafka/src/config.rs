@@ -42,6 +42,11 @@ pub struct KafkaOptions {
     /// Events the event log keeps in memory while Kafka is slow or down before it
     /// sheds the oldest (default 100 000).
     pub event_buffer: usize,
+    /// Most events of one thread in one event log record (default 100): events queued
+    /// together go in one record, newline-separated, which costs the producer far less
+    /// than a record each. 1: one event per record, for consumers that read a record
+    /// as one JSON event (`docs/webhooks.md`, "The event log on Kafka").
+    pub event_batch: usize,
     /// How long a relay send waits for the broker's acknowledgement before it reports
     /// failure (default 1 s); while the brokers are known to be down it fails at once.
     pub relay_send_timeout: Duration,
@@ -61,6 +66,7 @@ impl KafkaOptions {
             client_properties: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             event_buffer: 100_000,
+            event_batch: 100,
             relay_send_timeout: Duration::from_secs(1),
         }
     }

@@ -47,7 +47,8 @@ async fn shared_brokers() -> String {
         .expect("harness")
 }
 
-/// Reads `n` events from the start of `topic`, with each record's key.
+/// Reads `n` events from the start of `topic`, with each record's key (a record holds
+/// one event, or several of one thread separated by newlines).
 async fn read(brokers: &str, topic: &str, n: usize) -> Vec<(String, Event)> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -67,8 +68,10 @@ async fn read(brokers: &str, topic: &str, n: usize) -> Vec<(String, Event)> {
             .unwrap_or_else(|_| panic!("only {} of {n} events arrived in 120 s", out.len()))
             .expect("consume");
         let key = String::from_utf8_lossy(m.key().expect("keyed")).into_owned();
-        let e: Event = serde_json::from_slice(m.payload().expect("payload")).expect("event json");
-        out.push((key, e));
+        for line in m.payload().expect("payload").split(|b| *b == b'\n') {
+            let e: Event = serde_json::from_slice(line).expect("event json");
+            out.push((key.clone(), e));
+        }
     }
     out
 }
@@ -166,6 +169,8 @@ async fn a_broker_outage_delays_events_and_a_full_buffer_sheds_the_oldest() {
     // A tiny buffer while the broker is down: the oldest are shed and counted.
     let mut small = opts.clone();
     small.event_buffer = 10;
+    // One event per record, so the producer's queue (in records) holds 10 events too.
+    small.event_batch = 1;
     let log = KafkaEventLog::connect(&small).await.expect("connect");
     let b2 = b.clone();
     tokio::task::spawn_blocking(move || b2.stop_broker())

@@ -93,6 +93,7 @@ async fn connect_kafka(
     use messenger_kafka::{KafkaEventLog, KafkaOptions, KafkaRelay};
     let mut opts = KafkaOptions::new(brokers);
     opts.event_buffer = c.kafka.event_buffer;
+    opts.event_batch = c.kafka.event_batch;
     for (k, v) in &c.kafka.properties {
         opts = opts.with_property(k, v);
     }

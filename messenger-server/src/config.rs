@@ -531,6 +531,10 @@ pub struct KafkaSettings {
     /// Events kept in memory while Kafka is slow or down before the oldest are shed.
     /// Default 100 000.
     pub event_buffer: usize,
+    /// Most events of one thread per event log record (newline-separated; default
+    /// 100). 1: one event per record, for consumers older than this format
+    /// (`docs/webhooks.md`, "The event log on Kafka").
+    pub event_batch: usize,
 }
 
 impl Default for KafkaSettings {
@@ -540,6 +544,7 @@ impl Default for KafkaSettings {
             relay: None,
             properties: Default::default(),
             event_buffer: 100_000,
+            event_batch: 100,
         }
     }
 }
@@ -659,6 +664,11 @@ impl ServerConfig {
         if self.kafka.event_buffer == 0 {
             return Err(ConfigError::Invalid(
                 "kafka.event_buffer must be at least 1".into(),
+            ));
+        }
+        if self.kafka.event_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "kafka.event_batch must be at least 1 (1: one event per record)".into(),
             ));
         }
         if self.store.kind == StoreKind::Sqlite

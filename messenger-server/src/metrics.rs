@@ -282,7 +282,7 @@ pub fn encode(registry: &Registry) -> String {
 
 /// The engine's counters, the error codes and the latency histogram, read when scraped.
 /// The Kafka event log's counters (`kafka.brokers` set), read at scrape time:
-/// `messenger_event_log_{delivered,shed,retried,failed}_total` and
+/// `messenger_event_log_{delivered,shed,retried,failed,records}_total` and
 /// `messenger_event_log_buffered`.
 #[cfg(feature = "kafka")]
 #[derive(Debug)]
@@ -317,13 +317,19 @@ impl Collector for EventLogCollector {
             "Events the brokers refused for good (lost)",
             &s.failed,
         )?;
+        counter(
+            &mut enc,
+            "event_log_records",
+            "Event log records produced (a thread's waiting events share one)",
+            &s.records,
+        )?;
         let g = enc.encode_descriptor(
             "event_log_buffered",
             "Events waiting for the Kafka brokers (in memory and in the producer)",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new((self.0.queued() + self.0.in_flight()) as i64).encode(g)
+        ConstGauge::new(i64::try_from(self.0.buffered()).unwrap_or(i64::MAX)).encode(g)
     }
 }
 

@@ -7,7 +7,8 @@
 # pairs:    `messenger-bench pairs` (50 pairs, 10 s) against a fresh in-memory server,
 #           without and with `--kafka` (the event log), alternating in one invocation.
 #           Server on core 0, generator on core 1, the broker on core 1.
-#           PAIRS_MODES (default "plain kafka"): add `plain-old` / `kafka-old` for another
+#           PAIRS_MODES (default "plain kafka"): add `kafka1` for the event log with one
+#           event per record (kafka.event_batch = 1), `plain-old` / `kafka-old` for another
 #           server binary (OLD_SERVER=PATH, e.g. a build of another commit) in the same
 #           run, for A/B; SERVER=PATH replaces the default binary. The server's event
 #           log counters are saved as pairs-MODE-N.metrics.
@@ -60,6 +61,7 @@ for n in $(seq "$RUNS"); do
           case $mode in
             plain) server ;;
             kafka) server --kafka "$BROKERS" ;;
+            kafka1) MESSENGER_KAFKA__EVENT_BATCH=1 server --kafka "$BROKERS" ;;
             plain-old) BIN=${OLD_SERVER:?OLD_SERVER=PATH for $mode} server ;;
             kafka-old) BIN=${OLD_SERVER:?OLD_SERVER=PATH for $mode} server --kafka "$BROKERS" ;;
             *) echo "unknown pairs mode: $mode" >&2; exit 2 ;;

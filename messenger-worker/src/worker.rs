@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -341,6 +341,33 @@ impl Shared {
     }
 }
 
+/// The events of one event log record: the record itself when it holds one event, or
+/// its newline-separated events (a server packs a thread's queued events into one
+/// record; compact JSON never holds a raw newline). Never empty: an empty or blank
+/// record is one (undecodable) event.
+fn split_record(record: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, b) in record.iter().enumerate() {
+        if *b == b'\n' {
+            if i > start {
+                out.push(record.slice(start..i));
+            }
+            start = i + 1;
+        }
+    }
+    if start == 0 {
+        return vec![record.clone()];
+    }
+    if start < record.len() {
+        out.push(record.slice(start..));
+    }
+    if out.is_empty() {
+        out.push(record.clone());
+    }
+    out
+}
+
 fn batch_body(items: &[Item], array: bool) -> Bytes {
     if !array {
         return items[0].body.clone();
@@ -641,41 +668,71 @@ pub async fn run(
         };
         metrics.brokers_up.store(true, Ordering::Relaxed);
         let (partition, offset) = (m.partition(), m.offset());
-        let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let record = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         drop(m);
+        let events = split_record(&record);
+        // A permit per event (the first is held), at most `max_in_flight`: a record of
+        // many events is as much work as as many records.
+        let want = events.len().min(cfg.max_in_flight);
+        let mut permits = Some(permit);
+        if want > 1 {
+            let extra = tokio::select! {
+                _ = &mut shutdown => break,
+                p = sem.clone().acquire_many_owned(want as u32 - 1) => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if let Some(p) = permits.as_mut() {
+                p.merge(extra);
+            }
+        }
         offsets.start(partition, offset);
-        metrics.in_flight.inc();
-        // Taken here, in the partition's order: a thread's events are in one partition.
-        let turn = shared.push.as_ref().map(|p| p.turn(&key));
-        let (shared, offsets, metrics) = (shared.clone(), offsets.clone(), metrics.clone());
-        tokio::spawn(async move {
-            match serde_json::from_slice::<Header>(&raw) {
-                Ok(h) => {
-                    metrics
-                        .events
-                        .get_or_create(&vec![("type", h.kind.clone())])
-                        .inc();
-                    let created = h.created_at;
-                    shared.clone().handle(h, key, raw, turn).await;
-                    let age = now_ms().saturating_sub(created);
-                    metrics.handoff_seconds.observe(age as f64 / 1000.0);
-                }
-                Err(e) => {
-                    let rec = serde_json::json!({
-                        "kind": "undecodable", "failed_at": now_ms(),
-                        "error": e.to_string(), "event": String::from_utf8_lossy(&raw),
-                    });
-                    shared.dead_letter("undecodable", &key, rec).await;
-                    if let Some(mut turn) = turn {
-                        turn.wait().await;
+        // The record's offset is done when its last event is.
+        let left = Arc::new(AtomicUsize::new(events.len()));
+        for raw in events {
+            let permit = if permits.as_ref().is_some_and(|p| p.num_permits() > 1) {
+                permits.as_mut().and_then(|p| p.split(1))
+            } else {
+                permits.take()
+            };
+            metrics.in_flight.inc();
+            // Taken here, in the partition's order (a thread's events are in one
+            // partition, and in order within a record).
+            let turn = shared.push.as_ref().map(|p| p.turn(&key));
+            let (shared, offsets, metrics) = (shared.clone(), offsets.clone(), metrics.clone());
+            let (left, key) = (left.clone(), key.clone());
+            tokio::spawn(async move {
+                match serde_json::from_slice::<Header>(&raw) {
+                    Ok(h) => {
+                        metrics
+                            .events
+                            .get_or_create(&vec![("type", h.kind.clone())])
+                            .inc();
+                        let created = h.created_at;
+                        shared.clone().handle(h, key, raw, turn).await;
+                        let age = now_ms().saturating_sub(created);
+                        metrics.handoff_seconds.observe(age as f64 / 1000.0);
+                    }
+                    Err(e) => {
+                        let rec = serde_json::json!({
+                            "kind": "undecodable", "failed_at": now_ms(),
+                            "error": e.to_string(), "event": String::from_utf8_lossy(&raw),
+                        });
+                        shared.dead_letter("undecodable", &key, rec).await;
+                        if let Some(mut turn) = turn {
+                            turn.wait().await;
+                        }
                     }
                 }
-            }
-            offsets.complete(partition, offset);
-            metrics.in_flight.dec();
-            drop(permit);
-        });
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    offsets.complete(partition, offset);
+                }
+                metrics.in_flight.dec();
+                drop(permit);
+            });
+        }
     }
     tracing::info!("stopping: waiting for hand-offs in flight");
     let all = u32::try_from(cfg.max_in_flight).unwrap_or(u32::MAX);
@@ -720,6 +777,26 @@ mod tests {
 
     fn names(v: &[UserId]) -> Vec<&str> {
         v.iter().map(|u| u.as_str()).collect()
+    }
+
+    #[test]
+    fn a_record_splits_into_its_events() {
+        let one = Bytes::from_static(b"{\"id\":\"1\"}");
+        assert_eq!(split_record(&one), vec![one.clone()]);
+        let three = Bytes::from_static(b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"3\"}");
+        let parts = split_record(&three);
+        assert_eq!(
+            parts,
+            vec![
+                Bytes::from_static(b"{\"id\":\"1\"}"),
+                Bytes::from_static(b"{\"id\":\"2\"}"),
+                Bytes::from_static(b"{\"id\":\"3\"}"),
+            ]
+        );
+        let trailing = Bytes::from_static(b"{\"id\":\"1\"}\n");
+        assert_eq!(split_record(&trailing).len(), 1);
+        assert_eq!(split_record(&Bytes::new()), vec![Bytes::new()]);
+        assert_eq!(split_record(&Bytes::from_static(b"\n")).len(), 1);
     }
 
     #[test]

@@ -583,8 +583,9 @@ events = ["thread.created"]
     wp.assert_running();
 }
 
-/// Reads `topic` from the start until a record's JSON matches `pred`: the record, its
-/// partition and offset.
+/// Reads `topic` from the start until an event's JSON matches `pred`: the event, its
+/// record's partition and offset (an event log record holds one event, or several of
+/// one thread separated by newlines).
 async fn read_topic(
     brokers: &str,
     topic: &str,
@@ -605,10 +606,11 @@ async fn read_topic(
             .await
             .unwrap_or_else(|_| panic!("no matching record in {topic} within 60 s"))
             .expect("consume");
-        let v: Value =
-            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
-        if pred(&v) {
-            return (v, m.partition(), m.offset());
+        for line in m.payload().unwrap_or_default().split(|b| *b == b'\n') {
+            let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+            if pred(&v) {
+                return (v, m.partition(), m.offset());
+            }
         }
     }
 }
