@@ -97,6 +97,7 @@ fn pack(
     max_events: usize,
     max_bytes: usize,
     unencodable: &mut u64,
+    spare: &mut Vec<Vec<u8>>,
 ) -> Vec<Record> {
     let mut records: Vec<Record> = Vec::new();
     // The record each thread is filling, by index into `records`.
@@ -129,9 +130,11 @@ fn pack(
                 let rec = match slot {
                     Some(i) => &mut records[i],
                     None => {
+                        let mut payload = spare.pop().unwrap_or_default();
+                        payload.clear();
                         records.push(Record {
                             key: key.to_vec(),
-                            payload: Vec::with_capacity(512),
+                            payload,
                             events: 0,
                         });
                         let i = records.len() - 1;
@@ -156,6 +159,19 @@ fn pack(
     }
     records.retain(|r| r.events > 0);
     records
+}
+
+/// Payload buffers kept for the next records: the producer copies what it is given, so
+/// a sent record's buffer is reused instead of freed (fresh buffers of tens of KiB cost
+/// the allocator and page faults on every record).
+const SPARE_BUFFERS: usize = 64;
+/// A buffer grown beyond this (one huge event) is freed rather than kept.
+const SPARE_MAX_BYTES: usize = 2 * MAX_RECORD_BYTES;
+
+fn keep(spare: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_BYTES {
+        spare.push(buf);
+    }
 }
 
 struct Shared {
@@ -298,6 +314,8 @@ pub struct KafkaEventLog {
     topic: String,
     /// Most events per record.
     batch: usize,
+    /// Payload buffers to reuse (only the pump uses them).
+    spare: Mutex<Vec<Vec<u8>>>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -364,6 +382,7 @@ impl KafkaEventLog {
             producer,
             topic: opts.events_topic.clone(),
             batch,
+            spare: Mutex::new(Vec::new()),
             pump: Mutex::new(None),
         });
         let weak = Arc::downgrade(&log);
@@ -420,7 +439,14 @@ impl KafkaEventLog {
                 return true;
             }
             let mut unencodable = 0;
-            let records = pack(batch, self.batch, MAX_RECORD_BYTES, &mut unencodable);
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let records = pack(
+                batch,
+                self.batch,
+                MAX_RECORD_BYTES,
+                &mut unencodable,
+                &mut spare,
+            );
             if unencodable > 0 {
                 self.shared
                     .stats
@@ -445,6 +471,7 @@ impl KafkaEventLog {
                             .handed_over
                             .fetch_add(r.events as u64, Ordering::Relaxed);
                         s.stats.records.fetch_add(1, Ordering::Relaxed);
+                        keep(&mut spare, r.payload);
                     }
                     Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                         let mut q = s.lock();
@@ -467,6 +494,7 @@ impl KafkaEventLog {
                             .fetch_add(r.events as u64, Ordering::Relaxed);
                         tracing::error!(error = %e, events = r.events,
                             "event log: the producer refused a record");
+                        keep(&mut spare, r.payload);
                     }
                 }
             }
@@ -604,7 +632,7 @@ mod tests {
     #[test]
     fn a_threads_events_share_records_in_order_up_to_the_cap() {
         let batch = events(&[("g:a", 1), ("g:b", 1), ("g:a", 2), ("g:a", 3), ("g:b", 2)]);
-        let records = pack(batch, 2, MAX_RECORD_BYTES, &mut 0);
+        let records = pack(batch, 2, MAX_RECORD_BYTES, &mut 0, &mut Vec::new());
         assert_eq!(
             shape(&records),
             vec![
@@ -618,7 +646,13 @@ mod tests {
     #[test]
     fn a_record_with_one_event_is_the_plain_event_json() {
         let e = ev("g:a", 7);
-        let records = pack([Pending::Event(e.clone())], 100, MAX_RECORD_BYTES, &mut 0);
+        let records = pack(
+            [Pending::Event(e.clone())],
+            100,
+            MAX_RECORD_BYTES,
+            &mut 0,
+            &mut Vec::new(),
+        );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].payload, serde_json::to_vec(&e).expect("json"));
     }
@@ -630,6 +664,7 @@ mod tests {
             100,
             MAX_RECORD_BYTES,
             &mut 0,
+            &mut Vec::new(),
         )
         .pop()
         .expect("record");
@@ -640,7 +675,7 @@ mod tests {
             events: back.events,
         });
         batch.extend(events(&[("g:a", 4), ("g:b", 1)]));
-        let records = pack(batch, 100, MAX_RECORD_BYTES, &mut 0);
+        let records = pack(batch, 100, MAX_RECORD_BYTES, &mut 0, &mut Vec::new());
         assert_eq!(
             shape(&records),
             vec![
@@ -656,7 +691,7 @@ mod tests {
     fn the_byte_cap_closes_a_record() {
         let batch = events(&[("g:a", 1), ("g:a", 2), ("g:a", 3)]);
         // Any event is over one byte: each record closes after its first event.
-        let records = pack(batch, 100, 1, &mut 0);
+        let records = pack(batch, 100, 1, &mut 0, &mut Vec::new());
         assert_eq!(
             shape(&records),
             vec![
