@@ -243,7 +243,8 @@ describe("against the real server", { timeout: 120_000 }, () => {
     const dataDir = scratchDir("app-restart");
     const storeFile = path.join(scratchDir("app-store"), "s-alice.json");
     const own = await startServer({ dataDir });
-    const alice = await connected(own.wsUrl, "s-alice", { store: await FileStore.open(storeFile) });
+    const aliceStore = await FileStore.open(storeFile);
+    const alice = await connected(own.wsUrl, "s-alice", { store: aliceStore });
     const bob = await connected(own.wsUrl, "s-bob");
     const thread = (await alice.client.createDirect("s-bob")).threadId;
     await alice.client.send(thread, "m1");
@@ -255,6 +256,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     await waitFor("alice disconnected", () => isState("disconnected")(alice));
     const lost = ["written offline 1", "written offline 2"].map((t) => alice.client.send(thread, t).catch((e: MessengerError) => e));
     await alice.client.close();
+    await aliceStore.close();
     for (const e of await Promise.all(lost)) assert.equal((e as MessengerError).kind, "closed");
 
     // Bob writes while alice's app is closed (after the server is back).
@@ -282,8 +284,11 @@ describe("against the real server", { timeout: 120_000 }, () => {
     assert.deepEqual(seqs(bob.messages(thread)), range(1, 5));
     assert.equal((await alice2.client.historyAfter(thread, 0)).length, 5, "each stored once");
     await closeAll(alice2, bob);
+    await store.close();
     // The store is empty of sends, and its position is the thread's end.
-    const left = await (await FileStore.open(storeFile)).load();
+    const reopened = await FileStore.open(storeFile);
+    const left = await reopened.load();
+    await reopened.close();
     assert.deepEqual([left.outbox.length, left.threads.find((t) => t.threadId === thread)?.heldSeq], [0, 5]);
     await again.stop();
   });
@@ -291,7 +296,8 @@ describe("against the real server", { timeout: 120_000 }, () => {
   test("a send stored by the server whose reply was lost before the app closed is not stored twice", { timeout: TEST_TIMEOUT }, async () => {
     const proxy = await Proxy.start(server.port);
     const storeFile = path.join(scratchDir("lost-store"), "u-alice.json");
-    const alice = await connected(proxy.wsUrl, "u-alice", { store: await FileStore.open(storeFile) });
+    const aliceStore = await FileStore.open(storeFile);
+    const alice = await connected(proxy.wsUrl, "u-alice", { store: aliceStore });
     const thread = (await alice.client.createDirect("u-bob")).threadId;
     // The server stores the message, but its `message_sent` never reaches alice: the
     // network dies with it and her app is closed.
@@ -307,10 +313,12 @@ describe("against the real server", { timeout: 120_000 }, () => {
     const first = alice.client.send(thread, "hello", { tempId: "kept-across" }).catch((e: MessengerError) => e);
     await waitFor("the reply dropped", () => dropped);
     await alice.client.close();
+    await aliceStore.close();
     assert.equal(((await first) as MessengerError).kind, "closed");
 
     await proxy.up();
-    const alice2 = testClient(proxy.wsUrl, "u-alice", { store: await FileStore.open(storeFile) });
+    const alice2Store = await FileStore.open(storeFile);
+    const alice2 = testClient(proxy.wsUrl, "u-alice", { store: alice2Store });
     // The app asks for the send's result again under its temp id.
     const again = alice2.client.send(thread, "hello", { tempId: "kept-across" });
     await alice2.client.connect();
@@ -321,6 +329,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     assert.deepEqual(seqs(alice2.messages(thread)), [1]);
     assert.equal((await alice2.client.historyAfter(thread, 0)).length, 1, "stored once");
     await closeAll(alice2);
+    await alice2Store.close();
     await proxy.close();
   });
 
@@ -352,6 +361,7 @@ describe("against the real server", { timeout: 120_000 }, () => {
     const store = await FileStore.open(storeFile);
     const alice = await connected(server.wsUrl, "v-alice", { store });
     await alice.client.close();
+    await store.close();
     const mallory = testClient(server.wsUrl, "v-mallory", { store: await FileStore.open(storeFile) });
     await assert.rejects(mallory.client.connect(), (e: MessengerError) => e.kind === "wrong_user" && e.message.includes("v-alice"));
   });

@@ -4,7 +4,8 @@
 // (browser.test.ts), never against a fake.
 
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
@@ -26,7 +27,10 @@ describe("client store contract", () => {
 
   test("FileStore (a restart opens the file again)", async () => {
     const file = path.join(dir, "contract", "alice.json");
-    await storeContract(() => FileStore.open(file));
+    await storeContract(
+      () => FileStore.open(file),
+      (s) => (s as FileStore).close(),
+    );
   });
 });
 
@@ -38,6 +42,7 @@ describe("FileStore", () => {
     const onDisk = JSON.parse(readFileSync(file, "utf8")) as { format: number; outbox: unknown[] };
     assert.equal(onDisk.format, 1);
     assert.equal(onDisk.outbox.length, 20);
+    await store.close();
     const { readdirSync } = await import("node:fs");
     assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith("atomic.json")), ["atomic.json"]);
   });
@@ -54,8 +59,54 @@ describe("FileStore", () => {
       (e: MessengerError) => e.kind === "store" && e.message.includes("cannot write"),
     );
     assert.deepEqual(await store.load(), { userId: "alice", synced: false, outbox: [], threads: [], receipts: [] });
-    // A folder it cannot read is refused when opening.
-    await assert.rejects(FileStore.open(path.join(folder, "s.json")), (e: MessengerError) => e.kind === "store" && e.message.includes("cannot read"));
+    // A folder that is a file is refused when opening.
+    await store.close();
+    await assert.rejects(FileStore.open(path.join(folder, "s.json")), (e: MessengerError) => e.kind === "store" && e.message.includes("cannot create the folder"));
+  });
+
+  test("one client per file: a second open is refused until the first closes", async () => {
+    const file = path.join(dir, "locked", "s.json");
+    const first = await FileStore.open(file);
+    await first.save({ userId: "alice" });
+    await assert.rejects(FileStore.open(file), (e: MessengerError) => e.kind === "store" && e.message.includes("already open in this process"));
+    // Another process cannot open it either while this one runs.
+    const other = spawnSync(process.execPath, ["--input-type=module", "-e", `
+      import { FileStore } from ${JSON.stringify(new URL("../src/node.js", import.meta.url).href)};
+      try { await FileStore.open(${JSON.stringify(file)}); console.log("opened"); }
+      catch (e) { console.log(e.kind + ": " + e.message); }
+    `], { encoding: "utf8" });
+    assert.match(other.stdout, new RegExp(`^store: the client store .* is in use by process ${process.pid} `), other.stderr);
+    await first.close();
+    await assert.rejects(first.save({ synced: true }), (e: MessengerError) => e.kind === "store" && e.message.includes("is closed"));
+    await assert.rejects(first.load(), (e: MessengerError) => e.kind === "store" && e.message.includes("is closed"));
+    const second = await FileStore.open(file);
+    assert.equal((await second.load()).userId, "alice");
+    await second.close();
+    assert.equal(existsSync(`${file}.lock`), false, "close removes the lock file");
+  });
+
+  test("a lock left by a killed process is taken over", async () => {
+    const file = path.join(dir, "stale", "s.json");
+    // A process that opens the store, saves, and is killed without closing it.
+    const child = spawn(process.execPath, ["--input-type=module", "-e", `
+      import { FileStore } from ${JSON.stringify(new URL("../src/node.js", import.meta.url).href)};
+      const s = await FileStore.open(${JSON.stringify(file)});
+      await s.save({ userId: "bob" });
+      console.log("saved");
+      setInterval(() => {}, 1000);
+    `], { stdio: ["ignore", "pipe", "inherit"] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on("data", (d: Buffer) => d.toString().includes("saved") && resolve());
+      child.once("exit", (code) => reject(new Error(`the child exited (${code}) before saving`)));
+    });
+    assert.equal(readFileSync(`${file}.lock`, "utf8").trim(), String(child.pid));
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGKILL");
+    await exited;
+    const store = await FileStore.open(file);
+    assert.equal((await store.load()).userId, "bob");
+    assert.equal(readFileSync(`${file}.lock`, "utf8").trim(), String(process.pid));
+    await store.close();
   });
 
   test("a file that is not a store is refused with what to do", async () => {
