@@ -386,6 +386,53 @@ impl Relay for RedisRelay {
     }
 }
 
+/// The nodes whose claim is live in Redis (see `scripts::LIVE_NODES`).
+pub(crate) async fn live_nodes(sh: &Shared) -> Result<Vec<NodeId>> {
+    let mut con = sh.con.clone();
+    let ids: Vec<String> = scripts::LIVE_NODES
+        .key(sh.keys.nodes())
+        .arg(sh.keys.node_prefix())
+        .invoke_async(&mut con)
+        .await
+        .map_err(|e| map("live nodes", e))?;
+    Ok(ids.iter().filter_map(|n| parse_node(n)).collect())
+}
+
+/// Another [`Relay`] (for example the Kafka relay, which cannot tell which nodes
+/// listen) whose [`nodes`](Relay::nodes) comes from Redis when the relay itself cannot
+/// list them: the nodes whose claim is live, that is, whose heartbeat reached Redis
+/// within `node_ttl`. Made by [`RedisCluster::relay_with_live_nodes`](crate::RedisCluster::relay_with_live_nodes).
+///
+/// With it the engine sends a large thread's messages as one envelope per live node
+/// instead of looking up every member in the session directory. A node is live from
+/// its claim, which comes before it subscribes to the relay and accepts sessions, and
+/// stays live until its claim expires or is released, after its sessions are gone; a
+/// node listed but not (yet, or no longer) listening misses the envelope, which its
+/// sessions' catch-up covers, as with every best-effort relay.
+pub struct LiveNodesRelay {
+    pub(crate) inner: Arc<dyn Relay>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl Relay for LiveNodesRelay {
+    async fn send(&self, node: NodeId, envelope: Envelope) -> Result<()> {
+        self.inner.send(node, envelope).await
+    }
+
+    async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>> {
+        self.inner.subscribe(node).await
+    }
+
+    /// The inner relay's list when it has one, otherwise the nodes live in Redis.
+    async fn nodes(&self) -> Result<Option<Vec<NodeId>>> {
+        if let Some(list) = self.inner.nodes().await? {
+            return Ok(Some(list));
+        }
+        live_nodes(&self.shared).await.map(Some)
+    }
+}
+
 /// `s` with Redis glob specials escaped, to match it literally in a pattern.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -24,6 +24,11 @@ impl Keys {
         format!("{}:node:{n}", self.prefix)
     }
 
+    /// `{p}:node:`: the prefix of every node's liveness key.
+    pub fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+
     /// `{p}:nodes`: hash node id -> last heartbeat (Unix ms); what reapers scan.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

@@ -82,7 +82,9 @@
 //! `send` to a node nobody listens on succeeds, as the trait says (best effort).
 //! [`Relay::nodes`](messenger_core::Relay::nodes) is one `PUBSUB CHANNELS {p}:relay:*`:
 //! the nodes subscribed right now, which the engine sends a large group's messages to
-//! (one envelope per node, no lookup per member).
+//! (one envelope per node, no lookup per member). Another relay that cannot list its
+//! nodes (Kafka's) gets that list from here through
+//! [`RedisCluster::relay_with_live_nodes`]: the nodes whose claim is live.
 //!
 //! # Failure behaviour
 //!
@@ -125,5 +127,5 @@ mod node;
 mod scripts;
 mod subscribe;
 
-pub use adapters::{RedisPresence, RedisRelay, RedisSessionDirectory};
+pub use adapters::{LiveNodesRelay, RedisPresence, RedisRelay, RedisSessionDirectory};
 pub use node::{RedisCluster, RedisOptions};

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::adapters::{self, RedisPresence, RedisRelay, RedisSessionDirectory};
+use crate::adapters::{self, LiveNodesRelay, RedisPresence, RedisRelay, RedisSessionDirectory};
 use crate::error::map;
 use crate::keys::Keys;
 use crate::scripts;
@@ -446,6 +446,24 @@ impl RedisCluster {
         Arc::new(RedisRelay {
             shared: self.shared.clone(),
         })
+    }
+
+    /// `relay` (another transport, for example Kafka's) with [`Relay::nodes`] answered
+    /// from this Redis when `relay` cannot list its nodes: the nodes whose claim is live
+    /// (see [`LiveNodesRelay`]). Large threads then cost one envelope per live node
+    /// instead of a directory lookup of every member.
+    pub fn relay_with_live_nodes(&self, relay: Arc<dyn Relay>) -> Arc<dyn Relay> {
+        Arc::new(LiveNodesRelay {
+            inner: relay,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The nodes whose claim is live in Redis right now: their liveness key has not
+    /// expired (it is refreshed every heartbeat and expires `node_ttl` after the last
+    /// one, on Redis's clock). This node is among them while it holds its id.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeId>> {
+        adapters::live_nodes(&self.shared).await
     }
 
     /// Clean shutdown: stops the background tasks and every stream from this cluster,

@@ -36,6 +36,26 @@ return 0
     )
 });
 
+/// The nodes whose claim is live: every node id in the registry hash whose liveness key
+/// still exists (Redis expires it `node_ttl` after the node's last heartbeat, on Redis's
+/// clock, so a node whose own clock is off is judged the same way).
+///
+/// KEYS: 1 nodes registry hash. ARGV: 1 liveness key prefix (`{p}:node:`).
+/// Returns the live node ids (as strings).
+pub(crate) static LIVE_NODES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local live = {}
+for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. n) == 1 then
+    table.insert(live, n)
+  end
+end
+return live
+"#,
+    )
+});
+
 /// Releases a node id if this instance still holds it, and drops it from the registry.
 ///
 /// KEYS: 1 node liveness key, 2 nodes registry hash. ARGV: 1 token, 2 node id.

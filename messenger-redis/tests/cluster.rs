@@ -2,12 +2,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use messenger_core::model::{Envelope, EnvelopeTo, PresenceInfo, PresenceStatus, SessionEntry};
 use messenger_core::time::now_ms;
-use messenger_core::{ErrorKind, NodeId, SessionId, UserId};
+use messenger_core::{ErrorKind, NodeId, Relay, SessionId, UserId};
 use messenger_redis::{RedisCluster, RedisOptions};
 
 fn user(name: &str) -> UserId {
@@ -198,6 +199,80 @@ async fn relay_delivers_from_a_to_b_only() {
         .unwrap();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A relay that cannot list its nodes (as Kafka's), for `relay_with_live_nodes`.
+struct Unlisted(Arc<dyn Relay>);
+
+#[async_trait::async_trait]
+impl Relay for Unlisted {
+    async fn send(&self, node: NodeId, envelope: Envelope) -> messenger_core::Result<()> {
+        self.0.send(node, envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        node: NodeId,
+    ) -> messenger_core::Result<BoxStream<'static, Envelope>> {
+        self.0.subscribe(node).await
+    }
+}
+
+fn sorted(mut list: Vec<NodeId>) -> Vec<NodeId> {
+    list.sort_unstable();
+    list
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_nodes_answer_for_a_relay_that_cannot_list_its_own() {
+    let opts = common::fast_options("live");
+    let (a, b, c) = (
+        connect(1, &opts).await,
+        connect(2, &opts).await,
+        connect(3, &opts).await,
+    );
+    assert_eq!(
+        sorted(a.live_nodes().await.unwrap()),
+        [node(1), node(2), node(3)]
+    );
+    let unlisted: Arc<dyn Relay> = Arc::new(Unlisted(a.relay()));
+    assert_eq!(unlisted.nodes().await.unwrap(), None);
+    let relay = a.relay_with_live_nodes(unlisted);
+    let listed = relay
+        .nodes()
+        .await
+        .unwrap()
+        .expect("Redis lists the live nodes");
+    assert_eq!(sorted(listed), [node(1), node(2), node(3)]);
+    // Sending and subscribing go to the inner relay.
+    let mut at_b = relay.subscribe(node(2)).await.unwrap();
+    relay.send(node(2), env(node(1), "through")).await.unwrap();
+    assert_eq!(next_env(&mut at_b).await.frame, "through");
+
+    // A relay that lists its own nodes is asked first: the Redis relay lists the
+    // channels listened on (node 2 only), not the claims.
+    let own = a.relay_with_live_nodes(a.relay());
+    assert_eq!(own.nodes().await.unwrap(), Some(vec![node(2)]));
+
+    // A node released cleanly leaves at once; one that dies (no heartbeat, as after
+    // SIGKILL) leaves when its claim expires (node_ttl, on Redis's clock).
+    c.shutdown().await.unwrap();
+    assert_eq!(sorted(a.live_nodes().await.unwrap()), [node(1), node(2)]);
+    b.abandon();
+    let deadline = Instant::now() + opts.node_ttl + EVENT_BOUND;
+    loop {
+        let live = sorted(relay.nodes().await.unwrap().unwrap());
+        if live == [node(1)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 still listed {:?} after its claim should have expired: {live:?}",
+            opts.node_ttl + EVENT_BOUND
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

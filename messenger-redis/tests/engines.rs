@@ -124,3 +124,60 @@ mod engine_checks {
         })
     });
 }
+
+/// The large-thread path (one `members_of` envelope per node, no directory lookup per
+/// member) with a relay that cannot list its nodes itself (as Kafka's), its node list
+/// answered from the claims in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_groups_across_nodes_with_live_nodes_from_redis() {
+    use std::sync::Arc;
+
+    use futures::stream::BoxStream;
+    use messenger_core::model::Envelope;
+    use messenger_core::Relay;
+
+    struct Unlisted(Arc<dyn Relay>);
+
+    #[async_trait::async_trait]
+    impl Relay for Unlisted {
+        async fn send(&self, node: NodeId, envelope: Envelope) -> messenger_core::Result<()> {
+            self.0.send(node, envelope).await
+        }
+
+        async fn subscribe(
+            &self,
+            node: NodeId,
+        ) -> messenger_core::Result<BoxStream<'static, Envelope>> {
+            self.0.subscribe(node).await
+        }
+    }
+
+    let backend = MemBackend::new();
+    let opts = common::fast_options("live-engine");
+    let url = tokio::task::spawn_blocking(|| common::shared().url())
+        .await
+        .unwrap_or_else(|e| panic!("redis harness: {e}"));
+    let nodes = messenger_core::testkit::engine::node_adapters(move |node| {
+        let (backend, opts, url) = (backend.clone(), opts.clone(), url.clone());
+        async move {
+            let c = RedisCluster::connect(&url, node, opts)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}"));
+            let mut a = backend.adapters(node);
+            a.directory = c.directory();
+            a.presence = c.presence();
+            let relay = c.relay_with_live_nodes(Arc::new(Unlisted(c.relay())));
+            assert!(
+                relay
+                    .nodes()
+                    .await
+                    .unwrap()
+                    .is_some_and(|l| l.contains(&node)),
+                "node {node} is live in Redis once connected"
+            );
+            a.relay = relay;
+            a
+        }
+    });
+    messenger_core::testkit::engine::large_groups_across_nodes(nodes).await;
+}

@@ -214,9 +214,12 @@ async fn connect_redis(c: &ServerConfig, url: &str, b: &mut Backends) -> Result<
         })?;
     b.directory = Some(cluster.directory());
     b.presence = Some(cluster.presence());
-    if b.relay.is_none() {
-        b.relay = Some(cluster.relay());
-    }
+    b.relay = Some(match b.relay.take() {
+        // Another transport (Kafka) cannot tell which nodes listen: the live claims in
+        // Redis answer for it, so large threads still cost one envelope per node.
+        Some(relay) => cluster.relay_with_live_nodes(relay),
+        None => cluster.relay(),
+    });
     b.sessions = format!(
         "redis {} (prefix {}, node ttl {:?})",
         redact(url),
