@@ -129,9 +129,12 @@ async fn connect_kafka(
 #[cfg(feature = "hbase")]
 async fn connect_hbase(c: &ServerConfig, addr: &str, b: &mut Backends) -> Result<(), ServerError> {
     use messenger_storage_hbase::{HBaseOptions, HBaseStore};
-    let opts = HBaseOptions::new(addr)
+    let mut opts = HBaseOptions::new(addr)
         .with_table_prefix(c.hbase.table_prefix.clone())
         .with_pool_size(c.hbase.pool_size);
+    if !c.hbase.member_cache {
+        opts.member_cache_min = None;
+    }
     let store = HBaseStore::connect(opts)
         .await
         .map_err(|source| ServerError::Backend {

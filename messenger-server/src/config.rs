@@ -398,6 +398,10 @@ pub struct HBaseSettings {
     /// sends in flight holds one for its seq claim; reads and bookkeeping share
     /// coalesced multi-row calls).
     pub pool_size: usize,
+    /// Keep large threads' member lists in memory, validated on every read by the
+    /// list's cell timestamp (`docs/hbase-schema.md`, "Member cache"). Default true;
+    /// turn it off while nodes of an older version still change memberships.
+    pub member_cache: bool,
 }
 
 impl Default for HBaseSettings {
@@ -406,6 +410,7 @@ impl Default for HBaseSettings {
             address: None,
             table_prefix: "messenger_".into(),
             pool_size: 32,
+            member_cache: true,
         }
     }
 }

@@ -90,6 +90,15 @@ pub struct HBaseOptions {
     pub message_ttl: Option<Duration>,
     /// Create absent tables in [`HBaseStore::connect`]. Default true.
     pub create_tables: bool,
+    /// Threads with at least this many members keep their info in this process's
+    /// memory: `get_thread` (every send's membership check) then reads only the
+    /// member list's cell timestamp and length (a `KeyOnlyFilter` get of one cell)
+    /// and rereads the row only when another process changed the list. `None` turns
+    /// the cache off. Default `Some(32)`: a 10 000-member list is ~100 KB per read.
+    pub member_cache_min: Option<usize>,
+    /// Most member ids the cache holds over all threads (about 50 bytes each); past it
+    /// entries are dropped. Default 1 000 000.
+    pub member_cache_budget: usize,
 }
 
 impl HBaseOptions {
@@ -106,6 +115,8 @@ impl HBaseOptions {
             coalesce_max_rows: 1000,
             message_ttl: None,
             create_tables: true,
+            member_cache_min: Some(32),
+            member_cache_budget: 1_000_000,
         }
     }
 
@@ -135,6 +146,9 @@ pub(crate) struct Inner {
     pub(crate) coalesce: Arc<Coalescer>,
     /// What this process knows of each recently appended thread (see `messages`).
     pub(crate) states: messenger_core::sync::Sharded<messenger_core::ThreadId, messages::StateSlot>,
+    /// Large threads' info as last read, with the stamp of their member list (see
+    /// `threads`).
+    pub(crate) member_cache: threads::MemberCache,
     pub(crate) tables: Tables,
     pub(crate) opts: HBaseOptions,
 }
@@ -183,6 +197,7 @@ impl HBaseStore {
                 ),
                 pool,
                 states: messenger_core::sync::Sharded::new(),
+                member_cache: threads::MemberCache::default(),
                 tables: Tables::new(&opts.table_prefix),
                 opts,
             }),

@@ -1,5 +1,6 @@
 //! `ThreadStore` over the threads and user_threads tables. See `docs/hbase-schema.md`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +17,89 @@ use crate::HBaseStore;
 
 /// Compare-and-set rounds before a contended update gives up with `conflict`.
 const MAX_CAS_ROUNDS: u32 = 200;
+
+/// The stamp of a thread's member list: the `t:m` cell's timestamp and length. Every
+/// change of the list is written with a timestamp above the one it replaces
+/// (`change_members`), so an equal stamp is the same list.
+type Stamp = (i64, usize);
+
+/// Large threads' info as last read by this process, each with the stamp of its
+/// member list ([`HBaseOptions::member_cache_min`](crate::HBaseOptions::member_cache_min)).
+/// An entry is only ever served after the row's current stamp was read and found
+/// equal, so a change made by any process is seen by the next `get_thread`.
+#[derive(Default)]
+pub(crate) struct MemberCache {
+    threads: messenger_core::sync::Sharded<ThreadId, (Stamp, ThreadInfo)>,
+    /// Member ids held over all entries.
+    held: AtomicUsize,
+}
+
+impl MemberCache {
+    fn stamp(&self, thread: &ThreadId) -> Option<Stamp> {
+        self.threads.shard(thread).get(thread).map(|(s, _)| *s)
+    }
+
+    /// The cached info if its stamp is `stamp`.
+    fn get(&self, thread: &ThreadId, stamp: Stamp) -> Option<ThreadInfo> {
+        let shard = self.threads.shard(thread);
+        match shard.get(thread) {
+            Some((s, info)) if *s == stamp => Some(info.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `info` under `stamp` unless a newer stamp is held; drops entries while
+    /// more than `budget` member ids are held.
+    fn put(&self, stamp: Stamp, info: &ThreadInfo, budget: usize) {
+        let n = info.members.len();
+        if n > budget {
+            return;
+        }
+        {
+            let mut shard = self.threads.shard(&info.thread_id);
+            if let Some((s, _)) = shard.get(&info.thread_id) {
+                if *s >= stamp {
+                    return;
+                }
+            }
+            if let Some((_, old)) = shard.insert(info.thread_id.clone(), (stamp, info.clone())) {
+                self.held.fetch_sub(old.members.len(), Ordering::Relaxed);
+            }
+        }
+        if self.held.fetch_add(n, Ordering::Relaxed) + n <= budget {
+            return;
+        }
+        // Over budget (rare: only past a million cached member ids): drop other
+        // threads' entries, shard by shard, until under it again.
+        self.threads.for_each_shard(|shard| {
+            if self.held.load(Ordering::Relaxed) <= budget {
+                return;
+            }
+            shard.retain(|t, (_, i)| {
+                if *t == info.thread_id {
+                    return true;
+                }
+                self.held.fetch_sub(i.members.len(), Ordering::Relaxed);
+                false
+            });
+        });
+    }
+}
+
+/// The stamp of the `t:m` cell in `r`: from a full read (its value's length) or from a
+/// `KeyOnlyFilter(true)` read (its value is the length, a 4-byte big-endian int).
+fn stamp_in(r: &TResult, key_only: bool) -> Option<Stamp> {
+    let c = r
+        .column_values
+        .iter()
+        .find(|c| c.family == FAM_THREAD && c.qualifier == COL_MEMBERS)?;
+    let len = if key_only {
+        u32::from_be_bytes(c.value.as_slice().try_into().ok()?) as usize
+    } else {
+        c.value.len()
+    };
+    Some((c.timestamp?, len))
+}
 
 fn cell<'a>(r: &'a TResult, family: &[u8], qualifier: &[u8]) -> Option<&'a [u8]> {
     r.column_values
@@ -88,18 +172,54 @@ fn parse_thread(thread: &ThreadId, r: &TResult) -> Result<Option<ThreadInfo>> {
 impl HBaseStore {
     /// The thread's row, read through the coalescer: every send checks membership, and
     /// concurrent checks of many threads share one `getMultiple`.
+    ///
+    /// Family `t` only: the watermarks (`w`, one column per member) are not needed to
+    /// check membership, and a large thread has thousands of them.
     async fn thread_row(&self, thread: &ThreadId) -> Result<TResult> {
         let rows = self
             .inner
             .coalesce
             .get(
                 &self.inner.tables.threads,
-                vec![tget(thread_key(thread), None)],
+                vec![tget(thread_key(thread), Some(vec![col(FAM_THREAD)]))],
             )
             .await?;
         rows.into_iter()
             .next()
             .ok_or_else(|| Error::internal("getMultiple answered no row"))
+    }
+
+    /// The current stamp of the thread's member list, without the list: one cell, its
+    /// value replaced by its length (`KeyOnlyFilter(true)`), through the coalescer.
+    /// `None` when the thread has no member list (absent).
+    async fn members_stamp(&self, thread: &ThreadId) -> Result<Option<Stamp>> {
+        let mut get = tget(
+            thread_key(thread),
+            Some(vec![col_q(FAM_THREAD, COL_MEMBERS)]),
+        );
+        get.filter_string = Some(b"KeyOnlyFilter(true)".to_vec());
+        let rows = self
+            .inner
+            .coalesce
+            .get(&self.inner.tables.threads, vec![get])
+            .await?;
+        let r = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("getMultiple answered no row"))?;
+        Ok(stamp_in(&r, true))
+    }
+
+    /// Keeps a thread read in full in the member cache when it is large enough.
+    fn remember(&self, stamp: Option<Stamp>, info: &ThreadInfo) {
+        let opts = &self.inner.opts;
+        if let (Some(min), Some(stamp)) = (opts.member_cache_min, stamp) {
+            if info.members.len() >= min {
+                self.inner
+                    .member_cache
+                    .put(stamp, info, opts.member_cache_budget);
+            }
+        }
     }
 
     /// Conditional put on the threads table, sent once. An unknown outcome is reported as
@@ -169,6 +289,7 @@ impl HBaseStore {
             let info = parse_thread(thread, &r)?
                 .ok_or_else(|| Error::not_found(format!("thread {thread} not found")))?;
             let old = cell(&r, FAM_THREAD, COL_MEMBERS).unwrap_or(b"").to_vec();
+            let old_stamp = stamp_in(&r, false);
             let members = change(&info.members);
             let changed: Vec<UserId> = {
                 let added: Vec<UserId> = members
@@ -190,15 +311,26 @@ impl HBaseStore {
             // Index rows of joiners go in before the thread row says so (a reader filters
             // index rows by the thread's member list, never the other way round).
             self.put_index(&before_cas(&changed), thread).await?;
+            // Above the replaced list's timestamp even when the clock says otherwise
+            // (two changes in one millisecond, a clock stepped back): the member cache
+            // takes an equal stamp for an unchanged list.
+            let ts = old_stamp.map_or(0, |(t, _)| t.saturating_add(1));
+            let ts = ts.max(i64::try_from(messenger_core::time::now_ms()).unwrap_or(i64::MAX));
+            let encoded = encode_members(&members);
+            let stamp = (ts, encoded.len());
             let put = tput(
                 thread_key(thread),
-                vec![cv(FAM_THREAD, COL_MEMBERS, encode_members(&members))],
+                vec![cv_at(FAM_THREAD, COL_MEMBERS, encoded, ts)],
             );
             match self
                 .thread_cas(thread, FAM_THREAD, COL_MEMBERS.to_vec(), old, put)
                 .await?
             {
-                Some(true) => return Ok((ThreadInfo { members, ..info }, changed)),
+                Some(true) => {
+                    let info = ThreadInfo { members, ..info };
+                    self.remember(Some(stamp), &info);
+                    return Ok((info, changed));
+                }
                 Some(false) => {}
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -260,9 +392,26 @@ impl ThreadStore for HBaseStore {
         }
     }
 
+    /// A large thread held in the member cache costs a read of its list's stamp only,
+    /// and the full row only when the list changed since.
     async fn get_thread(&self, thread: &ThreadId) -> Result<Option<ThreadInfo>> {
+        if self.inner.opts.member_cache_min.is_some() {
+            if let Some(held) = self.inner.member_cache.stamp(thread) {
+                if let Some(now) = self.members_stamp(thread).await? {
+                    if now == held {
+                        if let Some(info) = self.inner.member_cache.get(thread, now) {
+                            return Ok(Some(info));
+                        }
+                    }
+                }
+            }
+        }
         let r = self.thread_row(thread).await?;
-        parse_thread(thread, &r)
+        let info = parse_thread(thread, &r)?;
+        if let Some(info) = &info {
+            self.remember(stamp_in(&r, false), info);
+        }
+        Ok(info)
     }
 
     async fn add_members(&self, thread: &ThreadId, members: &[UserId]) -> Result<MembershipChange> {

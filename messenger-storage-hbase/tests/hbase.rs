@@ -61,6 +61,89 @@ mod conformance {
     }
 }
 
+/// The thread store suite again with every thread in the member cache (its minimum at
+/// 0): each check's reads go through the stamp check.
+mod conformance_member_cache {
+    use super::*;
+    messenger_core::thread_store_tests!(|| async {
+        let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+            .await
+            .unwrap_or_else(|e| panic!("harness: {e}"));
+        let mut opts = options(&addr);
+        opts.member_cache_min = Some(0);
+        Arc::new(
+            HBaseStore::connect(opts)
+                .await
+                .unwrap_or_else(|e| panic!("connect to HBase at {addr}: {e}")),
+        ) as Arc<dyn ThreadStore>
+    });
+}
+
+/// Two processes' stores on one thread: what one changes, the other's next
+/// `get_thread` returns, although it serves the thread from its member cache. The
+/// changes come faster than the clock ticks (the same member added and removed again,
+/// so the list's length returns to an earlier one): every change still gets a stamp
+/// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_cache_sees_every_change_made_by_another_process() {
+    use messenger_core::model::{NewThread, ThreadKind};
+    let addr = tokio::task::spawn_blocking(|| hbase().addr.clone())
+        .await
+        .unwrap_or_else(|e| panic!("harness: {e}"));
+    let cached = || {
+        let mut o = options(&addr);
+        o.member_cache_min = Some(8);
+        o
+    };
+    let a = HBaseStore::connect(cached()).await.unwrap();
+    let b = HBaseStore::connect(cached()).await.unwrap();
+    let t = ThreadId::new(unique("g:cache")).unwrap();
+    let members: Vec<UserId> = (0..40)
+        .map(|i| UserId::new(format!("cm{i}")).unwrap())
+        .collect();
+    a.create_thread(NewThread {
+        thread_id: t.clone(),
+        kind: ThreadKind::Group,
+        title: Some("cached".into()),
+        members: members.clone(),
+        created_at: now_ms(),
+    })
+    .await
+    .unwrap();
+    let first = a.get_thread(&t).await.unwrap().unwrap();
+    assert_eq!(first.members, members);
+    // Served again from the cache: the same info.
+    assert_eq!(a.get_thread(&t).await.unwrap().unwrap(), first);
+
+    let x = UserId::new("cm-extra").unwrap();
+    for round in 0..25 {
+        let added = b.add_members(&t, std::slice::from_ref(&x)).await.unwrap();
+        assert_eq!(added.changed, vec![x.clone()]);
+        let seen = a.get_thread(&t).await.unwrap().unwrap();
+        assert_eq!(
+            seen.members, added.thread.members,
+            "round {round}: after add"
+        );
+        assert!(seen.is_member(&x));
+        let removed = b.remove_member(&t, &x).await.unwrap();
+        assert_eq!(removed.changed, vec![x.clone()]);
+        let seen = a.get_thread(&t).await.unwrap().unwrap();
+        assert_eq!(seen.members, members, "round {round}: after remove");
+        assert!(!seen.is_member(&x));
+        // And the other way round: a's change, b's read.
+        a.add_members(&t, std::slice::from_ref(&x)).await.unwrap();
+        assert!(b.get_thread(&t).await.unwrap().unwrap().is_member(&x));
+        a.remove_member(&t, &x).await.unwrap();
+        assert!(!b.get_thread(&t).await.unwrap().unwrap().is_member(&x));
+    }
+    let last = a.get_thread(&t).await.unwrap().unwrap();
+    assert_eq!(
+        (last.title.as_deref(), last.kind),
+        (Some("cached"), ThreadKind::Group)
+    );
+    assert_eq!(last.created_at, first.created_at);
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), now_ms())
 }
