@@ -11,6 +11,9 @@
 #   biggroup-lookup  the same with `[redis] large_group_relay = false`: the per-member
 #                    directory lookup of every large-group message (the path before
 #                    the members_of envelope), same binary, for the A/B
+#   biggroup-nocache the same with `[hbase] member_cache = false`: every membership
+#                    check reads the whole member list (same binary, for the A/B)
+#   biggroup-before  biggroup through the binary in BEFORE_SERVER (an older build)
 #   xpairs           2 nodes; 50 pairs, the two sides of each pair on different nodes
 #                    (cross-node 1:1), as fast as they go, 10 s; then xpairs-half at
 #                    half of the rate this round's xpairs delivered (latency)
@@ -154,6 +157,17 @@ for n in $(seq "$RUNS"); do
         rate=100; [ "$s" = biggroup-half ] && rate=50
         start_nodes "bg$n$rate" 3
         bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
+        stop_nodes ;;
+      biggroup-nocache)
+        start_nodes "bn$n" 3 MESSENGER_HBASE__MEMBER_CACHE=false
+        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate 100
+        stop_nodes ;;
+      biggroup-before)
+        [ -x "${BEFORE_SERVER:-}" ] || { echo "biggroup-before needs BEFORE_SERVER=an older messenger-server" >&2; exit 2; }
+        SERVER_SAVED=$SERVER; SERVER=$BEFORE_SERVER
+        start_nodes "bb$n" 3
+        SERVER=$SERVER_SAVED
+        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate 100
         stop_nodes ;;
       biggroup-lookup|biggroup-lookup-half)
         rate=100; [ "$s" = biggroup-lookup-half ] && rate=50
