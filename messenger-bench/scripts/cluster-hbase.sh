@@ -13,7 +13,8 @@
 #                    the members_of envelope), same binary, for the A/B
 #   biggroup-nocache the same with `[hbase] member_cache = false`: every membership
 #                    check reads the whole member list (same binary, for the A/B)
-#   biggroup-before  biggroup through the binary in BEFORE_SERVER (an older build)
+#   S-before         scenario S through the binary in BEFORE_SERVER (an older build),
+#                    e.g. biggroup-before, xpairs-before: A/Bs of two builds in one job
 #   xpairs           2 nodes; 50 pairs, the two sides of each pair on different nodes
 #                    (cross-node 1:1), as fast as they go, 10 s; then xpairs-half at
 #                    half of the rate this round's xpairs delivered (latency)
@@ -150,42 +151,42 @@ start_nodes warm 2
 timeout 60 "$BENCH" pairs --url "$URLS" "${PAIRS[@]}" --floor off >/dev/null 2>"$OUT/warmup.progress" || true
 stop_nodes
 
+NEW_SERVER=$SERVER
 for n in $(seq "$RUNS"); do
   for s in $SCENARIOS; do
+    SERVER=$NEW_SERVER; sfx=""
+    case $s in
+      *-before)
+        [ -x "${BEFORE_SERVER:-}" ] || { echo "$s needs BEFORE_SERVER=an older messenger-server" >&2; exit 2; }
+        SERVER=$BEFORE_SERVER; sfx=-before; s=${s%-before} ;;
+    esac
     case $s in
       biggroup|biggroup-half)
         rate=100; [ "$s" = biggroup-half ] && rate=50
-        start_nodes "bg$n$rate" 3
-        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
+        start_nodes "bg$n$rate${sfx:+b}" 3
+        bench "$s$sfx" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
         stop_nodes ;;
       biggroup-nocache)
-        start_nodes "bn$n" 3 MESSENGER_HBASE__MEMBER_CACHE=false
-        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate 100
-        stop_nodes ;;
-      biggroup-before)
-        [ -x "${BEFORE_SERVER:-}" ] || { echo "biggroup-before needs BEFORE_SERVER=an older messenger-server" >&2; exit 2; }
-        SERVER_SAVED=$SERVER; SERVER=$BEFORE_SERVER
-        start_nodes "bb$n" 3
-        SERVER=$SERVER_SAVED
-        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate 100
+        start_nodes "bn$n${sfx:+b}" 3 MESSENGER_HBASE__MEMBER_CACHE=false
+        bench "$s$sfx" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate 100
         stop_nodes ;;
       biggroup-lookup|biggroup-lookup-half)
         rate=100; [ "$s" = biggroup-lookup-half ] && rate=50
-        start_nodes "bl$n$rate" 3 MESSENGER_REDIS__LARGE_GROUP_RELAY=false
-        bench "$s" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
+        start_nodes "bl$n$rate${sfx:+b}" 3 MESSENGER_REDIS__LARGE_GROUP_RELAY=false
+        bench "$s$sfx" "$n" biggroup --url "$URLS" --server-pid "$SPIDS" "${BIG[@]}" --rate "$rate"
         stop_nodes ;;
       pairs1)
-        start_nodes "p1n$n" 1
-        bench pairs1 "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}"
+        start_nodes "p1n$n${sfx:+b}" 1
+        bench "pairs1$sfx" "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}"
         stop_nodes ;;
       xpairs)
-        start_nodes "xp$n" 2
-        bench xpairs "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}"
+        start_nodes "xp$n${sfx:+b}" 2
+        bench "xpairs$sfx" "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}"
         stop_nodes
-        [ -f "$OUT/xpairs-$n.json" ] || { echo "no xpairs result: no half-rate run" >&2; continue; }
-        rate=$(( $(delivered_rate "$OUT/xpairs-$n.json") / 2 ))
-        start_nodes "xh$n" 2
-        bench xpairs-half "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}" --rate "$rate"
+        [ -f "$OUT/xpairs$sfx-$n.json" ] || { echo "no xpairs result: no half-rate run" >&2; continue; }
+        rate=$(( $(delivered_rate "$OUT/xpairs$sfx-$n.json") / 2 ))
+        start_nodes "xh$n${sfx:+b}" 2
+        bench "xpairs-half$sfx" "$n" pairs --url "$URLS" --server-pid "$SPIDS" "${PAIRS[@]}" --rate "$rate"
         stop_nodes ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
