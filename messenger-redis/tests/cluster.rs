@@ -201,23 +201,6 @@ async fn relay_delivers_from_a_to_b_only() {
     b.shutdown().await.unwrap();
 }
 
-/// A relay that cannot list its nodes (as Kafka's), for `relay_with_live_nodes`.
-struct Unlisted(Arc<dyn Relay>);
-
-#[async_trait::async_trait]
-impl Relay for Unlisted {
-    async fn send(&self, node: NodeId, envelope: Envelope) -> messenger_core::Result<()> {
-        self.0.send(node, envelope).await
-    }
-
-    async fn subscribe(
-        &self,
-        node: NodeId,
-    ) -> messenger_core::Result<BoxStream<'static, Envelope>> {
-        self.0.subscribe(node).await
-    }
-}
-
 fn sorted(mut list: Vec<NodeId>) -> Vec<NodeId> {
     list.sort_unstable();
     list
@@ -235,7 +218,7 @@ async fn live_nodes_answer_for_a_relay_that_cannot_list_its_own() {
         sorted(a.live_nodes().await.unwrap()),
         [node(1), node(2), node(3)]
     );
-    let unlisted: Arc<dyn Relay> = Arc::new(Unlisted(a.relay()));
+    let unlisted: Arc<dyn Relay> = Arc::new(common::Unlisted(a.relay()));
     assert_eq!(unlisted.nodes().await.unwrap(), None);
     let relay = a.relay_with_live_nodes(unlisted);
     let listed = relay

@@ -95,34 +95,38 @@ async fn message_and_presence_cross_nodes_through_redis() {
     }
 }
 
+/// Nodes whose directory, presence and relay are on Redis (the stores in memory, one
+/// `MemBackend`), one key prefix per call; `relay` picks each node's relay from its
+/// cluster connection.
+async fn redis_nodes(
+    name: &str,
+    relay: fn(&RedisCluster) -> std::sync::Arc<dyn messenger_core::Relay>,
+) -> messenger_core::testkit::engine::NodeAdapters {
+    let backend = MemBackend::new();
+    let opts = common::fast_options(name);
+    let url = tokio::task::spawn_blocking(|| common::shared().url())
+        .await
+        .unwrap_or_else(|e| panic!("redis harness: {e}"));
+    messenger_core::testkit::engine::node_adapters(move |node| {
+        let (backend, opts, url) = (backend.clone(), opts.clone(), url.clone());
+        async move {
+            // The adapters keep the cluster's tasks alive.
+            let c = RedisCluster::connect(&url, node, opts)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}"));
+            let mut a = backend.adapters(node);
+            a.directory = c.directory();
+            a.presence = c.presence();
+            a.relay = relay(&c);
+            a
+        }
+    })
+}
+
 /// The engine-level checks with the session directory, presence and relay on Redis
 /// (the stores in memory), one key prefix per check.
 mod engine_checks {
-    use super::common;
-    use messenger_redis::RedisCluster;
-    use messenger_storage_mem::MemBackend;
-
-    messenger_core::engine_tests!(|| async {
-        let backend = MemBackend::new();
-        let opts = common::fast_options("engine");
-        let url = tokio::task::spawn_blocking(|| common::shared().url())
-            .await
-            .unwrap_or_else(|e| panic!("redis harness: {e}"));
-        messenger_core::testkit::engine::node_adapters(move |node| {
-            let (backend, opts, url) = (backend.clone(), opts.clone(), url.clone());
-            async move {
-                // The adapters keep the cluster's tasks alive.
-                let c = RedisCluster::connect(&url, node, opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("redis: {e}"));
-                let mut a = backend.adapters(node);
-                a.directory = c.directory();
-                a.presence = c.presence();
-                a.relay = c.relay();
-                a
-            }
-        })
-    });
+    messenger_core::engine_tests!(|| crate::redis_nodes("engine", |c| c.relay()));
 }
 
 /// The large-thread path (one `members_of` envelope per node, no directory lookup per
@@ -130,54 +134,9 @@ mod engine_checks {
 /// answered from the claims in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_groups_across_nodes_with_live_nodes_from_redis() {
-    use std::sync::Arc;
-
-    use futures::stream::BoxStream;
-    use messenger_core::model::Envelope;
-    use messenger_core::Relay;
-
-    struct Unlisted(Arc<dyn Relay>);
-
-    #[async_trait::async_trait]
-    impl Relay for Unlisted {
-        async fn send(&self, node: NodeId, envelope: Envelope) -> messenger_core::Result<()> {
-            self.0.send(node, envelope).await
-        }
-
-        async fn subscribe(
-            &self,
-            node: NodeId,
-        ) -> messenger_core::Result<BoxStream<'static, Envelope>> {
-            self.0.subscribe(node).await
-        }
-    }
-
-    let backend = MemBackend::new();
-    let opts = common::fast_options("live-engine");
-    let url = tokio::task::spawn_blocking(|| common::shared().url())
-        .await
-        .unwrap_or_else(|e| panic!("redis harness: {e}"));
-    let nodes = messenger_core::testkit::engine::node_adapters(move |node| {
-        let (backend, opts, url) = (backend.clone(), opts.clone(), url.clone());
-        async move {
-            let c = RedisCluster::connect(&url, node, opts)
-                .await
-                .unwrap_or_else(|e| panic!("redis: {e}"));
-            let mut a = backend.adapters(node);
-            a.directory = c.directory();
-            a.presence = c.presence();
-            let relay = c.relay_with_live_nodes(Arc::new(Unlisted(c.relay())));
-            assert!(
-                relay
-                    .nodes()
-                    .await
-                    .unwrap()
-                    .is_some_and(|l| l.contains(&node)),
-                "node {node} is live in Redis once connected"
-            );
-            a.relay = relay;
-            a
-        }
-    });
+    let nodes = redis_nodes("live-engine", |c| {
+        c.relay_with_live_nodes(std::sync::Arc::new(common::Unlisted(c.relay())))
+    })
+    .await;
     messenger_core::testkit::engine::large_groups_across_nodes(nodes).await;
 }

@@ -3,8 +3,12 @@
 
 #![allow(dead_code, unused_imports)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::BoxStream;
+use messenger_core::model::Envelope;
+use messenger_core::{NodeId, Relay};
 use messenger_redis::RedisOptions;
 pub use messenger_test_support::redis::{shared, unique_prefix, RedisServer};
 
@@ -19,5 +23,23 @@ pub fn fast_options(name: &str) -> RedisOptions {
         op_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         ..RedisOptions::default()
+    }
+}
+
+/// Another relay that cannot list its nodes (as Kafka's): `inner` with
+/// [`Relay::nodes`] left at its default (`None`).
+pub struct Unlisted(pub Arc<dyn Relay>);
+
+#[async_trait::async_trait]
+impl Relay for Unlisted {
+    async fn send(&self, node: NodeId, envelope: Envelope) -> messenger_core::Result<()> {
+        self.0.send(node, envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        node: NodeId,
+    ) -> messenger_core::Result<BoxStream<'static, Envelope>> {
+        self.0.subscribe(node).await
     }
 }
