@@ -13,6 +13,7 @@
 #            and `pairs` in memory, this build against that one as the floor
 #            (pairs-mem-N)
 #   hot      one group of 200 members, all online, 20 of them sending, on HBase
+#   hot-before  the same through BEFORE_SERVER (for a same-job A/B of two builds)
 #   latency  `pairs` on HBase at half the delivered rate this round's `pairs` measured
 #
 #   cargo build --release -p messenger-server --features cli -p messenger-bench
@@ -151,9 +152,15 @@ for n in $(seq "$RUNS"); do
           --json "$OUT/ceilingcas-$n.json" >"$OUT/ceilingcas-$n.txt" 2>&1 || echo "cas ceiling failed" >&2
         cat "$OUT/ceilingcas-$n.txt" >&2
         ;;
-      hot)
-        start_server "$PORT" "$OUT/hot-$n.server.log" --hbase "$ADDR" --hbase-table-prefix "h${n}_"
-        bench hot "$n" group --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
+      hot|hot-before)
+        bin=$SERVER
+        if [ "$s" = hot-before ]; then
+          [ -n "$BEFORE_SERVER" ] || { echo "hot-before needs BEFORE_SERVER" >&2; exit 2; }
+          bin=$BEFORE_SERVER
+        fi
+        BIN=$bin start_server "$PORT" "$OUT/$s-$n.server.log" --hbase "$ADDR" \
+          --hbase-table-prefix "h${n}${s#hot}_"
+        bench "$s" "$n" group --url "ws://127.0.0.1:$PORT/ws" --server-pid "${PIDS[0]}" \
           --connections 200 --group-size 200 --senders 20 --window 8 --duration 10 --floor off
         stop_servers
         ;;
