@@ -37,13 +37,13 @@ use bytes::Bytes;
 
 use super::interest::Interest;
 use super::session::SessionShared;
-use super::{receive_frame, Delivery, Engine, Recipients, ThreadSlot};
+use super::{Delivery, Engine, Recipients, ThreadSlot};
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, UserId};
 use crate::model::{
     Appended, Envelope, EnvelopeTo, NewMessage, StoredMessage, ThreadInfo, ThreadMembers,
 };
-use crate::protocol::{ReqId, ServerFrame};
+use crate::protocol::{message_frames, ReqId, ServerFrame};
 use crate::sync::lock;
 
 /// One thread's queue of admitted sends.
@@ -122,6 +122,22 @@ impl ReplyTo {
     fn answer(mut self, engine: &Engine, frame: impl FnOnce(Option<ReqId>) -> ServerFrame) {
         self.replied = true;
         engine.fill_reply(&self.session, self.ticket, frame(self.req_id.take()));
+    }
+
+    /// Answers the send with its `message_sent`, already encoded around [`Self::req_id`].
+    fn answer_sent(mut self, engine: &Engine, frame: Bytes) {
+        self.replied = true;
+        let out = super::Outbound {
+            frame,
+            kind: "message_sent",
+            accepted_at: None,
+        };
+        engine.fill_reply_encoded(&self.session, self.ticket, out);
+    }
+
+    /// The request's `req_id`, echoed by the reply.
+    fn req_id(&self) -> Option<&ReqId> {
+        self.req_id.as_ref()
     }
 }
 
@@ -277,21 +293,20 @@ impl Engine {
         let mut committed = Vec::with_capacity(batch.len());
         for (p, appended) in batch.into_iter().zip(results) {
             let m = appended.message;
-            let sent = |req_id| ServerFrame::MessageSent {
-                req_id,
-                thread_id: m.thread_id.clone(),
-                temp_id: m.temp_id.clone(),
-                message_id: m.message_id,
-                seq: m.seq,
-                sent_at: m.sent_at,
-            };
             if appended.duplicate {
                 stats.duplicate_sends.fetch_add(1, Ordering::Relaxed);
-                p.reply.answer(self, sent);
+                p.reply.answer(self, |req_id| ServerFrame::MessageSent {
+                    req_id,
+                    thread_id: m.thread_id.clone(),
+                    temp_id: m.temp_id.clone(),
+                    message_id: m.message_id,
+                    seq: m.seq,
+                    sent_at: m.sent_at,
+                });
                 continue;
             }
             stats.messages_accepted.fetch_add(1, Ordering::Relaxed);
-            let frame = receive_frame(&m);
+            let (frame, sent) = message_frames(&m, p.reply.req_id());
             self.deliver_ordered(
                 slot,
                 m.seq,
@@ -307,7 +322,7 @@ impl Engine {
                 },
             );
             let sender = p.reply.session.clone();
-            p.reply.answer(self, sent);
+            p.reply.answer_sent(self, sent);
             committed.push(Committed {
                 thread: p.thread,
                 large: p.large,

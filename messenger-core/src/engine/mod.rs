@@ -623,6 +623,11 @@ impl Engine {
             kind,
             accepted_at: None,
         };
+        self.fill_reply_encoded(s, ticket, out);
+    }
+
+    /// [`fill_reply`](Self::fill_reply) with a frame already encoded.
+    fn fill_reply_encoded(&self, s: &SessionShared, ticket: u64, out: Outbound) {
         if s.fill_reply(ticket, out) == session::Pushed::KickedNow {
             self.inner
                 .stats
@@ -1507,20 +1512,6 @@ fn error_message(e: &Error) -> String {
         }
         _ => e.message().to_string(),
     }
-}
-
-fn receive_frame(m: &StoredMessage) -> Bytes {
-    Bytes::from(
-        ServerFrame::ReceiveMessage {
-            thread_id: m.thread_id.clone(),
-            message_id: m.message_id,
-            seq: m.seq,
-            sender_id: m.sender_id.clone(),
-            text: m.text.clone(),
-            sent_at: m.sent_at,
-        }
-        .encode(),
-    )
 }
 
 fn thread_frame(req_id: Option<ReqId>, t: &ThreadInfo) -> ServerFrame {
