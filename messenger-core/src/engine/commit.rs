@@ -16,8 +16,9 @@
 //!
 //! When a batch returns (durable, seqs assigned), for each message in seq order:
 //! local delivery (through the thread's order state), then `message_sent` to its sender
-//! (duplicates get the original's `message_sent` and deliver nothing). Remote fan-out of
-//! the batch (directory lookup, relay envelopes, push) then runs while the next batch's
+//! (duplicates get the original's `message_sent` and deliver nothing). On a single node
+//! the event and push follow each message at once. In a cluster, remote fan-out of the
+//! batch (directory lookup, relay envelopes, push) then runs while the next batch's
 //! store call is in flight, so the store never waits for the relay and the relay sees
 //! a thread's batches in order.
 //!
@@ -25,6 +26,7 @@
 //! store call fails, and an `internal` error if its [`PendingSend`] is dropped without
 //! one (a store that panicked; the runtime shutting down).
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -68,16 +70,30 @@ impl CommitQueue {
         !std::mem::replace(&mut st.running, true)
     }
 
-    /// Takes up to `max` queued sends. When there are none and `may_stop`, the
-    /// committer is marked stopped under the same lock, so a send queued right after
-    /// starts a new one.
-    fn take(&self, max: usize, may_stop: bool) -> Vec<PendingSend> {
+    /// Takes up to `max` queued sends: their messages for the store, and what each
+    /// needs once stored (in a vector reused across batches, see [`spare_batch`]). When
+    /// there are none and `may_stop`, the committer is marked stopped under the same
+    /// lock, so a send queued right after starts a new one.
+    fn take(&self, max: usize, may_stop: bool) -> (Vec<NewMessage>, Vec<Admitted>) {
         let mut st = lock(&self.state);
         if st.waiting.is_empty() && may_stop {
             st.running = false;
         }
         let n = st.waiting.len().min(max);
-        st.waiting.drain(..n).collect()
+        if n == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let mut msgs = Vec::with_capacity(n);
+        let mut admitted = spare_batch();
+        for p in st.waiting.drain(..n) {
+            msgs.push(p.msg);
+            admitted.push(Admitted {
+                thread: p.thread,
+                large: p.large,
+                reply: p.reply,
+            });
+        }
+        (msgs, admitted)
     }
 
     fn stop(&self) {
@@ -93,6 +109,36 @@ pub(super) struct PendingSend {
     /// This node's sessions of the thread's members, when the thread is large.
     pub(super) large: Option<Arc<Interest>>,
     pub(super) reply: ReplyTo,
+}
+
+/// A send of a batch handed to the store: everything but its message.
+struct Admitted {
+    thread: ThreadInfo,
+    large: Option<Arc<Interest>>,
+    reply: ReplyTo,
+}
+
+/// Most sends a recycled batch vector may hold room for (see [`spare_batch`]).
+const SPARE_BATCH_MAX: usize = 64;
+
+thread_local! {
+    /// An empty batch vector to reuse: a thread's committer usually starts, takes one
+    /// send and ends, so a fresh vector per batch was an allocation per send. One per
+    /// worker thread, of bounded size, rather than one per thread slot.
+    static SPARE_BATCH: Cell<Vec<Admitted>> = const { Cell::new(Vec::new()) };
+}
+
+/// The worker thread's spare batch vector (empty), or a new one.
+fn spare_batch() -> Vec<Admitted> {
+    SPARE_BATCH.try_with(Cell::take).unwrap_or_default()
+}
+
+/// Keeps an emptied batch vector for the next batch on this worker thread.
+fn recycle_batch(mut v: Vec<Admitted>) {
+    v.clear();
+    if v.capacity() <= SPARE_BATCH_MAX {
+        let _ = SPARE_BATCH.try_with(|c| c.set(v));
+    }
 }
 
 /// Where a send's one reply goes: its session and its reply ticket (see
@@ -226,7 +272,7 @@ impl Engine {
         let mut fan_out = None;
         let mut batches = 0u32;
         loop {
-            let batch = slot.commit.take(max, fan_out.is_none());
+            let (msgs, batch) = slot.commit.take(max, fan_out.is_none());
             if batch.is_empty() {
                 match fan_out.take() {
                     // Finish the last batch's fan-out, then look at the queue again.
@@ -241,10 +287,9 @@ impl Engine {
             if batches == 2 {
                 tokio::task::yield_now().await;
             }
-            let Some(thread_id) = batch.first().map(|p| p.msg.thread_id.clone()) else {
+            let Some(thread_id) = msgs.first().map(|m| m.thread_id.clone()) else {
                 continue;
             };
-            let msgs: Vec<NewMessage> = batch.iter().map(|p| p.msg.clone()).collect();
             let stats = &self.inner.stats;
             stats.store_batches.fetch_add(1, Ordering::Relaxed);
             stats
@@ -265,7 +310,7 @@ impl Engine {
     fn complete_batch(
         &self,
         slot: &Arc<ThreadSlot>,
-        batch: Vec<PendingSend>,
+        mut batch: Vec<Admitted>,
         result: Result<Vec<Appended>>,
     ) -> Vec<Committed> {
         let results = match result {
@@ -276,22 +321,25 @@ impl Engine {
                     r.len(),
                     batch.len()
                 ));
-                for p in batch {
+                for p in batch.drain(..) {
                     self.fail_send(p.reply, &e);
                 }
+                recycle_batch(batch);
                 return Vec::new();
             }
             Err(e) => {
-                for p in batch {
+                for p in batch.drain(..) {
                     self.fail_send(p.reply, &e);
                 }
+                recycle_batch(batch);
                 return Vec::new();
             }
         };
         // Durable from here on: whatever must happen only after durability goes here.
         let stats = &self.inner.stats;
-        let mut committed = Vec::with_capacity(batch.len());
-        for (p, appended) in batch.into_iter().zip(results) {
+        let single_node = self.inner.config.single_node;
+        let mut committed = Vec::new();
+        for (p, appended) in batch.drain(..).zip(results) {
             let m = appended.message;
             if appended.duplicate {
                 stats.duplicate_sends.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +371,11 @@ impl Engine {
             );
             let sender = p.reply.session.clone();
             p.reply.answer_sent(self, sent);
+            if single_node {
+                // Nothing to send to other nodes: the event and push go out now.
+                self.accepted_on_one_node(&p.thread, &m, p.large.as_deref());
+                continue;
+            }
             committed.push(Committed {
                 thread: p.thread,
                 large: p.large,
@@ -331,7 +384,29 @@ impl Engine {
                 sender,
             });
         }
+        recycle_batch(batch);
         committed
+    }
+
+    /// [`accepted`](Engine::accepted) on a single node: every session is local, so the
+    /// members with no session are those missing from the session table.
+    fn accepted_on_one_node(
+        &self,
+        thread: &ThreadInfo,
+        m: &StoredMessage,
+        large: Option<&Interest>,
+    ) {
+        let sessions = &self.inner.sessions;
+        let offline: Vec<UserId> = match large {
+            Some(i) => i.offline(&m.sender_id),
+            None => thread
+                .members
+                .iter()
+                .filter(|u| **u != m.sender_id && !sessions.shard(*u).contains_key(*u))
+                .cloned()
+                .collect(),
+        };
+        self.accepted(thread, m, Some(offline), large);
     }
 
     fn fail_send(&self, reply: ReplyTo, e: &Error) {
@@ -361,24 +436,6 @@ impl Engine {
             return;
         }
         let inner = &self.inner;
-        if inner.config.single_node {
-            for c in &batch {
-                let offline: Vec<UserId> = match &c.large {
-                    Some(i) => i.offline(&c.message.sender_id),
-                    None => c
-                        .thread
-                        .members
-                        .iter()
-                        .filter(|u| {
-                            **u != c.message.sender_id && !inner.sessions.shard(*u).contains_key(*u)
-                        })
-                        .cloned()
-                        .collect(),
-                };
-                self.accepted(&c.thread, &c.message, Some(offline), c.large.as_deref());
-            }
-            return;
-        }
         let me = inner.config.node_id;
         let mut sends = Vec::new();
         let mut after: Vec<After> = Vec::with_capacity(batch.len());

@@ -876,8 +876,9 @@ impl Engine {
     fn deliver_ordered(&self, slot: &Arc<ThreadSlot>, seq: u64, d: Delivery) {
         let mut st = slot.order.lock().unwrap_or_else(|p| p.into_inner());
         match st.admit(seq, d) {
-            order::Admit::Deliver(list) => {
-                for d in list {
+            order::Admit::Deliver(first, then) => {
+                self.deliver_local(&first);
+                for d in then {
                     self.deliver_local(&d);
                 }
             }

@@ -19,8 +19,8 @@ pub(crate) struct OrderState {
 }
 
 pub(crate) enum Admit {
-    /// Deliver these now, in this order.
-    Deliver(Vec<super::Delivery>),
+    /// Deliver this one now, then these (buffered successors), in this order.
+    Deliver(super::Delivery, Vec<super::Delivery>),
     /// Buffered; the caller must arm the flush timer (first gap since the last flush).
     BufferedArmTimer,
     /// Buffered; a timer is already armed.
@@ -43,15 +43,16 @@ impl OrderState {
             if seq > self.last {
                 self.last = seq;
             }
-            let mut out = vec![d];
+            // Successors are rare (a gap that just closed): no vector unless there are some.
+            let mut then = Vec::new();
             while let Some(next) = self.pending.remove(&(self.last + 1)) {
                 self.last += 1;
-                out.push(next);
+                then.push(next);
             }
             if self.pending.is_empty() {
                 self.timer_armed = false;
             }
-            return Admit::Deliver(out);
+            return Admit::Deliver(d, then);
         }
         self.pending.insert(seq, d);
         if self.timer_armed {
