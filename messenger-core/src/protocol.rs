@@ -919,7 +919,11 @@ mod tests {
     /// general encoder's, whatever the text, the temp id and the req_id hold.
     #[test]
     fn message_frames_match_the_general_encoder() {
-        let texts = ["hi", "", "quote \" backslash \\ newline \n tab \t \u{1} é 😀"];
+        let texts = [
+            "hi",
+            "",
+            "quote \" backslash \\ newline \n tab \t \u{1} é 😀",
+        ];
         let req_ids = [
             None,
             Some(ReqId::UInt(u64::MAX)),

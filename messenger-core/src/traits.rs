@@ -176,6 +176,13 @@ pub trait EventSink: Send + Sync {
     /// cannot hand events on keeps them in a bounded buffer and retries, and counts and
     /// logs (clearly, with what to do) any it has to shed once that buffer is full.
     fn publish(&self, event: Event);
+
+    /// Whether this sink takes events at all (default true). For a sink that says
+    /// false, such as [`DiscardEvents`], the engine builds no event: no copy of a
+    /// message's text or member lists on the send path.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// An [`EventSink`] that drops every event: the engine's default when nothing consumes
@@ -185,6 +192,10 @@ pub struct DiscardEvents;
 
 impl EventSink for DiscardEvents {
     fn publish(&self, _event: Event) {}
+
+    fn enabled(&self) -> bool {
+        false
+    }
 }
 
 /// Cross-node delivery: one envelope per remote node per event.

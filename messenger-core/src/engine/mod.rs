@@ -754,21 +754,24 @@ impl Engine {
     ) {
         let offline_known = offline.is_some();
         let offline = offline.unwrap_or_default();
-        self.publish(
-            Some(m.message_id.into()),
-            EventBody::MessageCreated(MessageCreated {
-                thread_id: m.thread_id.clone(),
-                thread_kind: thread.kind,
-                message_id: m.message_id,
-                seq: m.seq,
-                sender_id: m.sender_id.clone(),
-                text: m.text.clone(),
-                sent_at: m.sent_at,
-                member_count: thread.members.len(),
-                offline: offline.clone(),
-                offline_known,
-            }),
-        );
+        // No event (and no copy of the text) for a sink that takes none.
+        if self.inner.a.events.enabled() {
+            self.publish(
+                Some(m.message_id.into()),
+                EventBody::MessageCreated(MessageCreated {
+                    thread_id: m.thread_id.clone(),
+                    thread_kind: thread.kind,
+                    message_id: m.message_id,
+                    seq: m.seq,
+                    sender_id: m.sender_id.clone(),
+                    text: m.text.clone(),
+                    sent_at: m.sent_at,
+                    member_count: thread.members.len(),
+                    offline: offline.clone(),
+                    offline_known,
+                }),
+            );
+        }
         if !offline.is_empty() {
             self.push_offline(m, offline, large);
         }
@@ -778,6 +781,9 @@ impl Engine {
     /// message id; other events get a fresh id.
     fn publish(&self, id: Option<EventId>, body: EventBody) {
         let inner = &self.inner;
+        if !inner.a.events.enabled() {
+            return;
+        }
         let id = id.unwrap_or_else(|| inner.a.ids.next_id().into());
         inner.a.events.publish(Event {
             id,
