@@ -5,6 +5,7 @@
 //! characters of `A-Z a-z 0-9 _ . : -`. String ids are backed by `Arc<str>` so
 //! that cloning one on the fan-out path never allocates.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -63,6 +64,33 @@ fn check_chars(what: &'static str, s: &str, max: usize, extra: &[u8]) -> Result<
     Ok(())
 }
 
+/// A string from a deserializer, borrowed when the input allows it (a JSON string with
+/// no escapes), so an id is copied once, into its `Arc<str>`. (`Cow<str>`'s own
+/// `Deserialize` always makes an owned copy first.)
+fn borrowed_str<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
+    struct Str;
+    impl<'de> serde::de::Visitor<'de> for Str {
+        type Value = Cow<'de, str>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    d.deserialize_str(Str)
+}
+
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident, $what:literal, $max:expr, $extra:expr) => {
         $(#[$meta])*
@@ -83,6 +111,13 @@ macro_rules! string_id {
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// Whether `s` is a valid id (what [`new`](Self::new) checks), without
+            /// making one.
+            #[allow(dead_code)] // used for some of the id types only
+            pub(crate) fn is_valid(s: &str) -> bool {
+                check_chars($what, s, $max, $extra).is_ok()
             }
         }
 
@@ -139,7 +174,7 @@ macro_rules! string_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                let s = borrowed_str(d)?;
                 Self::new(&*s).map_err(serde::de::Error::custom)
             }
         }
@@ -255,7 +290,7 @@ impl Serialize for MessageId {
 
 impl<'de> Deserialize<'de> for MessageId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let s = borrowed_str(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
 }

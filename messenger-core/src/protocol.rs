@@ -231,16 +231,71 @@ struct Head<'a> {
 /// Malformed JSON, a missing or ill-typed field and an invalid id are `bad_request`;
 /// a `type` that is not a client frame type is `unknown_type`.
 pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
-    // The frames of the hot path are read in one pass into plain fields; anything else
-    // (other types, a missing or ill-typed field) takes the general path below, which
-    // produces the same frames and every error message.
-    if let Ok(hot) = serde_json::from_str::<Hot<'_>>(text) {
-        if let Some(req) = hot.into_request() {
-            return Ok(req);
+    decode_client_borrowed(text)?.into_request()
+}
+
+/// A decoded client frame whose `send_message` strings are still borrowed from the
+/// frame (where they hold no escapes): the engine copies the text and the temp id once,
+/// into the message, and takes the thread id from its own table of active threads.
+pub(crate) enum Decoded<'a> {
+    /// A `send_message`; `thread_id` is a valid thread id.
+    Send {
+        req_id: Option<ReqId>,
+        thread_id: Cow<'a, str>,
+        temp_id: Cow<'a, str>,
+        text: Cow<'a, str>,
+    },
+    /// Any other frame.
+    Other(Request),
+}
+
+impl Decoded<'_> {
+    /// The request with owned fields, as [`decode_client`] returns it.
+    pub(crate) fn into_request(self) -> Result<Request, DecodeError> {
+        match self {
+            Decoded::Other(req) => Ok(req),
+            Decoded::Send {
+                req_id,
+                thread_id,
+                temp_id,
+                text,
+            } => match ThreadId::new(&*thread_id) {
+                Ok(thread_id) => Ok(Request {
+                    req_id,
+                    frame: ClientFrame::SendMessage {
+                        thread_id,
+                        temp_id: temp_id.into_owned(),
+                        text: text.into_owned(),
+                    },
+                }),
+                // Checked when decoded; kept as an error rather than a panic.
+                Err(e) => Err(DecodeError {
+                    code: "bad_request",
+                    message: format!("invalid `send_message`: {e}"),
+                    req_id,
+                }),
+            },
         }
     }
-    decode_general(text)
 }
+
+/// [`decode_client`], with `send_message`'s strings left borrowed (see [`Decoded`]).
+pub(crate) fn decode_client_borrowed(text: &str) -> Result<Decoded<'_>, DecodeError> {
+    // The frames of the hot path are read in one pass into plain fields; anything else
+    // (other types, a missing or ill-typed field, an invalid thread id) takes the general
+    // path below, which produces the same frames and every error message.
+    if let Ok(hot) = serde_json::from_str::<Hot<'_>>(text) {
+        if let Some(decoded) = hot.into_decoded() {
+            return Ok(decoded);
+        }
+    }
+    decode_general(text).map(Decoded::Other)
+}
+
+/// A JSON string, borrowed from the frame when it has no escapes (a bare
+/// `Option<Cow<str>>` field would always be copied).
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// The fields of the frames sent most (`send_message`, `message_ack`, `typing`,
 /// `ping`), deserialized in one pass without buffering (an internally tagged enum
@@ -251,12 +306,12 @@ struct Hot<'a> {
     ty: Cow<'a, str>,
     #[serde(default)]
     req_id: Option<serde_json::Value>,
-    #[serde(default)]
-    thread_id: Option<ThreadId>,
-    #[serde(default)]
-    temp_id: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
+    #[serde(default, borrow)]
+    thread_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    temp_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
     #[serde(default)]
     message_id: Option<MessageId>,
     #[serde(default)]
@@ -265,29 +320,34 @@ struct Hot<'a> {
     typing: Option<bool>,
 }
 
-impl Hot<'_> {
-    /// The request, if this is a hot frame with every field it needs.
-    fn into_request(self) -> Option<Request> {
+impl<'a> Hot<'a> {
+    /// The frame, if this is a hot frame with every field it needs, all valid.
+    fn into_decoded(self) -> Option<Decoded<'a>> {
         let req_id = req_id_of(self.req_id).ok()?;
+        let thread_id = self.thread_id.map(|s| s.0);
         let frame = match &*self.ty {
-            "send_message" => ClientFrame::SendMessage {
-                thread_id: self.thread_id?,
-                temp_id: self.temp_id?,
-                text: self.text?,
-            },
+            "send_message" => {
+                let thread_id = thread_id.filter(|t| ThreadId::is_valid(t))?;
+                return Some(Decoded::Send {
+                    req_id,
+                    thread_id,
+                    temp_id: self.temp_id?.0,
+                    text: self.text?.0,
+                });
+            }
             "message_ack" => ClientFrame::MessageAck {
-                thread_id: self.thread_id?,
+                thread_id: ThreadId::new(&*thread_id?).ok()?,
                 message_id: self.message_id?,
                 status: self.status?,
             },
             "typing" => ClientFrame::Typing {
-                thread_id: self.thread_id?,
+                thread_id: ThreadId::new(&*thread_id?).ok()?,
                 typing: self.typing?,
             },
             "ping" => ClientFrame::Ping {},
             _ => return None,
         };
-        Some(Request { req_id, frame })
+        Some(Decoded::Other(Request { req_id, frame }))
     }
 }
 
@@ -813,7 +873,7 @@ mod tests {
         )
         .expect("hot");
         assert!(
-            hot.into_request().is_some(),
+            matches!(hot.into_decoded(), Some(Decoded::Send { .. })),
             "send_message takes the one-pass path"
         );
     }
@@ -913,6 +973,45 @@ mod tests {
             ServerFrame::Pong { req_id: None }.encode(),
             r#"{"type":"pong"}"#
         );
+    }
+
+    /// `send_message`'s strings stay borrowed from the frame unless they hold escapes,
+    /// and decode to what the general path gives.
+    #[test]
+    fn send_message_strings_are_borrowed() {
+        let plain = r#"{"type":"send_message","req_id":"r","thread_id":"dm:a:b","temp_id":"t1","text":"hi there"}"#;
+        match decode_client_borrowed(plain) {
+            Ok(Decoded::Send {
+                req_id,
+                thread_id,
+                temp_id,
+                text,
+            }) => {
+                assert_eq!(req_id, Some(ReqId::Str("r".into())));
+                assert!(matches!(thread_id, Cow::Borrowed("dm:a:b")));
+                assert!(matches!(temp_id, Cow::Borrowed("t1")));
+                assert!(matches!(text, Cow::Borrowed("hi there")));
+            }
+            _ => panic!("not a borrowed send"),
+        }
+        let escaped =
+            r#"{"type":"send_message","thread_id":"dm:a:b","temp_id":"t\"1","text":"a\nb \u00e9"}"#;
+        match decode_client_borrowed(escaped) {
+            Ok(Decoded::Send { temp_id, text, .. }) => {
+                assert_eq!(temp_id, "t\"1");
+                assert_eq!(text, "a\nb é");
+            }
+            _ => panic!("not a send"),
+        }
+        for frame in [plain, escaped] {
+            assert_eq!(decode_client(frame), decode_general(frame));
+        }
+        // An invalid thread id takes the general path and its error.
+        let bad = r#"{"type":"send_message","req_id":3,"thread_id":"no spaces","temp_id":"t","text":"x"}"#;
+        let e = decode_client(bad).expect_err("invalid thread id");
+        assert_eq!(e.code, "bad_request");
+        assert_eq!(e.req_id, Some(ReqId::UInt(3)));
+        assert!(e.message.contains("thread_id"), "{}", e.message);
     }
 
     /// The engine's one-buffer encoding of a message's two frames is byte for byte the

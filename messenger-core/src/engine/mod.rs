@@ -32,8 +32,8 @@ use crate::model::{
     PushNotification, SessionEntry, StoredMessage, ThreadInfo, ThreadKind, ThreadMembers,
 };
 use crate::protocol::{
-    decode_client, ClientFrame, CreateThread, HistoryMessage, Receipt, ReqId, Request, ServerFrame,
-    ThreadSummary,
+    decode_client_borrowed, ClientFrame, CreateThread, Decoded, HistoryMessage, Receipt, ReqId,
+    Request, ServerFrame, ThreadSummary,
 };
 use crate::time::now_ms;
 use crate::traits::{
@@ -458,8 +458,28 @@ impl Engine {
     /// Decodes and handles one text frame from `session`. Replies and errors are queued
     /// on the session's outbox.
     pub async fn handle_text(&self, session: &SessionHandle, text: &str) {
-        match decode_client(text) {
-            Ok(req) => self.handle(session, req).await,
+        match decode_client_borrowed(text) {
+            Ok(Decoded::Send {
+                req_id,
+                thread_id,
+                temp_id,
+                text,
+            }) => match self.thread_id_of(&thread_id) {
+                Ok(thread_id) => {
+                    let (temp_id, text) = (temp_id.into_owned(), text.into_owned());
+                    self.handle_send(&session.shared, req_id, thread_id, temp_id, text)
+                        .await
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    let code = self.error_code(&session.shared, &e);
+                    self.reply(
+                        &session.shared,
+                        ServerFrame::error(req_id, code, e.message()),
+                    );
+                }
+            },
+            Ok(Decoded::Other(req)) => self.handle(session, req).await,
             Err(e) => {
                 self.inner.stats.error(e.code);
                 self.reply(
@@ -486,15 +506,7 @@ impl Engine {
                 temp_id,
                 text,
             } => {
-                let ticket = s.reserve_reply();
-                let admitted = self
-                    .send_message(s, ticket, &req_id, thread_id, temp_id, text)
-                    .await;
-                if let Err(e) = admitted {
-                    let code = self.error_code(s, &e);
-                    let error = ServerFrame::error(req_id, code, error_message(&e));
-                    self.fill_reply(s, ticket, error);
-                }
+                self.handle_send(s, req_id, thread_id, temp_id, text).await;
                 return;
             }
             other => other,
@@ -585,6 +597,36 @@ impl Engine {
             let code = self.error_code(s, &e);
             self.reply(s, ServerFrame::error(req_id, code, error_message(&e)));
         }
+    }
+
+    /// A `send_message`: takes its reply ticket, then admits it (see
+    /// [`send_message`](Self::send_message)) or answers the ticket with the error.
+    async fn handle_send(
+        &self,
+        s: &Arc<SessionShared>,
+        req_id: Option<ReqId>,
+        thread_id: ThreadId,
+        temp_id: String,
+        text: String,
+    ) {
+        let ticket = s.reserve_reply();
+        let admitted = self
+            .send_message(s, ticket, &req_id, thread_id, temp_id, text)
+            .await;
+        if let Err(e) = admitted {
+            let code = self.error_code(s, &e);
+            let error = ServerFrame::error(req_id, code, error_message(&e));
+            self.fill_reply(s, ticket, error);
+        }
+    }
+
+    /// The id of a thread a frame names: the engine's own copy when the thread has a
+    /// slot here (it sent or delivered recently; no allocation), else a new one.
+    fn thread_id_of(&self, s: &str) -> std::result::Result<ThreadId, crate::ids::InvalidId> {
+        if let Some((id, _)) = self.inner.slots.shard(s).get_key_value(s) {
+            return Ok(id.clone());
+        }
+        ThreadId::new(s)
     }
 
     /// The protocol code for an error answered to `s`; counts and logs it.
