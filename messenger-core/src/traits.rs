@@ -5,6 +5,8 @@
 //! (directory, presence, relay) and `messenger-storage-hbase` (message and thread stores).
 //! The `testkit` feature holds the conformance suites an implementation must pass.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
@@ -87,6 +89,16 @@ pub trait ThreadStore: Send + Sync {
 
     /// The thread, if it exists.
     async fn get_thread(&self, thread: &ThreadId) -> Result<Option<ThreadInfo>>;
+
+    /// The thread, shared, when the store can answer without waiting (no I/O: an
+    /// in-memory store); `None` (the default) when it cannot, and the engine awaits
+    /// [`get_thread`](Self::get_thread) instead. The send path reads a thread for every
+    /// message: a shared answer spares it a copy of the member list and a boxed future.
+    /// The value is a snapshot: later membership changes do not alter it.
+    fn get_thread_now(&self, thread: &ThreadId) -> Option<Result<Option<Arc<ThreadInfo>>>> {
+        let _ = thread;
+        None
+    }
 
     /// Adds members (already-members and repeats in `members` are ignored; each added user
     /// appears once in `changed`). `not_found` if the thread does not exist.

@@ -71,6 +71,7 @@ async fn unavailable_thread_store_refuses_with_unavailable() {
     let backend = MemBackend::new();
     let mut adapters = backend.adapters(node(1));
     let mut threads = MockThreadStore::new();
+    threads.expect_get_thread_now().returning(|_| None);
     threads
         .expect_get_thread()
         .returning(|_| Err(Error::unavailable("thread store down")));

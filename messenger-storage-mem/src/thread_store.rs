@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use messenger_core::model::{
@@ -13,7 +14,9 @@ use messenger_core::{Error, Result, ThreadId, ThreadStore, UserId};
 use messenger_core::sync::Sharded;
 
 struct ThreadRec {
-    info: ThreadInfo,
+    /// Shared with readers of [`ThreadStore::get_thread_now`]; a membership change
+    /// copies it if a reader still holds it, so what they hold never changes.
+    info: Arc<ThreadInfo>,
     /// Creation order within this store; orders each user's thread list.
     order: u64,
     /// Watermarks of users who acked something (kept when a member leaves).
@@ -92,7 +95,7 @@ impl ThreadStore for MemThreadStore {
         let mut shard = self.threads.shard(&thread.thread_id);
         if let Some(existing) = shard.get(&thread.thread_id) {
             return Ok(CreatedThread {
-                thread: existing.info.clone(),
+                thread: (*existing.info).clone(),
                 created: false,
             });
         }
@@ -116,7 +119,7 @@ impl ThreadStore for MemThreadStore {
         shard.insert(
             info.thread_id.clone(),
             ThreadRec {
-                info: info.clone(),
+                info: Arc::new(info.clone()),
                 order,
                 watermarks: HashMap::new(),
             },
@@ -132,7 +135,15 @@ impl ThreadStore for MemThreadStore {
             .threads
             .shard(thread)
             .get(thread)
-            .map(|r| r.info.clone()))
+            .map(|r| (*r.info).clone()))
+    }
+
+    fn get_thread_now(&self, thread: &ThreadId) -> Option<Result<Option<Arc<ThreadInfo>>>> {
+        Some(Ok(self
+            .threads
+            .shard(thread)
+            .get(thread)
+            .map(|r| r.info.clone())))
     }
 
     async fn add_members(&self, thread: &ThreadId, members: &[UserId]) -> Result<MembershipChange> {
@@ -141,13 +152,13 @@ impl ThreadStore for MemThreadStore {
         let mut changed = Vec::new();
         for m in members {
             if !rec.info.is_member(m) {
-                rec.info.members.push(m.clone());
+                Arc::make_mut(&mut rec.info).members.push(m.clone());
                 self.index(m, rec.order, thread);
                 changed.push(m.clone());
             }
         }
         Ok(MembershipChange {
-            thread: rec.info.clone(),
+            thread: (*rec.info).clone(),
             changed,
         })
     }
@@ -156,7 +167,9 @@ impl ThreadStore for MemThreadStore {
         let mut shard = self.threads.shard(thread);
         let rec = shard.get_mut(thread).ok_or_else(|| unknown(thread))?;
         let before = rec.info.members.len();
-        rec.info.members.retain(|m| m != member);
+        if rec.info.is_member(member) {
+            Arc::make_mut(&mut rec.info).members.retain(|m| m != member);
+        }
         let changed = if rec.info.members.len() < before {
             self.unindex(member, rec.order);
             vec![member.clone()]
@@ -164,7 +177,7 @@ impl ThreadStore for MemThreadStore {
             Vec::new()
         };
         Ok(MembershipChange {
-            thread: rec.info.clone(),
+            thread: (*rec.info).clone(),
             changed,
         })
     }
@@ -183,7 +196,7 @@ impl ThreadStore for MemThreadStore {
             // The user may have left between the two reads.
             if let Some(rec) = shard.get(&id).filter(|r| r.info.is_member(user)) {
                 out.push(UserThread {
-                    thread: rec.info.clone(),
+                    thread: (*rec.info).clone(),
                     receipts: rec.receipts(),
                 });
             }

@@ -105,7 +105,7 @@ impl CommitQueue {
 pub(super) struct PendingSend {
     pub(super) msg: NewMessage,
     /// The thread as the membership check saw it: who gets the message.
-    pub(super) thread: ThreadInfo,
+    pub(super) thread: Arc<ThreadInfo>,
     /// This node's sessions of the thread's members, when the thread is large.
     pub(super) large: Option<Arc<Interest>>,
     pub(super) reply: ReplyTo,
@@ -113,7 +113,7 @@ pub(super) struct PendingSend {
 
 /// A send of a batch handed to the store: everything but its message.
 struct Admitted {
-    thread: ThreadInfo,
+    thread: Arc<ThreadInfo>,
     large: Option<Arc<Interest>>,
     reply: ReplyTo,
 }
@@ -210,7 +210,7 @@ impl Drop for ReplyTo {
 
 /// A message stored by a batch, on its way to other nodes and the push sink.
 struct Committed {
-    thread: ThreadInfo,
+    thread: Arc<ThreadInfo>,
     large: Option<Arc<Interest>>,
     message: StoredMessage,
     frame: Bytes,
@@ -361,7 +361,7 @@ impl Engine {
                 Delivery {
                     to: match &p.large {
                         Some(i) => Recipients::Large(i.clone()),
-                        None => Recipients::Users(p.thread.members.clone()),
+                        None => Recipients::Members(p.thread.clone()),
                     },
                     except: Some(p.reply.session.id.clone()),
                     frame: frame.clone(),

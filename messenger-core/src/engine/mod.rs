@@ -221,6 +221,9 @@ pub(crate) struct Delivery {
 enum Recipients {
     /// Each of these users' sessions (looked up per user).
     Users(Vec<UserId>),
+    /// Each of this thread's members' sessions (looked up per member): a message's
+    /// delivery shares the thread with its send rather than copying the member list.
+    Members(Arc<ThreadInfo>),
     /// A large thread's members' sessions, as this node tracks them.
     Large(Arc<interest::Interest>),
 }
@@ -688,14 +691,13 @@ impl Engine {
     }
 
     /// The thread, checking that `user` is a member: `not_found` or `forbidden`.
-    async fn member_thread(&self, thread_id: &ThreadId, user: &UserId) -> Result<ThreadInfo> {
-        let thread = self
-            .inner
-            .a
-            .threads
-            .get_thread(thread_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("no thread {thread_id}")))?;
+    async fn member_thread(&self, thread_id: &ThreadId, user: &UserId) -> Result<Arc<ThreadInfo>> {
+        let threads = &self.inner.a.threads;
+        let thread = match threads.get_thread_now(thread_id) {
+            Some(now) => now?,
+            None => threads.get_thread(thread_id).await?.map(Arc::new),
+        };
+        let thread = thread.ok_or_else(|| Error::not_found(format!("no thread {thread_id}")))?;
         if !thread.is_member(user) {
             return Err(Error::forbidden(format!("not a member of {thread_id}")));
         }
@@ -955,6 +957,7 @@ impl Engine {
         };
         let users = match &d.to {
             Recipients::Users(users) => users,
+            Recipients::Members(t) => &t.members,
             Recipients::Large(i) => {
                 i.for_each_session(d.except.as_ref(), |t| self.push_to(t, out()));
                 return;
@@ -1520,8 +1523,9 @@ impl Engine {
         let thread = self.member_thread(&thread_id, &s.user).await?;
         let others: Vec<UserId> = thread
             .members
-            .into_iter()
-            .filter(|u| *u != s.user)
+            .iter()
+            .filter(|u| **u != s.user)
+            .cloned()
             .collect();
         self.route(
             others,

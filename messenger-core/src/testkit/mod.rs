@@ -269,6 +269,7 @@ macro_rules! thread_store_tests {
                 watermark_never_moves_backwards,
                 read_implies_delivered,
                 concurrent_watermarks_keep_the_max,
+                get_thread_now_agrees_with_get_thread,
             ]
         );
     };

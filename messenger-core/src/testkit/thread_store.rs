@@ -396,3 +396,63 @@ pub async fn concurrent_watermarks_keep_the_max(store: Arc<dyn ThreadStore>) {
 }
 
 crate::thread_store_tests!(@checks __testkit_list (ThreadStore));
+
+/// `get_thread_now` is either never answered (`None`, the default) or always, and then
+/// agrees with `get_thread`; what it returned is a snapshot that later membership
+/// changes leave alone.
+pub async fn get_thread_now_agrees_with_get_thread(store: Arc<dyn ThreadStore>) {
+    let (a, b, c) = (unique_user("a"), unique_user("b"), unique_user("c"));
+    let t = new_group("now", &[a.clone(), b.clone()]);
+    let info = create(&*store, t.clone()).await;
+    let Some(now) = store.get_thread_now(&t.thread_id) else {
+        assert!(
+            store
+                .get_thread_now(&unique_thread("now-unknown"))
+                .is_none(),
+            "a store answers get_thread_now always or never"
+        );
+        return;
+    };
+    let shared = now
+        .unwrap_or_else(|e| panic!("get_thread_now: {e}"))
+        .expect("the created thread");
+    assert_eq!(*shared, info, "get_thread_now gives what get_thread gives");
+    let unknown = store.get_thread_now(&unique_thread("now-unknown"));
+    assert!(
+        matches!(unknown, Some(Ok(None))),
+        "an unknown thread is Some(Ok(None)), got {unknown:?}"
+    );
+    store
+        .add_members(&t.thread_id, std::slice::from_ref(&c))
+        .await
+        .unwrap_or_else(|e| panic!("add_members: {e}"));
+    assert_eq!(*shared, info, "a thread already handed out does not change");
+    let after = store.get_thread_now(&t.thread_id);
+    let after = after
+        .and_then(|r| r.ok())
+        .flatten()
+        .expect("the thread after the change");
+    assert_eq!(after.members, vec![a.clone(), b.clone(), c]);
+    assert_eq!(
+        store.get_thread(&t.thread_id).await.ok().flatten().as_ref(),
+        Some(&*after)
+    );
+    store
+        .remove_member(&t.thread_id, &b)
+        .await
+        .unwrap_or_else(|e| panic!("remove_member: {e}"));
+    assert_eq!(
+        after.members.len(),
+        3,
+        "a thread already handed out does not change"
+    );
+    let last = store
+        .get_thread_now(&t.thread_id)
+        .and_then(|r| r.ok())
+        .flatten()
+        .expect("the thread after the removal");
+    assert!(
+        !last.is_member(&b),
+        "a removed member is gone from later answers"
+    );
+}
