@@ -64,6 +64,23 @@ pub trait MessageStore: Send + Sync {
         batch: Vec<NewMessage>,
     ) -> Result<Vec<Appended>>;
 
+    /// [`append_batch`](Self::append_batch) without waiting, when the store can (no I/O:
+    /// an in-memory store): `Some` with the outcome `append_batch` would give for the
+    /// messages in `batch`, which it takes (leaving `batch` empty, its capacity kept for
+    /// the caller to reuse). `None` (the default) when it cannot: `batch` is left as it
+    /// was and the engine awaits `append_batch`. A store answers `None` always or never.
+    ///
+    /// The engine's committer runs in the sender's task when this answers (no boxed
+    /// future, no task), and reuses `batch`'s vector from one batch to the next.
+    fn append_batch_now(
+        &self,
+        thread: &ThreadId,
+        batch: &mut Vec<NewMessage>,
+    ) -> Option<Result<Vec<Appended>>> {
+        let _ = (thread, batch);
+        None
+    }
+
     /// A page of a thread by seq range; see [`HistoryQuery`] and [`HistoryPage`].
     /// An unknown thread is an empty page.
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage>;

@@ -34,6 +34,7 @@ async fn unavailable_store_gives_unavailable_and_delivers_nothing() {
     let backend = MemBackend::new();
     let mut adapters = backend.adapters(node(1));
     let mut store = MockMessageStore::new();
+    store.expect_append_batch_now().returning(|_, _| None);
     store
         .expect_append_batch()
         .returning(|_, _| Err(Error::unavailable("message store down")));

@@ -161,6 +161,20 @@ impl ThreadLog {
     }
 }
 
+impl MemMessageStore {
+    /// Appends `batch` (leaving it empty) under one lock of its thread: its seqs are
+    /// consecutive and nothing interleaves.
+    fn append_now(&self, thread: &ThreadId, batch: &mut Vec<NewMessage>) -> Result<Vec<Appended>> {
+        check_batch(thread, batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let log = self.log_or_create(thread);
+        let mut log = lock(&log);
+        Ok(batch.drain(..).map(|m| log.append(m)).collect())
+    }
+}
+
 #[async_trait]
 impl MessageStore for MemMessageStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
@@ -174,14 +188,16 @@ impl MessageStore for MemMessageStore {
         thread: &ThreadId,
         batch: Vec<NewMessage>,
     ) -> Result<Vec<Appended>> {
-        check_batch(thread, &batch)?;
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One lock for the whole batch: its seqs are consecutive and nothing interleaves.
-        let log = self.log_or_create(thread);
-        let mut log = lock(&log);
-        Ok(batch.into_iter().map(|m| log.append(m)).collect())
+        let mut batch = batch;
+        self.append_now(thread, &mut batch)
+    }
+
+    fn append_batch_now(
+        &self,
+        thread: &ThreadId,
+        batch: &mut Vec<NewMessage>,
+    ) -> Option<Result<Vec<Appended>>> {
+        Some(self.append_now(thread, batch))
     }
 
     async fn fetch(&self, thread: &ThreadId, query: HistoryQuery) -> Result<HistoryPage> {

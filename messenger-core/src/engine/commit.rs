@@ -83,7 +83,8 @@ impl CommitQueue {
         if n == 0 {
             return (Vec::new(), Vec::new());
         }
-        let mut msgs = Vec::with_capacity(n);
+        let mut msgs = spare_msgs();
+        msgs.reserve(n);
         let mut admitted = spare_batch();
         for p in st.waiting.drain(..n) {
             msgs.push(p.msg);
@@ -121,11 +122,30 @@ struct Admitted {
 /// Most sends a recycled batch vector may hold room for (see [`spare_batch`]).
 const SPARE_BATCH_MAX: usize = 64;
 
+/// A batch taken from the queue: the messages for the store and the rest of each send.
+type Batch = (Vec<NewMessage>, Vec<Admitted>);
+
 thread_local! {
     /// An empty batch vector to reuse: a thread's committer usually starts, takes one
     /// send and ends, so a fresh vector per batch was an allocation per send. One per
     /// worker thread, of bounded size, rather than one per thread slot.
     static SPARE_BATCH: Cell<Vec<Admitted>> = const { Cell::new(Vec::new()) };
+    /// The same for the messages of a batch, when the store hands the vector back
+    /// ([`MessageStore::append_batch_now`](crate::MessageStore::append_batch_now)).
+    static SPARE_MSGS: Cell<Vec<NewMessage>> = const { Cell::new(Vec::new()) };
+}
+
+/// The worker thread's spare message vector (empty), or a new one.
+fn spare_msgs() -> Vec<NewMessage> {
+    SPARE_MSGS.try_with(Cell::take).unwrap_or_default()
+}
+
+/// Keeps an emptied message vector for the next batch on this worker thread.
+fn recycle_msgs(mut v: Vec<NewMessage>) {
+    v.clear();
+    if v.capacity() <= SPARE_BATCH_MAX {
+        let _ = SPARE_MSGS.try_with(|c| c.set(v));
+    }
 }
 
 /// The worker thread's spare batch vector (empty), or a new one.
@@ -238,9 +258,40 @@ impl Engine {
     /// and no hop through another task. Only what cannot finish in that first poll (a
     /// store call or a remote fan-out still in flight, a second batch queued meanwhile)
     /// continues on a task of its own.
+    ///
+    /// On a single node with a store that appends without waiting
+    /// ([`MessageStore::append_batch_now`](crate::MessageStore::append_batch_now)), the
+    /// first batch runs right here instead (see [`commit_now`](Self::commit_now)), with
+    /// no committer future at all.
     pub(super) fn enqueue_send(&self, slot: &Arc<ThreadSlot>, send: PendingSend) {
-        if slot.commit.push(send) {
-            let mut committer = Box::pin(self.clone().run_commits(slot.clone()));
+        if !slot.commit.push(send) {
+            return;
+        }
+        let mut first = None;
+        if self.inner.config.single_node {
+            // As below: a panicking store answers its batch (`internal`, when the sends
+            // are dropped) and must not take the sender's session down.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.commit_now(slot))) {
+                Ok(Now::Done) => return,
+                // Sends queued while this batch ran: the committer task goes on with them,
+                // so this task does one batch for others at most.
+                Ok(Now::More(batch)) => {
+                    tokio::spawn(self.clone().run_commits(slot.clone(), Some(batch)));
+                    return;
+                }
+                Ok(Now::CannotWait(batch)) => first = Some(batch),
+                Err(_) => {
+                    slot.commit.stop();
+                    tracing::error!(
+                        "the message store panicked in a send batch: its sends were answered \
+                         with `internal`"
+                    );
+                    return;
+                }
+            }
+        }
+        {
+            let mut committer = Box::pin(self.clone().run_commits(slot.clone(), first));
             let mut cx = Context::from_waker(Waker::noop());
             // A store that panics must not take the sender's session down with it: the
             // unwinding committer has already answered its batch (`internal` errors) and
@@ -262,17 +313,55 @@ impl Engine {
         }
     }
 
+    /// One batch of the thread, in the caller's task, when the store appends without
+    /// waiting; on a single node only, where a batch leaves nothing to do for other
+    /// nodes once its local deliveries, replies, events and pushes are handed on.
+    fn commit_now(&self, slot: &Arc<ThreadSlot>) -> Now {
+        let max = self.inner.config.max_send_batch.max(1);
+        let (mut msgs, batch) = slot.commit.take(max, true);
+        let Some(thread_id) = msgs.first().map(|m| m.thread_id.clone()) else {
+            // Nothing queued: `take` marked the committer stopped.
+            return Now::Done;
+        };
+        let Some(result) = self
+            .inner
+            .a
+            .messages
+            .append_batch_now(&thread_id, &mut msgs)
+        else {
+            return Now::CannotWait((msgs, batch));
+        };
+        let stats = &self.inner.stats;
+        stats.store_batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .store_batch_messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        recycle_msgs(msgs);
+        let committed = self.complete_batch(slot, batch, result);
+        debug_assert!(committed.is_empty(), "nothing to fan out on a single node");
+        let (msgs, batch) = slot.commit.take(max, true);
+        if batch.is_empty() {
+            Now::Done
+        } else {
+            Now::More((msgs, batch))
+        }
+    }
+
     /// The committer of one thread: one store call at a time, each taking everything
-    /// queued meanwhile (up to `max_send_batch`); ends when the queue is empty. It
-    /// yields once before its second batch, so the sender's task that started it (see
-    /// [`enqueue_send`](Self::enqueue_send)) does at most one batch for others.
-    async fn run_commits(self, slot: Arc<ThreadSlot>) {
+    /// queued meanwhile (up to `max_send_batch`), starting with `first` if given; ends
+    /// when the queue is empty. It yields once before its second batch, so the sender's
+    /// task that started it (see [`enqueue_send`](Self::enqueue_send)) does at most one
+    /// batch for others.
+    async fn run_commits(self, slot: Arc<ThreadSlot>, mut first: Option<Batch>) {
         let _guard = RunningGuard(slot.clone());
         let max = self.inner.config.max_send_batch.max(1);
         let mut fan_out = None;
         let mut batches = 0u32;
         loop {
-            let (msgs, batch) = slot.commit.take(max, fan_out.is_none());
+            let (msgs, batch) = match first.take() {
+                Some(b) => b,
+                None => slot.commit.take(max, fan_out.is_none()),
+            };
             if batch.is_empty() {
                 match fan_out.take() {
                     // Finish the last batch's fan-out, then look at the queue again.
@@ -590,6 +679,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// How [`Engine::commit_now`] left the thread.
+enum Now {
+    /// Its batch is done and nothing else was queued: the committer is stopped.
+    Done,
+    /// Its batch is done; these sends queued meanwhile (the committer still runs).
+    More(Batch),
+    /// The store cannot append without waiting: this batch goes to the committer task.
+    CannotWait(Batch),
 }
 
 /// What a committed message's event and push get once its envelopes are sent.

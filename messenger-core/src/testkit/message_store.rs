@@ -779,3 +779,81 @@ pub async fn concurrent_duplicate_batches_store_one(store: Arc<dyn MessageStore>
 }
 
 crate::message_store_tests!(@checks __testkit_list (MessageStore));
+
+/// `append_batch_now` is either never answered (`None`, the default, leaving the batch
+/// as it was) or always, and then keeps `append_batch`'s contract: consecutive seqs in
+/// input order continuing the thread, duplicates answered with the originals, a message
+/// of another thread refusing the whole batch; the batch is left empty.
+pub async fn append_batch_now_keeps_the_batch_contract(store: Arc<dyn MessageStore>) {
+    let thread = unique_thread("now");
+    let alice = unique_user("alice");
+    let first = append(&*store, new_message(&thread, &alice, "t0", "m0")).await;
+    assert_eq!(first.message.seq, 1);
+    let mut batch: Vec<NewMessage> = (1..=3)
+        .map(|i| new_message(&thread, &alice, &format!("t{i}"), &format!("m{i}")))
+        .collect();
+    let sent = batch.clone();
+    let Some(result) = store.append_batch_now(&thread, &mut batch) else {
+        assert_eq!(
+            batch, sent,
+            "a store that cannot append at once leaves the batch"
+        );
+        let mut other = vec![new_message(&thread, &alice, "t9", "m9")];
+        assert!(
+            store.append_batch_now(&thread, &mut other).is_none(),
+            "a store answers append_batch_now always or never"
+        );
+        return;
+    };
+    let got = result.unwrap_or_else(|e| panic!("append_batch_now failed: {e}"));
+    assert!(
+        batch.is_empty(),
+        "append_batch_now takes the batch's messages"
+    );
+    assert_eq!(got.len(), 3, "one result per message");
+    for (i, (a, m)) in got.iter().zip(&sent).enumerate() {
+        assert!(!a.duplicate, "message {i} is new");
+        assert_eq!(
+            a.message.seq,
+            i as u64 + 2,
+            "seqs continue the thread in input order"
+        );
+        assert_eq!(
+            (&a.message.temp_id, &a.message.text, a.message.message_id),
+            (&m.temp_id, &m.text, m.message_id)
+        );
+    }
+    // The vector is reused: a repeat of message 2 and a new one.
+    batch.push(new_message(&thread, &alice, "t2", "again"));
+    batch.push(new_message(&thread, &alice, "t4", "m4"));
+    let got2 = store
+        .append_batch_now(&thread, &mut batch)
+        .expect("a store answers append_batch_now always or never")
+        .unwrap_or_else(|e| panic!("append_batch_now failed: {e}"));
+    assert!(got2[0].duplicate, "a repeated temp_id is a duplicate");
+    assert_eq!(
+        got2[0].message, got[1].message,
+        "a duplicate comes back as the original"
+    );
+    assert!(!got2[1].duplicate);
+    assert_eq!(got2[1].message.seq, 5);
+    // Another thread's message refuses the batch before anything is written.
+    let other = unique_thread("now-other");
+    batch.clear();
+    batch.push(new_message(&thread, &alice, "t5", "m5"));
+    batch.push(new_message(&other, &alice, "t6", "m6"));
+    let refused = store
+        .append_batch_now(&thread, &mut batch)
+        .expect("a store answers append_batch_now always or never");
+    assert!(
+        matches!(&refused, Err(e) if matches!(e.kind(), crate::error::ErrorKind::BadRequest)),
+        "a foreign message refuses the batch: {refused:?}"
+    );
+    assert_eq!(
+        store.last_seqs(std::slice::from_ref(&thread)).await.ok(),
+        Some(vec![5]),
+        "a refused batch writes nothing"
+    );
+    let page = fetch(&*store, &thread, HistoryQuery::latest(10)).await;
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
+}

@@ -238,6 +238,7 @@ macro_rules! message_store_tests {
                 append_batch_with_duplicates,
                 concurrent_batches_are_gapless,
                 concurrent_duplicate_batches_store_one,
+                append_batch_now_keeps_the_batch_contract,
             ]
         );
     };
