@@ -7,7 +7,10 @@
 //! `VecStore` keeps each thread as a `Vec` behind one mutex: simple on purpose. A real
 //! adapter would talk to its database here and map its errors into
 //! `messenger_core::Error` (`Error::unavailable` for a store that is down, so clients
-//! know nothing was accepted).
+//! know nothing was accepted). It keeps the default of `MessageStore::append_batch_now`
+//! (`None`: the engine awaits `append_batch`), as a store that does I/O should; a store
+//! with no I/O may answer it in place (see messenger-storage-mem), and the conformance
+//! suite checks it either way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
