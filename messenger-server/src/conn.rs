@@ -132,22 +132,27 @@ enum End {
 }
 
 /// Runs a session to its end and disconnects it from the engine.
-pub(crate) async fn run_session<S>(ctx: ConnCtx, session: Session, mut ws: S)
+///
+/// Everything is borrowed: the caller's task owns the socket, the context and the
+/// session once. An `async fn` stores the arguments it takes by value in its future
+/// (and again where its body moves them on), so each level that took the WebSocket
+/// (320 B) and the context by value added their size to every idle connection's task.
+pub(crate) async fn run_session<S>(ctx: &ConnCtx, session: &mut Session, ws: &mut S)
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let Session { handle, mut outbox } = session;
+    let Session { handle, outbox } = session;
     if *ctx.shutdown.borrow() {
         handle.close(CloseReason::Shutdown);
     }
-    let end = drive(&ctx, &handle, &mut outbox, &mut ws).await;
+    let end = drive(ctx, handle, outbox, ws).await;
     // The session ends for routing and presence now, not after the close frame is
     // written: a dead peer's full socket must not delay its presence going offline.
-    ctx.engine.disconnect(&handle).await;
+    ctx.engine.disconnect(handle).await;
     let write_timeout = ctx.config.websocket.write_timeout;
     match end {
         End::Close(code, reason) => {
-            if close(&mut ws, code, reason, write_timeout).await {
+            if close(ws, code, reason, write_timeout).await {
                 // Give the peer a moment to answer the close so its unread data does not
                 // turn our close into a reset.
                 let _ = tokio::time::timeout(CLOSE_LINGER, async {
@@ -170,14 +175,15 @@ async fn drive<S>(ctx: &ConnCtx, handle: &SessionHandle, outbox: &mut Outbox, ws
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let cfg = &ctx.config.websocket;
-    let interval = cfg.ping_interval;
-    let dead_after = interval * 2;
+    // The settings are read from `ctx` where they are used rather than copied into
+    // locals: every local kept across an await is a few bytes of every idle task.
+    let interval = || ctx.config.websocket.ping_interval;
+    let dead_after = || ctx.config.websocket.ping_interval * 2;
     let start = tokio::time::Instant::now();
     // One timer per connection, for both the next ping and the liveness deadline. The
     // instant of the last frame read is only stored; the timer is re-armed from it when
     // it fires, so reading a frame costs no timer operation.
-    let mut next_ping = start + interval;
+    let mut next_ping = start + interval();
     let mut last_read = start;
     let mut timer = pin!(tokio::time::sleep_until(next_ping));
     let mut bucket = TokenBucket::new(
@@ -189,7 +195,7 @@ where
     // A frame over the session's frame rate, held (not refused) until its token is due;
     // nothing more is read from the socket meanwhile, so the client's frames keep their
     // order and the backpressure reaches its socket. Boxed: one pointer in an idle task.
-    let mut held: Option<(Box<Message>, tokio::time::Instant)> = None;
+    let mut held: Held = None;
     loop {
         // Unbiased: a session flooded with deliveries still reads its own frames, and a
         // chatty peer does not starve its deliveries.
@@ -210,62 +216,52 @@ where
                         return End::Close(CLOSE_GOING_AWAY, "session closed by the server");
                     }
                 };
-                if let Err(end) = batch.write(ctx, ws, outbox, first).await {
+                let written = batch.write(ctx, ws, outbox, first).await;
+                if let Err(end) = batch.done(ctx, written) {
                     return end;
                 }
             }
             next = ws.next(), if held.is_none() => {
                 last_read = tokio::time::Instant::now();
-                let msg = match next {
-                    None => return End::PeerGone,
-                    Some(Ok(m)) => m,
-                    Some(Err(WsError::Capacity(e))) => {
-                        ctx.metrics.oversized_frames.inc();
-                        tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
-                        return End::Close(CLOSE_TOO_BIG, "frame too large");
-                    }
-                    Some(Err(WsError::Utf8)) => {
-                        return End::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8");
-                    }
-                    Some(Err(WsError::Protocol(e))) => {
-                        tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
-                        return End::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error");
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(session = %handle.id(), error = %e, "read error");
-                        return End::PeerGone;
-                    }
+                // The item is consumed by a plain function, so nothing of it (a message
+                // and an error are 200 B) is kept across the engine's await below.
+                let req = match on_read(ctx, handle, next, last_read, &mut bucket, &mut held) {
+                    Ok(req) => req,
+                    Err(end) => return end,
                 };
-                let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
-                if counted && !bucket.take(last_read) {
-                    let due = last_read + bucket.until_token(last_read);
-                    ctx.metrics.frames_paced.inc();
-                    held = Some((Box::new(msg), due));
-                    if due < timer.deadline() {
-                        timer.as_mut().reset(due);
+                if let Some((_, due)) = &held {
+                    if *due < timer.deadline() {
+                        timer.as_mut().reset(*due);
                     }
-                } else {
-                    on_message(ctx, handle, msg).await;
+                }
+                if let Some(f) = req.and_then(|req| handle_request(ctx, handle, req)) {
+                    f.await;
                 }
             }
             () = &mut timer => {
                 let now = tokio::time::Instant::now();
                 if let Some((_, due)) = &held {
                     if now >= *due {
-                        if let Some((msg, _)) = held.take() {
+                        let req = held.take().and_then(|(msg, _)| {
                             bucket.take_due(now);
-                            on_message(ctx, handle, *msg).await;
+                            on_message(ctx, handle, *msg)
+                        });
+                        if let Some(f) = req.and_then(|req| handle_request(ctx, handle, req)) {
+                            f.await;
                         }
                     }
                 }
-                if now >= last_read + dead_after {
+                if now >= last_read + dead_after() {
                     ctx.metrics.heartbeat_timeouts.inc();
                     tracing::info!(session = %handle.id(), user = %handle.user(),
                         "peer silent for two ping intervals: closing");
                     return End::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout");
                 }
                 if now >= next_ping {
-                    let sent = tokio::time::timeout(cfg.write_timeout, ws.send(Message::Ping(Bytes::new()))).await;
+                    // Boxed: once per ping interval, and it would otherwise be a state
+                    // of every idle connection's task.
+                    let ping = ws.send(Message::Ping(Bytes::new()));
+                    let sent = Box::pin(tokio::time::timeout(ctx.config.websocket.write_timeout, ping)).await;
                     match sent {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return End::Dead,
@@ -276,12 +272,12 @@ where
                         }
                     }
                     // A late tick delays the next ping rather than bunching them.
-                    next_ping += interval;
+                    next_ping += interval();
                     if next_ping <= now {
-                        next_ping = now + interval;
+                        next_ping = now + interval();
                     }
                 }
-                let mut next = next_ping.min(last_read + dead_after);
+                let mut next = next_ping.min(last_read + dead_after());
                 if let Some((_, due)) = &held {
                     next = next.min(*due);
                 }
@@ -291,15 +287,60 @@ where
     }
 }
 
-/// One frame from the peer, within the session's frame rate (the caller paces the rest).
-async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, msg: Message) {
+/// A frame from the peer is held, not handled, while it is over the session's frame rate
+/// (until the token it waits for is due); nothing more is read meanwhile.
+type Held = Option<(Box<Message>, tokio::time::Instant)>;
+
+/// One item read from the socket at `now`: the end of the session, or the request to
+/// hand to the engine, if there is one. A frame over the frame rate goes to `held`.
+fn on_read(
+    ctx: &ConnCtx,
+    handle: &SessionHandle,
+    next: Option<Result<Message, WsError>>,
+    now: tokio::time::Instant,
+    bucket: &mut TokenBucket,
+    held: &mut Held,
+) -> Result<Option<Request>, End> {
+    let msg = match next {
+        None => return Err(End::PeerGone),
+        Some(Ok(m)) => m,
+        Some(Err(WsError::Capacity(e))) => {
+            ctx.metrics.oversized_frames.inc();
+            tracing::info!(session = %handle.id(), error = %e, "frame over the limit: closing");
+            return Err(End::Close(CLOSE_TOO_BIG, "frame too large"));
+        }
+        Some(Err(WsError::Utf8)) => {
+            return Err(End::Close(CLOSE_INVALID_UTF8, "text frame is not UTF-8"));
+        }
+        Some(Err(WsError::Protocol(e))) => {
+            tracing::debug!(session = %handle.id(), error = %e, "websocket protocol error");
+            return Err(End::Close(CLOSE_PROTOCOL_ERROR, "websocket protocol error"));
+        }
+        Some(Err(e)) => {
+            tracing::debug!(session = %handle.id(), error = %e, "read error");
+            return Err(End::PeerGone);
+        }
+    };
+    let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
+    if counted && !bucket.take(now) {
+        let due = now + bucket.until_token(now);
+        ctx.metrics.frames_paced.inc();
+        *held = Some((Box::new(msg), due));
+        return Ok(None);
+    }
+    Ok(on_message(ctx, handle, msg))
+}
+
+/// One frame from the peer, within the session's frame rate (the caller paces the rest):
+/// the request to hand to the engine, if it is one (errors are answered here).
+fn on_message(ctx: &ConnCtx, handle: &SessionHandle, msg: Message) -> Option<Request> {
     match msg {
         Message::Text(text) => {
             let decoded = decode_client(text.as_str());
             ctx.metrics
                 .frame_in(decoded.as_ref().ok().map(|r| r.frame.type_name()));
             match decoded {
-                Ok(req) => handle_request(ctx, handle, req).await,
+                Ok(req) => return Some(req),
                 Err(e) => reject(ctx, handle, e.req_id, e.code, e.message),
             }
         }
@@ -317,18 +358,24 @@ async fn on_message(ctx: &ConnCtx, handle: &SessionHandle, msg: Message) {
         // stream); any frame counts as liveness.
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
     }
+    None
 }
 
 /// A decoded request: checked against the abuse limits, then handed to the engine.
-async fn handle_request(ctx: &ConnCtx, handle: &SessionHandle, req: Request) {
+fn handle_request<'a>(
+    ctx: &'a ConnCtx,
+    handle: &'a SessionHandle,
+    req: Request,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>> {
     if let Some((code, limit, message)) = over_limit(ctx, handle, &req.frame) {
         ctx.metrics.limit(limit);
         reject(ctx, handle, req.req_id, code, message);
-        return;
+        return None;
     }
-    // Boxed: the engine's request future is over 1 KiB and would otherwise sit in every
+    // Boxed, with the request in it: the engine's request future is over 1 KiB, and
+    // the request itself a few hundred bytes; unboxed, both would be a state of every
     // idle connection's task.
-    Box::pin(ctx.engine.handle(handle, req)).await
+    Some(Box::pin(ctx.engine.handle(handle, req)))
 }
 
 /// The abuse limit a frame breaks, if any, as (error code, limit label, message). Such a
@@ -394,42 +441,64 @@ struct Batch {
 
 impl Batch {
     /// Writes `first` and whatever else is queued (up to a batch), with one flush, within
-    /// the write timeout.
-    async fn write<S>(
-        &mut self,
+    /// the write timeout; [`done`](Self::done) then counts it.
+    ///
+    /// A plain function returning the timeout around a `poll_fn`, not an `async fn`:
+    /// its state (the frame in hand, a few references and the timer) is the only write
+    /// state an idle connection's task reserves room for, about a third of what an
+    /// `async` version needs (which keeps its arguments and each awaited `feed` as well).
+    fn write<'a, S>(
+        &'a mut self,
         ctx: &ConnCtx,
-        ws: &mut S,
-        outbox: &mut Outbox,
+        ws: &'a mut S,
+        outbox: &'a mut Outbox,
         first: messenger_core::engine::Outbound,
-    ) -> Result<(), End>
+    ) -> impl std::future::Future<Output = Result<Result<(), WsError>, tokio::time::error::Elapsed>> + 'a
     where
         S: Sink<Message, Error = WsError> + Unpin,
     {
         self.kinds.clear();
         self.accepted.clear();
         let (kinds, accepted) = (&mut self.kinds, &mut self.accepted);
-        let batch = async {
-            let mut next = Some(first);
-            let mut bytes = 0usize;
+        let mut next = Some(first);
+        let mut bytes = 0usize;
+        let batch = futures::future::poll_fn(move |cx| {
             while let Some(out) = next.take() {
+                match std::pin::Pin::new(&mut *ws).poll_ready(cx) {
+                    std::task::Poll::Ready(Ok(())) => {}
+                    std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => {
+                        next = Some(out);
+                        return std::task::Poll::Pending;
+                    }
+                }
                 bytes += out.frame.len();
+                kinds.push(out.kind);
+                if let Some(at) = out.accepted_at {
+                    accepted.push(at);
+                }
                 // A text frame straight from the engine's shared bytes: the engine
                 // encodes every frame from a `String`, so it is UTF-8 already, and
                 // checking it again for each recipient (what `Message::Text` needs)
                 // would cost a pass over every copy.
                 let frame = Frame::message(out.frame, OpCode::Data(Data::Text), true);
-                ws.feed(Message::Frame(frame)).await?;
-                kinds.push(out.kind);
-                if let Some(at) = out.accepted_at {
-                    accepted.push(at);
-                }
+                std::pin::Pin::new(&mut *ws).start_send(Message::Frame(frame))?;
                 if kinds.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
                     next = outbox.try_recv();
                 }
             }
-            ws.flush().await
-        };
-        match tokio::time::timeout(ctx.config.websocket.write_timeout, batch).await {
+            std::pin::Pin::new(&mut *ws).poll_flush(cx)
+        });
+        tokio::time::timeout(ctx.config.websocket.write_timeout, batch)
+    }
+
+    /// Counts a written batch in the metrics, or turns its failure into the session's end.
+    fn done(
+        &mut self,
+        ctx: &ConnCtx,
+        written: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+    ) -> Result<(), End> {
+        match written {
             Ok(Ok(())) => {
                 let now = Instant::now();
                 for k in &self.kinds {
@@ -577,7 +646,8 @@ mod session_tests {
             tx: out_tx.sink_map_err(|_| WsError::ConnectionClosed),
             rx: in_rx,
         };
-        let task = tokio::spawn(run_session(ctx, session, ws));
+        let (mut session, mut ws) = (session, ws);
+        let task = tokio::spawn(async move { run_session(&ctx, &mut session, &mut ws).await });
         (in_tx, out_rx, task, engine)
     }
 

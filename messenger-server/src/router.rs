@@ -401,25 +401,27 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
         );
     };
     let ctx = server.inner.ctx.clone();
-    let session = match ctx.engine.connect(user.clone()).await {
+    let mut session = match ctx.engine.connect(user.clone()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "connect failed: 503");
             return plain(StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n");
         }
     };
-    let wait = ctx.config.websocket.write_timeout;
-    let ws_cfg = ws_config(&ctx.config);
+    // The session's task for as long as the connection lives: it owns the context,
+    // the session and the WebSocket once, and everything it awaits borrows them (every
+    // byte of this future is paid by every idle connection).
     server.track(async move {
+        let wait = ctx.config.websocket.write_timeout;
         match tokio::time::timeout(wait, on_upgrade).await {
             Ok(Ok(upgraded)) => {
-                let ws = WebSocketStream::from_raw_socket(
+                let mut ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(ws_cfg),
+                    Some(ws_config(&ctx.config)),
                 )
                 .await;
-                run_counted(ctx, session, ws).await;
+                run_counted(&ctx, &mut session, &mut ws).await;
             }
             _ => {
                 tracing::debug!(user = %session.handle.user(), "upgrade did not complete");

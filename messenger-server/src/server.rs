@@ -541,7 +541,7 @@ impl Server {
     /// user holds `limits.max_sessions_per_user` sessions on this node already, or
     /// [`ServerError::Engine`] when the engine cannot register the session (an adapter
     /// is down).
-    pub async fn run_websocket<S>(&self, user: UserId, ws: S) -> Result<(), ServerError>
+    pub async fn run_websocket<S>(&self, user: UserId, mut ws: S) -> Result<(), ServerError>
     where
         S: Sink<Message, Error = WsError>
             + Stream<Item = Result<Message, WsError>>
@@ -553,11 +553,12 @@ impl Server {
             return Err(ServerError::ShuttingDown);
         }
         let slot = self.session_slot(&user)?;
-        let session = self.inner.ctx.engine.connect(user).await?;
+        let mut session = self.inner.ctx.engine.connect(user).await?;
         let ctx = self.inner.ctx.clone();
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        // The task owns the session and the socket once; everything below borrows them.
         self.track(async move {
-            run_counted(ctx, session, ws).await;
+            run_counted(&ctx, &mut session, &mut ws).await;
             drop(slot);
             let _ = done_tx.send(());
         });
@@ -675,9 +676,13 @@ impl Server {
     }
 }
 
-/// Runs a session over `ws` with the connection metrics around it.
-pub(crate) async fn run_counted<S>(ctx: ConnCtx, session: messenger_core::engine::Session, ws: S)
-where
+/// Runs a session over `ws` with the connection metrics around it. Borrows what the
+/// session task owns (see [`run_session`]).
+pub(crate) async fn run_counted<S>(
+    ctx: &ConnCtx,
+    session: &mut messenger_core::engine::Session,
+    ws: &mut S,
+) where
     S: Sink<Message, Error = WsError>
         + Stream<Item = Result<Message, WsError>>
         + Unpin
@@ -687,9 +692,8 @@ where
     tracing::debug!(user = %session.handle.user(), session = %session.handle.id(), "session open");
     ctx.metrics.connections_open.inc();
     ctx.metrics.connections_total.inc();
-    let metrics = ctx.metrics.clone();
     run_session(ctx, session, ws).await;
-    metrics.connections_open.dec();
+    ctx.metrics.connections_open.dec();
 }
 
 /// The tungstenite configuration: small buffers, incoming size limits.
