@@ -73,6 +73,7 @@ mod conn;
 pub mod fuzzing;
 mod limits;
 pub mod metrics;
+mod ondemand;
 #[cfg(feature = "push")]
 mod push;
 #[cfg(feature = "axum")]

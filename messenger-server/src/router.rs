@@ -35,7 +35,8 @@ use tokio_tungstenite::WebSocketStream;
 use tower::ServiceExt;
 
 use crate::auth::PeerAddr;
-use crate::server::{run_counted, ws_config, Server, ServerError};
+use crate::ondemand::ReadOnDemand;
+use crate::server::{run_counted, session_ws_config, Server, ServerError};
 
 impl Server {
     /// An axum [`Router`] serving `GET /ws` (the protocol; token checked by the
@@ -415,10 +416,14 @@ async fn ws(State(server): State<Server>, req: Request) -> Response {
         let wait = ctx.config.websocket.write_timeout;
         match tokio::time::timeout(wait, on_upgrade).await {
             Ok(Ok(upgraded)) => {
-                let mut ws = WebSocketStream::from_raw_socket(
+                let io = ReadOnDemand::new(
                     TokioIo::new(upgraded),
+                    ctx.config.websocket.read_buffer_bytes,
+                );
+                let mut ws = WebSocketStream::from_raw_socket(
+                    io,
                     Role::Server,
-                    Some(ws_config(&ctx.config)),
+                    Some(session_ws_config(&ctx.config)),
                 )
                 .await;
                 run_counted(&ctx, &mut session, &mut ws).await;

@@ -23,6 +23,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{run_session, ConnCtx};
 use crate::limits::Guards;
 use crate::metrics::{Metrics, SharedRegistry};
+use crate::ondemand::ReadOnDemand;
 
 /// Why the server could not be built or could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -574,8 +575,10 @@ impl Server {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let c = &self.inner.ctx.config;
+        let io = ReadOnDemand::new(io, c.websocket.read_buffer_bytes);
         let ws =
-            WebSocketStream::from_raw_socket(io, Role::Server, Some(self.websocket_config())).await;
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(session_ws_config(c))).await;
         self.run_websocket(user, ws).await
     }
 
@@ -694,6 +697,14 @@ pub(crate) async fn run_counted<S>(
     ctx.metrics.connections_total.inc();
     run_session(ctx, session, ws).await;
     ctx.metrics.connections_open.dec();
+}
+
+/// The tungstenite configuration of the server's own sessions, which run over
+/// [`ReadOnDemand`]: tungstenite's read buffer starts empty and grows only to the frames
+/// it is given (`websocket.read_buffer_bytes` is the size of the socket reads, whose
+/// buffer exists only while data is in flight).
+pub(crate) fn session_ws_config(c: &ServerConfig) -> WebSocketConfig {
+    ws_config(c).read_buffer_size(0)
 }
 
 /// The tungstenite configuration: small buffers, incoming size limits.
