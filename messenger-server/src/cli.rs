@@ -178,7 +178,7 @@ pub struct Cli {
     /// How long a user stays online after the last session ends [default: 3s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub presence_grace: Option<Duration>,
-    /// WebSocket read buffer per connection in bytes [default: 1024].
+    /// Bytes read from a WebSocket at a time, buffered only while data is in flight [default: 1024].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_bytes: Option<usize>,
     /// WebSocket write buffer per connection in bytes [default: 1024].

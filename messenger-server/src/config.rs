@@ -292,8 +292,10 @@ pub struct WebSocketSettings {
     /// On shutdown, how long sessions get to close before they are dropped. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// tungstenite read buffer per connection in bytes (its default is 128 KiB). It is a
-    /// minimum reserve per read, not a cap: larger frames still arrive whole. Default
+    /// Bytes read from a session's socket at a time. The buffer exists only while data is
+    /// in flight (an idle connection holds none) and is not a cap: larger frames still
+    /// arrive whole. [`Server::websocket_config`](crate::Server::websocket_config), for
+    /// embedders who upgrade themselves, uses it as tungstenite's read buffer. Default
     /// 1 KiB (docs/benchmarks.md).
     pub read_buffer_bytes: usize,
     /// Bytes buffered before tungstenite writes to the socket (its default is 128 KiB);
