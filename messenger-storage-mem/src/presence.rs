@@ -1,7 +1,5 @@
 //! [`MemPresence`]: online/offline per user and a stream of changes, in memory.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -17,8 +15,10 @@ pub const DEFAULT_PRESENCE_CAPACITY: usize = 4096;
 
 #[derive(Default)]
 struct UserPresence {
-    /// Live sessions and the node holding each.
-    sessions: HashMap<SessionId, NodeId>,
+    /// Live sessions and the node holding each. A list, not a map: a user has a few
+    /// sessions, and a map's smallest table is 128 B per online user where one entry of
+    /// a list is 24 B.
+    sessions: Vec<(SessionId, NodeId)>,
     /// When the user last went offline.
     last_seen: Option<Millis>,
 }
@@ -78,7 +78,13 @@ impl Presence for MemPresence {
         let mut shard = self.users.shard(user);
         let p = shard.entry(user.clone()).or_default();
         let was_offline = p.sessions.is_empty();
-        p.sessions.insert(session.clone(), node);
+        match p.sessions.iter_mut().find(|(s, _)| s == session) {
+            Some(e) => e.1 = node,
+            None => {
+                p.sessions.reserve_exact(1);
+                p.sessions.push((session.clone(), node));
+            }
+        }
         if was_offline {
             // Sent under the shard lock so that events for one user keep their order.
             self.emit(PresenceInfo {
@@ -100,7 +106,11 @@ impl Presence for MemPresence {
         let Some(p) = shard.get_mut(user) else {
             return Ok(());
         };
-        if p.sessions.remove(session).is_some() && p.sessions.is_empty() {
+        let before = p.sessions.len();
+        p.sessions.retain(|(s, _)| s != session);
+        if p.sessions.len() < before && p.sessions.is_empty() {
+            // The user's entry stays for `last_seen`; its list does not.
+            p.sessions = Vec::new();
             p.last_seen = Some(last_seen);
             self.emit(PresenceInfo {
                 user_id: user.clone(),

@@ -400,12 +400,13 @@ impl Engine {
             kind: "welcome",
             accepted_at: None,
         });
-        inner
-            .sessions
-            .shard(&user)
-            .entry(user.clone())
-            .or_default()
-            .push(shared.clone());
+        {
+            let mut shard = inner.sessions.shard(&user);
+            let list = shard.entry(user.clone()).or_default();
+            // Exact: most users have one session (a first push would make room for four).
+            list.reserve_exact(1);
+            list.push(shared.clone());
+        }
         inner.large.session_added(&user, &shared);
         Ok(Session {
             outbox: Outbox::new(shared.clone()),

@@ -224,11 +224,15 @@ impl SessionShared {
         self.wake.notify_one();
     }
 
-    fn pop(&self) -> Option<Outbound> {
+    /// The next queued frame. With `release`, finding the queue empty also gives its
+    /// storage back: the writer passes it when it is about to wait for frames, so an
+    /// idle session holds no queue (a busy one allocates it again per batch of frames it
+    /// writes, not per frame). A queue that grew large shrinks as soon as it is drained.
+    fn pop(&self, release: bool) -> Option<Outbound> {
         let mut q = self.queue();
         let item = q.pop_front();
-        if q.is_empty() && q.capacity() > SHRINK_ABOVE {
-            q.shrink_to(0);
+        if q.is_empty() && (q.capacity() > SHRINK_ABOVE || (release && q.capacity() > 0)) {
+            *q = VecDeque::new();
         }
         item
     }
@@ -261,7 +265,7 @@ impl Outbox {
             if let Some(reason) = self.shared.close.get() {
                 return Some(OutboxItem::Close(*reason));
             }
-            if let Some(out) = self.shared.pop() {
+            if let Some(out) = self.shared.pop(true) {
                 return Some(OutboxItem::Frame(out));
             }
             if self.shared.ended.load(Ordering::Acquire) {
@@ -278,7 +282,7 @@ impl Outbox {
         if self.shared.close.get().is_some() {
             return None;
         }
-        self.shared.pop()
+        self.shared.pop(false)
     }
 }
 
