@@ -431,12 +431,7 @@ impl Engine {
             }
         }
         inner.large.session_removed(&s.user, s);
-        let subs: Vec<UserId> = s
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let subs: Vec<UserId> = s.take_subscriptions();
         for watched in subs {
             self.unwatch(&watched, s);
         }
@@ -547,11 +542,7 @@ impl Engine {
             }
             ClientFrame::PresenceUnsubscribe { user_ids } => {
                 for u in user_ids {
-                    if s.subscriptions
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&u)
-                    {
+                    if s.subscriptions().remove(&u) {
                         self.unwatch(&u, s);
                     }
                 }
@@ -1455,11 +1446,7 @@ impl Engine {
             }
         }
         for u in &wanted {
-            let new = s
-                .subscriptions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(u.clone());
+            let new = s.subscriptions().insert(u.clone());
             if new {
                 self.inner
                     .watchers
@@ -1473,11 +1460,7 @@ impl Engine {
             Ok(v) => v,
             Err(e) => {
                 for u in &wanted {
-                    if s.subscriptions
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(u)
-                    {
+                    if s.subscriptions().remove(u) {
                         self.unwatch(u, s);
                     }
                 }

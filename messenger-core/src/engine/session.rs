@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::ids::{SessionId, UserId};
+use crate::sync::lock;
 
 /// One encoded server frame on its way to a session.
 #[derive(Debug, Clone)]
@@ -46,7 +47,10 @@ pub(crate) enum Pushed {
 ///
 /// The outbound queue is a `VecDeque` behind a mutex rather than a channel: an idle
 /// session's empty queue allocates nothing (a channel preallocates a block of slots per
-/// session), which matters at hundreds of thousands of connections.
+/// session), which matters at hundreds of thousands of connections. For the same reason
+/// what only a session that makes requests needs (presence subscriptions, send slots,
+/// reply order) is allocated on its first request ([`Active`]): about half of this
+/// struct, which every connection pays.
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
     pub(crate) user: UserId,
@@ -56,8 +60,15 @@ pub(crate) struct SessionShared {
     wake: Notify,
     close: OnceLock<CloseReason>,
     ended: AtomicBool,
+    /// Sends a session may have waiting for the store at once.
+    sends_in_flight: usize,
+    active: OnceLock<Box<Active>>,
+}
+
+/// The part of a session's state that its requests use, allocated on the first one.
+struct Active {
     /// Users whose presence this session follows.
-    pub(crate) subscriptions: Mutex<HashSet<UserId>>,
+    subscriptions: Mutex<HashSet<UserId>>,
     /// Free in-flight send slots: a send takes one when admitted and gives it back when
     /// answered, so a session's sends waiting for the store stay bounded.
     send_slots: Semaphore,
@@ -98,15 +109,45 @@ impl SessionShared {
             wake: Notify::new(),
             close: OnceLock::new(),
             ended: AtomicBool::new(false),
-            subscriptions: Mutex::new(HashSet::new()),
-            send_slots: Semaphore::new(sends_in_flight.max(1)),
-            replies: Mutex::new(ReplyOrder::default()),
-            settled: Notify::new(),
+            sends_in_flight: sends_in_flight.max(1),
+            active: OnceLock::new(),
         }
     }
 
+    /// The request state, allocated on first use.
+    fn active(&self) -> &Active {
+        self.active.get_or_init(|| {
+            Box::new(Active {
+                subscriptions: Mutex::new(HashSet::new()),
+                send_slots: Semaphore::new(self.sends_in_flight),
+                replies: Mutex::new(ReplyOrder::default()),
+                settled: Notify::new(),
+            })
+        })
+    }
+
     fn replies(&self) -> std::sync::MutexGuard<'_, ReplyOrder> {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.active().replies)
+    }
+
+    /// Whether replies are held back for sends still waiting (never, before any request).
+    fn replies_pending(&self) -> bool {
+        self.active
+            .get()
+            .is_some_and(|a| !lock(&a.replies).slots.is_empty())
+    }
+
+    /// The users whose presence this session follows.
+    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        lock(&self.active().subscriptions)
+    }
+
+    /// Takes the session's presence subscriptions (none, before any request).
+    pub(crate) fn take_subscriptions(&self) -> Vec<UserId> {
+        self.active
+            .get()
+            .map(|a| lock(&a.subscriptions).drain().collect())
+            .unwrap_or_default()
     }
 
     /// Opens a ticket for the reply of a request that will be answered later (a send).
@@ -136,14 +177,17 @@ impl SessionShared {
             }
         }
         if r.slots.is_empty() {
-            self.settled.notify_waiters();
+            self.active().settled.notify_waiters();
         }
         pushed
     }
 
     /// Queues a direct reply behind the replies still open, or at once if there are none.
     pub(crate) fn reply_in_order(&self, out: Outbound) -> Pushed {
-        let mut r = self.replies();
+        let Some(active) = self.active.get() else {
+            return self.push(out);
+        };
+        let mut r = lock(&active.replies);
         if r.slots.is_empty() {
             drop(r);
             return self.push(out);
@@ -155,12 +199,15 @@ impl SessionShared {
     /// Waits until every reply ticket of this session is filled and released: the
     /// session's earlier sends are durable (or failed) and answered.
     pub(crate) async fn wait_sends_settled(&self) {
+        let Some(active) = self.active.get() else {
+            return;
+        };
         loop {
-            let notified = self.settled.notified();
+            let notified = active.settled.notified();
             tokio::pin!(notified);
             // Registered before the check, so a release in between is not missed.
             notified.as_mut().enable();
-            if self.replies().slots.is_empty() {
+            if !self.replies_pending() {
                 return;
             }
             notified.await;
@@ -171,14 +218,14 @@ impl SessionShared {
     /// pushes back on a client that sends faster than its thread commits).
     pub(crate) async fn take_send_slot(&self) {
         // The semaphore is never closed, so acquiring only waits.
-        if let Ok(permit) = self.send_slots.acquire().await {
+        if let Ok(permit) = self.active().send_slots.acquire().await {
             permit.forget();
         }
     }
 
     /// Gives back a slot taken by [`take_send_slot`](Self::take_send_slot).
     pub(crate) fn release_send_slot(&self) {
-        self.send_slots.add_permits(1);
+        self.active().send_slots.add_permits(1);
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
@@ -317,11 +364,13 @@ impl SessionHandle {
     /// current presence subscriptions and those of `more` it does not hold yet), for
     /// a transport's per-session subscription limit.
     pub fn presence_subscriptions_with(&self, more: &[UserId]) -> usize {
-        let subs = self
-            .shared
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let Some(active) = self.shared.active.get() else {
+            let mut new: Vec<&UserId> = more.iter().collect();
+            new.sort_unstable();
+            new.dedup();
+            return new.len();
+        };
+        let subs = lock(&active.subscriptions);
         let mut new: Vec<&UserId> = more.iter().filter(|u| !subs.contains(*u)).collect();
         new.sort_unstable();
         new.dedup();
