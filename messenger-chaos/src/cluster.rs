@@ -1,6 +1,8 @@
 //! The system under test as real processes: `messenger-server` nodes in cluster mode
 //! behind HAProxy, on one Redis and one HBase, each node reaching Redis and HBase
-//! through a [`FaultProxy`] of its own so that a network fault can hit one node.
+//! through a [`FaultProxy`] of its own so that a network fault can hit one node; with
+//! [`ClusterConfig::kafka`], also a private Kafka broker that carries the cross-node
+//! relay and the event log (`--kafka`), which can be killed and restarted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use messenger_test_support::haproxy;
+use messenger_test_support::kafka::Broker;
 use messenger_test_support::process::{free_port, Proc};
 use messenger_test_support::redis::RedisServer;
 
@@ -37,6 +40,12 @@ pub struct ClusterConfig {
     /// to Redis and HBase directly (the storm and the soak inject no network faults, and
     /// the proxies' copying would count as the load generator's CPU).
     pub fault_proxies: bool,
+    /// Start a Kafka broker of the cluster's own (`scripts/kafka.sh` through
+    /// `messenger_test_support::kafka`, free ports) and the nodes with `--kafka` on it:
+    /// Kafka carries the cross-node relay and the event log, Redis stays the session
+    /// directory and presence. The nodes reach the broker directly: a proxy cannot sit
+    /// in between, since the broker's metadata sends clients to its advertised address.
+    pub kafka: bool,
 }
 
 /// One `messenger-server` process (absent while killed).
@@ -91,6 +100,7 @@ pub struct Cluster {
     table_prefix: String,
     redis_addr: SocketAddr,
     hbase_addr: SocketAddr,
+    kafka: Option<Broker>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -145,6 +155,10 @@ impl Cluster {
             .expect("redis address");
         let hbase_addr: SocketAddr = cfg.hbase.parse().expect("hbase address");
         let run = format!("chaos{}_{}", std::process::id(), free_port());
+        // The broker before the nodes: a node with `--kafka` exits when it cannot reach it.
+        let kafka = cfg
+            .kafka
+            .then(|| tokio::task::block_in_place(|| Broker::start(&run)));
         let mut nodes = Vec::new();
         for id in 1..=cfg.nodes {
             nodes.push(Node {
@@ -169,6 +183,7 @@ impl Cluster {
             table_prefix: format!("{run}_"),
             redis_addr,
             hbase_addr,
+            kafka,
         };
         for i in 0..c.nodes.len() {
             c.start_node(i).await;
@@ -212,6 +227,65 @@ impl Cluster {
             .next()
     }
 
+    /// The Kafka broker's address when the cluster runs on Kafka.
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.kafka.as_ref().map(|b| b.brokers.as_str())
+    }
+
+    fn broker(&self) -> &Broker {
+        self.kafka
+            .as_ref()
+            .expect("a Kafka fault needs a cluster started with ClusterConfig::kafka")
+    }
+
+    /// SIGKILL of the Kafka broker (a crash: no controlled shutdown); its data and
+    /// ports are kept for [`start_kafka`](Self::start_kafka).
+    pub fn kill_kafka(&self) {
+        let pid_file = self.broker().run_dir.join("kafka.pid");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no broker pid in {}", pid_file.display()));
+        sig("KILL", pid);
+        // Wait until it is gone (or a zombie, its sockets closed), so that a restart
+        // finds its ports free.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        tokio::task::block_in_place(|| {
+            while !gone() {
+                assert!(
+                    Instant::now() < end,
+                    "Kafka broker {pid} still alive after SIGKILL"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // As `scripts/kafka.sh stop-broker` leaves it: `start-broker` launches again.
+        let _ = std::fs::remove_file(&pid_file);
+    }
+
+    /// Stops the Kafka broker with a controlled shutdown (SIGTERM; `scripts/kafka.sh
+    /// stop-broker`), keeping its data and ports.
+    pub fn stop_kafka(&self) {
+        let b = self.broker();
+        tokio::task::block_in_place(|| b.stop_broker());
+    }
+
+    /// Starts the stopped or killed Kafka broker again on its ports and data; returns
+    /// once a Metadata request lists it (`scripts/kafka.sh start-broker`).
+    pub fn start_kafka(&self) {
+        let b = self.broker();
+        tokio::task::block_in_place(|| b.start_broker());
+    }
+
     fn args(&self, i: usize) -> Vec<String> {
         let n = &self.nodes[i];
         let (redis, hbase) = if self.cfg.fault_proxies {
@@ -219,6 +293,10 @@ impl Cluster {
         } else {
             (self.redis_addr, self.hbase_addr)
         };
+        let kafka = self
+            .kafka_brokers()
+            .map(|b| vec!["--kafka".to_string(), b.to_string()])
+            .unwrap_or_default();
         [
             "--listen".to_string(),
             n.addr.to_string(),
@@ -252,6 +330,7 @@ impl Cluster {
         .filter(|kv| !self.cfg.extra_args.contains(&kv[0]))
         .flatten()
         .cloned()
+        .chain(kafka)
         .chain(self.cfg.extra_args.iter().cloned())
         .collect()
     }
@@ -451,6 +530,10 @@ impl Drop for Cluster {
         }
         if let Some(h) = &mut self.haproxy {
             h.sigkill();
+        }
+        if let Some(b) = &self.kafka {
+            // (The harness's watcher would also stop it when this process exits.)
+            let _ = b.script(&["stop"]);
         }
     }
 }

@@ -143,6 +143,7 @@ fn main() -> ExitCode {
                         "32".into(),
                     ],
                     fault_proxies: false,
+                    kafka: false,
                 })
                 .await;
                 let cfg = StormConfig {
@@ -241,6 +242,7 @@ async fn soak(
         // Nodes talk to Redis and HBase directly: no faults are injected here.
         extra_args: vec!["--ping-interval".into(), "30s".into()],
         fault_proxies: false,
+        kafka: false,
     })
     .await;
     let pids: Vec<u32> = cluster

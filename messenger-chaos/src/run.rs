@@ -1,7 +1,9 @@
 //! A chaos run: users with persistent outboxes chat (1:1 and groups) through the
 //! balancer while faults are injected one at a time and then together; then the
 //! faults are healed, the clients drain and catch up, and the ledgers are checked
-//! against history.
+//! against history. On a cluster with Kafka (the relay and the event log) the broker is
+//! killed and restarted alone and stopped in combined rounds, and each time the run
+//! waits until cross-node delivery works again ([`RELAY_RESUME_BOUND`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,16 @@ pub struct Profile {
     pub fault_time: Duration,
     /// Seed of the random fault choice.
     pub seed: u64,
+    /// Inject the single faults of the nodes, Redis, HBase, the network and the clock
+    /// before the combined rounds (`false`: only the Kafka broker's, on a cluster with
+    /// Kafka).
+    pub single_faults: bool,
 }
+
+/// Cross-node delivery works again within this long after a restarted Kafka broker
+/// answers a Metadata request (the relay's producer and consumer reconnect with backoff
+/// up to 1 s; docs/reliability.md). The run checks it after every Kafka fault.
+pub const RELAY_RESUME_BOUND: Duration = Duration::from_secs(30);
 
 impl Profile {
     /// The profile scripts/test.sh runs: every single fault once, then two combined
@@ -48,6 +59,19 @@ impl Profile {
             combined_rounds: 2,
             fault_time: Duration::from_secs(3),
             seed: 18,
+            single_faults: true,
+        }
+    }
+
+    /// The short Kafka round scripts/test.sh runs on a cluster with Kafka: the broker
+    /// SIGKILLed and restarted while traffic flows, then one combined round (a node
+    /// fault, network faults and the broker stopped at once).
+    pub fn short_kafka() -> Profile {
+        Profile {
+            name: "short-kafka",
+            combined_rounds: 1,
+            single_faults: false,
+            ..Profile::short()
         }
     }
 
@@ -60,6 +84,7 @@ impl Profile {
             combined_rounds: rounds,
             fault_time: Duration::from_secs(5),
             seed,
+            single_faults: true,
         }
     }
 }
@@ -79,6 +104,18 @@ pub struct OfflineSeen {
     pub received: Option<Duration>,
 }
 
+/// How long cross-node delivery took to work again after a Kafka fault.
+#[derive(Debug, Clone)]
+pub struct RelayResumed {
+    /// The fault.
+    pub fault: String,
+    /// Fault -> the broker answered again (it was down this long).
+    pub broker_down: Duration,
+    /// The broker (and, in a combined round, every node) back -> every node received a
+    /// relayed message.
+    pub resumed: Duration,
+}
+
 /// What a run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -92,6 +129,8 @@ pub struct Report {
     pub deliveries: usize,
     /// Presence of the victim's user after each node fault.
     pub offline_after: Vec<OfflineSeen>,
+    /// Cross-node delivery after each Kafka fault.
+    pub relay_resumed: Vec<RelayResumed>,
     /// Time from healing the last fault to every client drained and caught up.
     pub settle: Duration,
     /// Broken guarantees.
@@ -121,6 +160,14 @@ impl std::fmt::Display for Report {
                 o.received
                     .map(|d| format!("{d:.2?}"))
                     .unwrap_or_else(|| "never".into())
+            )?;
+        }
+        for r in &self.relay_resumed {
+            writeln!(
+                f,
+                "relay after {}: broker down {:.2?}; cross-node delivery back on every node \
+                 {:.2?} after the broker answered (bound {RELAY_RESUME_BOUND:?})",
+                r.fault, r.broker_down, r.resumed
             )?;
         }
         for v in &self.violations {
@@ -444,108 +491,127 @@ pub async fn run(cluster: &mut Cluster, profile: &Profile) -> Report {
         report.faults.push(line);
     };
 
-    // 1. SIGKILL of a node: its sentinel goes offline within the bound.
-    fault(&mut report, "SIGKILL node 1".into());
-    let (at, at_ms) = (Instant::now(), crate::presence::unix_ms());
-    cluster.kill(0);
-    offline
-        .check(
-            &mut report,
-            &mut prx,
-            "SIGKILL node 1",
-            &watch_ids[0],
-            at,
-            at_ms,
-        )
-        .await;
-    tokio::time::sleep(pause).await;
-    cluster.heal_nodes().await;
-    sentinels.push(sentinel(cluster.nodes[0].addr, "sentinel1").await);
-
-    // 2. SIGSTOP of a node longer than its TTL, then SIGCONT.
-    fault(
-        &mut report,
-        "SIGSTOP node 2 (longer than the node TTL), then SIGCONT".into(),
-    );
-    let (at, at_ms) = (Instant::now(), crate::presence::unix_ms());
-    cluster.stop(1);
-    offline
-        .check(
-            &mut report,
-            &mut prx,
-            "SIGSTOP node 2",
-            &watch_ids[1],
-            at,
-            at_ms,
-        )
-        .await;
-    tokio::time::sleep(pause).await;
-    cluster.cont(1);
-    cluster.heal_nodes().await;
-    drop(offline);
-
-    // 3. Redis restarted (empty).
-    fault(&mut report, "Redis killed and restarted empty".into());
-    cluster.restart_redis();
-    tokio::time::sleep(pause).await;
-
-    // 4. The HBase Thrift gateway killed, restarted after a while.
-    fault(
-        &mut report,
-        "HBase Thrift gateway stopped, restarted".into(),
-    );
-    cluster.restart_hbase_gateway(pause).await;
-    tokio::time::sleep(pause).await;
-
-    // 5. Network faults between one node and its backends.
-    let net: [(&str, usize, bool, Fault); 4] = [
-        (
-            "latency 300ms node 1 -> Redis",
-            0,
-            true,
-            Fault::Latency(Duration::from_millis(300)),
-        ),
-        ("black hole node 2 -> HBase", 1, false, Fault::Blackhole),
-        (
-            "reset node 3 -> Redis",
-            2 % cluster.nodes.len(),
-            true,
-            Fault::Reset,
-        ),
-        (
-            "latency 200ms node 1 -> HBase",
-            0,
-            false,
-            Fault::Latency(Duration::from_millis(200)),
-        ),
-    ];
-    for (what, i, redis, f) in net {
-        fault(&mut report, what.into());
-        let n = &cluster.nodes[i];
-        let p = if redis {
-            &n.redis_proxy
-        } else {
-            &n.hbase_proxy
-        };
-        p.set(f);
+    if profile.single_faults {
+        // 1. SIGKILL of a node: its sentinel goes offline within the bound.
+        fault(&mut report, "SIGKILL node 1".into());
+        let (at, at_ms) = (Instant::now(), crate::presence::unix_ms());
+        cluster.kill(0);
+        offline
+            .check(
+                &mut report,
+                &mut prx,
+                "SIGKILL node 1",
+                &watch_ids[0],
+                at,
+                at_ms,
+            )
+            .await;
         tokio::time::sleep(pause).await;
-        cluster.heal_network();
         cluster.heal_nodes().await;
+        sentinels.push(sentinel(cluster.nodes[0].addr, "sentinel1").await);
+
+        // 2. SIGSTOP of a node longer than its TTL, then SIGCONT.
+        fault(
+            &mut report,
+            "SIGSTOP node 2 (longer than the node TTL), then SIGCONT".into(),
+        );
+        let (at, at_ms) = (Instant::now(), crate::presence::unix_ms());
+        cluster.stop(1);
+        offline
+            .check(
+                &mut report,
+                &mut prx,
+                "SIGSTOP node 2",
+                &watch_ids[1],
+                at,
+                at_ms,
+            )
+            .await;
+        tokio::time::sleep(pause).await;
+        cluster.cont(1);
+        cluster.heal_nodes().await;
+        drop(offline);
+
+        // 3. Redis restarted (empty).
+        fault(&mut report, "Redis killed and restarted empty".into());
+        cluster.restart_redis();
+        tokio::time::sleep(pause).await;
+
+        // 4. The HBase Thrift gateway killed, restarted after a while.
+        fault(
+            &mut report,
+            "HBase Thrift gateway stopped, restarted".into(),
+        );
+        cluster.restart_hbase_gateway(pause).await;
+        tokio::time::sleep(pause).await;
+
+        // 5. Network faults between one node and its backends.
+        let net: [(&str, usize, bool, Fault); 4] = [
+            (
+                "latency 300ms node 1 -> Redis",
+                0,
+                true,
+                Fault::Latency(Duration::from_millis(300)),
+            ),
+            ("black hole node 2 -> HBase", 1, false, Fault::Blackhole),
+            (
+                "reset node 3 -> Redis",
+                2 % cluster.nodes.len(),
+                true,
+                Fault::Reset,
+            ),
+            (
+                "latency 200ms node 1 -> HBase",
+                0,
+                false,
+                Fault::Latency(Duration::from_millis(200)),
+            ),
+        ];
+        for (what, i, redis, f) in net {
+            fault(&mut report, what.into());
+            let n = &cluster.nodes[i];
+            let p = if redis {
+                &n.redis_proxy
+            } else {
+                &n.hbase_proxy
+            };
+            p.set(f);
+            tokio::time::sleep(pause).await;
+            cluster.heal_network();
+            cluster.heal_nodes().await;
+            tokio::time::sleep(pause / 2).await;
+        }
+
+        // 6. One node's wall clock stepped back 30 s (libfaketime), then forward again.
+        let i = cluster.nodes.len() - 1;
+        fault(
+            &mut report,
+            format!("wall clock of node {} stepped back 30 s", i + 1),
+        );
+        cluster.set_clock(i, "-30s");
+        tokio::time::sleep(pause * 2).await;
+        cluster.set_clock(i, "+0s");
         tokio::time::sleep(pause / 2).await;
     }
 
-    // 6. One node's wall clock stepped back 30 s (libfaketime), then forward again.
-    let i = cluster.nodes.len() - 1;
-    fault(
-        &mut report,
-        format!("wall clock of node {} stepped back 30 s", i + 1),
-    );
-    cluster.set_clock(i, "-30s");
-    tokio::time::sleep(pause * 2).await;
-    cluster.set_clock(i, "+0s");
-    tokio::time::sleep(pause / 2).await;
+    // 7. The Kafka broker (the relay and the event log) SIGKILLed, restarted after a
+    // while: live cross-node delivery stops, sends go on; it must work again within
+    // the bound, and what it missed is caught up.
+    let mut kafka_checks = 0u32;
+    if cluster.kafka_brokers().is_some() {
+        let what = "Kafka broker SIGKILLed, restarted";
+        fault(&mut report, what.into());
+        let at = Instant::now();
+        cluster.kill_kafka();
+        tokio::time::sleep(pause).await;
+        cluster.start_kafka();
+        let up = Instant::now();
+        check_relay(cluster, &mut report, what, (at, up, up), &mut kafka_checks).await;
+        tokio::time::sleep(pause).await;
+    }
 
-    // 7. Combined rounds: a node fault and two network faults at once.
+    // 8. Combined rounds: a node fault and two network faults at once (with Kafka, and
+    // the broker stopped in the first round and at random in later ones).
     let mut rng = profile.seed;
     let mut next = || {
         rng ^= rng << 13;
@@ -563,15 +629,22 @@ pub async fn run(cluster: &mut Cluster, profile: &Profile) -> Report {
             1 => Fault::Blackhole,
             _ => Fault::Reset,
         };
+        let kafka_fault = cluster.kafka_brokers().is_some() && (round == 0 || next() % 2 == 0);
         let what =
             format!(
-            "round {round}: {} node {} + {net_fault:?} node {} -> HBase + reset node {} -> Redis",
+            "round {round}: {} node {} + {net_fault:?} node {} -> HBase + reset node {} -> Redis{}",
             if node_fault == 0 { "SIGKILL" } else { "SIGSTOP" },
             victim + 1,
             other + 1,
-            other + 1
+            other + 1,
+            if kafka_fault {
+                " + Kafka broker stopped"
+            } else {
+                ""
+            }
         );
-        fault(&mut report, what);
+        fault(&mut report, what.clone());
+        let at = Instant::now();
         if node_fault == 0 {
             cluster.kill(victim);
         } else {
@@ -579,9 +652,23 @@ pub async fn run(cluster: &mut Cluster, profile: &Profile) -> Report {
         }
         cluster.nodes[other].hbase_proxy.set(net_fault);
         cluster.nodes[other].redis_proxy.set(Fault::Reset);
+        if kafka_fault {
+            cluster.stop_kafka();
+        }
         tokio::time::sleep(pause).await;
         cluster.heal_network();
+        // The broker first: a restarted node exits when it cannot reach Kafka.
+        if kafka_fault {
+            cluster.start_kafka();
+        }
+        let broker_up = Instant::now();
         cluster.heal_nodes().await;
+        if kafka_fault {
+            // Timed from when the broker and every node are back.
+            let since = Instant::now();
+            let times = (at, broker_up, since);
+            check_relay(cluster, &mut report, &what, times, &mut kafka_checks).await;
+        }
         tokio::time::sleep(pause).await;
     }
 
@@ -649,6 +736,36 @@ pub async fn run(cluster: &mut Cluster, profile: &Profile) -> Report {
         s.abort();
     }
     report
+}
+
+/// After a Kafka fault injected at `at`, its broker back at `up` and every node too at
+/// `since`: waits until every node receives relayed messages again (a
+/// [`crate::relay_probe`]); records how long it took from `since`, or a violation past
+/// [`RELAY_RESUME_BOUND`].
+async fn check_relay(
+    cluster: &Cluster,
+    report: &mut Report,
+    what: &str,
+    (at, up, since): (Instant, Instant, Instant),
+    checks: &mut u32,
+) {
+    *checks += 1;
+    let tag = format!("kprobe{checks}");
+    match crate::relay_probe::relay_resumed(cluster, &tag, since, RELAY_RESUME_BOUND).await {
+        Ok(resumed) => {
+            eprintln!("chaos: cross-node delivery back {resumed:.2?} after the broker ({what})");
+            report.relay_resumed.push(RelayResumed {
+                fault: what.to_string(),
+                broker_down: up.duration_since(at),
+                resumed,
+            });
+        }
+        Err(e) => report.violations.push(Violation {
+            what: format!("{what}: {e}"),
+            thread: None,
+            detail: String::new(),
+        }),
+    }
 }
 
 /// Settling fails when neither the outboxes shrink nor the members receive anything

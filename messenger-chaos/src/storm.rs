@@ -27,7 +27,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A caught-up-so-far client that hears nothing for this long asks `list_threads` again.
 const QUIET_REPOLL: Duration = Duration::from_secs(3);
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Storm settings.
@@ -190,7 +190,7 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(1 << 20))
 }
 
-async fn connect(addr: std::net::SocketAddr, user: &str) -> Result<Ws, String> {
+pub(crate) async fn connect(addr: std::net::SocketAddr, user: &str) -> Result<Ws, String> {
     let url = format!("ws://{addr}/ws?token={user}");
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -234,7 +234,7 @@ async fn next_json_within(ws: &mut Ws, limit: Duration) -> Result<Option<Value>,
 
 /// Sends `req` and reads until its reply; other frames go to `other` (live messages
 /// that arrive meanwhile are not lost to the caller).
-async fn request_seeing(
+pub(crate) async fn request_seeing(
     ws: &mut Ws,
     req: Value,
     limit: Duration,
@@ -264,7 +264,7 @@ async fn request_seeing(
 
 /// Why a request got no reply.
 #[derive(Debug)]
-enum RequestError {
+pub(crate) enum RequestError {
     /// No reply within the limit (the connection may still be fine).
     TimedOut,
     /// The connection broke.

@@ -8,8 +8,15 @@
 //! exactly once and in order, receipts never move backwards, a dead or stalled node's
 //! users offline within the bound. See docs/reliability.md.
 //!
-//! `short_profile` runs in scripts/test.sh (a few minutes). `MESSENGER_CHAOS_SERVER_BIN`
-//! names another messenger-server binary (built with `--features cli`). The long profile:
+//! `short_profile_kafka` runs a second cluster with Kafka (a broker of its own) as the
+//! cross-node relay and the event log: the broker SIGKILLed and restarted while traffic
+//! flows, then a combined round with the broker stopped; after each, cross-node delivery
+//! must work again within `RELAY_RESUME_BOUND`, and the same ledger checks hold.
+//!
+//! `short_profile` and `short_profile_kafka` run in scripts/test.sh (a few minutes each,
+//! one after the other). `MESSENGER_CHAOS_SERVER_BIN` names another messenger-server
+//! binary (built with `--features cli`). The long profile (`MESSENGER_TEST_CHAOS_KAFKA=1`:
+//! on Kafka, with the broker's faults added):
 //!
 //! ```sh
 //! MESSENGER_TEST_CHAOS_ROUNDS=40 MESSENGER_TEST_CHAOS_SEED=7 \
@@ -20,7 +27,11 @@ use std::time::Duration;
 
 use messenger_chaos::{run, Cluster, ClusterConfig, Profile};
 
-async fn chaos(profile: Profile) {
+/// The profiles run one at a time: each loads the machine on its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn chaos(profile: Profile, kafka: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let hbase = tokio::task::spawn_blocking(messenger_test_support::hbase::hbase)
         .await
         .expect("hbase harness");
@@ -38,6 +49,7 @@ async fn chaos(profile: Profile) {
         hbase_run_dir: hbase.run_dir.clone(),
         extra_args: Vec::new(),
         fault_proxies: true,
+        kafka,
     })
     .await;
     let report = run(&mut cluster, &profile).await;
@@ -50,11 +62,22 @@ async fn chaos(profile: Profile) {
         cluster.logs()
     );
     assert!(report.confirmed > 0, "no traffic: {report}");
+    if kafka {
+        assert!(
+            !report.relay_resumed.is_empty(),
+            "no Kafka fault checked: {report}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_profile() {
-    chaos(Profile::short()).await;
+    chaos(Profile::short(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_profile_kafka() {
+    chaos(Profile::short_kafka(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,5 +90,10 @@ async fn long_profile() {
             .unwrap_or(d)
     };
     let rounds = env("MESSENGER_TEST_CHAOS_ROUNDS", 40) as u32;
-    chaos(Profile::long(rounds, env("MESSENGER_TEST_CHAOS_SEED", 7))).await;
+    let kafka = env("MESSENGER_TEST_CHAOS_KAFKA", 0) != 0;
+    chaos(
+        Profile::long(rounds, env("MESSENGER_TEST_CHAOS_SEED", 7)),
+        kafka,
+    )
+    .await;
 }
