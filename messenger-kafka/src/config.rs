@@ -50,6 +50,12 @@ pub struct KafkaOptions {
     /// How long a relay send waits for the broker's acknowledgement before it reports
     /// failure (default 1 s); while the brokers are known to be down it fails at once.
     pub relay_send_timeout: Duration,
+    /// The relay replaces its producer (at most once per this interval) when every send
+    /// has failed for this long (default 10 s): librdkafka can keep a partition whose
+    /// leader it saw as `-1` during a broker restart leaderless for good (librdkafka
+    /// issue 5430), and a new producer fetches the metadata afresh. Records still
+    /// queued in the old producer are dropped (best effort; members catch up).
+    pub relay_rebuild_after: Duration,
 }
 
 impl KafkaOptions {
@@ -68,6 +74,7 @@ impl KafkaOptions {
             event_buffer: 100_000,
             event_batch: 100,
             relay_send_timeout: Duration::from_secs(1),
+            relay_rebuild_after: Duration::from_secs(10),
         }
     }
 

@@ -9,9 +9,9 @@
 //! few seconds and is delivered if the brokers come back) and members catch up from
 //! history.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -58,8 +58,17 @@ impl ClientContext for RelayContext {
 pub struct KafkaRelay {
     opts: KafkaOptions,
     partitions: i32,
-    producer: FutureProducer<RelayContext>,
+    /// Replaced when sends keep failing (see [`KafkaOptions::relay_rebuild_after`]).
+    producer: RwLock<Arc<FutureProducer<RelayContext>>>,
     down: Arc<AtomicBool>,
+    health: Mutex<Health>,
+    rebuilds: AtomicU64,
+}
+
+/// Since when every send failed, and when the producer was last replaced.
+struct Health {
+    failing_since: Option<Instant>,
+    rebuilt_at: Instant,
 }
 
 impl std::fmt::Debug for KafkaRelay {
@@ -84,24 +93,93 @@ impl KafkaRelay {
             .with_config("retention.ms", RELAY_RETENTION_MS);
         let partitions = ensure_topics(opts, &[spec]).await?[0];
         let down = Arc::new(AtomicBool::new(false));
-        let producer = opts
-            .client_config(&[
-                ("acks", "1"),
-                ("linger.ms", "1"),
-                ("message.timeout.ms", "5000"),
-                ("socket.nagle.disable", "true"),
-                ("reconnect.backoff.max.ms", "1000"),
-            ])
-            .create_with_context(RelayContext { down: down.clone() })
-            .map_err(|e| Error::bad_request(format!("bad Kafka producer configuration: {e}")))?;
+        let producer = new_producer(opts, &down)?;
         Ok(KafkaRelay {
             opts: opts.clone(),
             partitions,
-            producer,
+            producer: RwLock::new(Arc::new(producer)),
             down,
+            health: Mutex::new(Health {
+                failing_since: None,
+                rebuilt_at: Instant::now(),
+            }),
+            rebuilds: AtomicU64::new(0),
         })
     }
 
+    /// How many times the producer was replaced because sends kept failing.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    fn producer(&self) -> Arc<FutureProducer<RelayContext>> {
+        match self.producer.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the outcome of a send; after [`KafkaOptions::relay_rebuild_after`] of
+    /// nothing but failures, replaces the producer (at most once per that interval).
+    fn outcome(&self, ok: bool) {
+        let now = Instant::now();
+        let every = self.opts.relay_rebuild_after;
+        let failing_for = {
+            let mut h = self.health();
+            if ok {
+                h.failing_since = None;
+                return;
+            }
+            let since = *h.failing_since.get_or_insert(now);
+            if now.duration_since(since) < every || now.duration_since(h.rebuilt_at) < every {
+                return;
+            }
+            h.rebuilt_at = now;
+            now.duration_since(since)
+        };
+        match new_producer(&self.opts, &self.down) {
+            Ok(p) => {
+                let old = match self.producer.write() {
+                    Ok(mut g) => std::mem::replace(&mut *g, Arc::new(p)),
+                    Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), Arc::new(p)),
+                };
+                self.rebuilds.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    ?failing_for,
+                    "Kafka relay: every send failed for this long; \
+                    replaced the producer to fetch the brokers' metadata afresh (envelopes \
+                    queued in the old one are dropped; members catch up from history)"
+                );
+                // The old producer's queue is not flushed: dropping it may wait for its
+                // in-flight requests, which must not hold up this send.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => tracing::warn!(error = %e, "Kafka relay: could not replace the producer"),
+        }
+    }
+}
+
+/// The relay's producer; `down` is shared by every producer the relay makes.
+fn new_producer(
+    opts: &KafkaOptions,
+    down: &Arc<AtomicBool>,
+) -> Result<FutureProducer<RelayContext>> {
+    opts.client_config(&[
+        ("acks", "1"),
+        ("linger.ms", "1"),
+        ("message.timeout.ms", "5000"),
+        ("socket.nagle.disable", "true"),
+        ("reconnect.backoff.max.ms", "1000"),
+    ])
+    .create_with_context(RelayContext { down: down.clone() })
+    .map_err(|e| Error::bad_request(format!("bad Kafka producer configuration: {e}")))
+}
+
+impl KafkaRelay {
     /// The relay topic's partition count.
     pub fn partitions(&self) -> i32 {
         self.partitions
@@ -126,10 +204,14 @@ impl Relay for KafkaRelay {
             .key(&key[..])
             .payload(&payload)
             .partition(self.partition(node));
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| unavailable("the client's queue refused the envelope", e))?;
+        let producer = self.producer();
+        let delivery = match producer.send_result(record) {
+            Ok(d) => d,
+            Err((e, _)) => {
+                self.outcome(false);
+                return Err(unavailable("the client's queue refused the envelope", e));
+            }
+        };
         if self.down.load(Ordering::Relaxed) {
             // Do not hold the sender up while the brokers are down; the record stays
             // queued and its acknowledgement, if it comes, marks the relay up again.
@@ -139,9 +221,10 @@ impl Relay for KafkaRelay {
                     down.store(false, Ordering::Relaxed);
                 }
             });
+            self.outcome(false);
             return Err(Error::unavailable("kafka relay: the brokers are down"));
         }
-        match tokio::time::timeout(self.opts.relay_send_timeout, delivery).await {
+        let result = match tokio::time::timeout(self.opts.relay_send_timeout, delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err((e, _)))) => Err(unavailable("produce failed", e)),
             Ok(Err(_)) => Err(Error::unavailable("kafka relay: the producer went away")),
@@ -149,7 +232,9 @@ impl Relay for KafkaRelay {
                 "kafka relay: no acknowledgement within {:?}",
                 self.opts.relay_send_timeout
             ))),
-        }
+        };
+        self.outcome(result.is_ok());
+        result
     }
 
     async fn subscribe(&self, node: NodeId) -> Result<BoxStream<'static, Envelope>> {
