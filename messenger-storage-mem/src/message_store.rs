@@ -1,6 +1,8 @@
 //! [`MemMessageStore`]: messages per thread, in memory.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -27,8 +29,10 @@ struct ThreadLog {
     /// the last is full.
     chunks: Vec<Vec<StoredMessage>>,
     len: usize,
-    /// (sender, temp_id) -> seq, the idempotency key within the thread.
-    by_temp: BTreeMap<(UserId, String), u64>,
+    /// (hash of (sender, temp_id), seq): the idempotency index within the thread. The
+    /// hash (keyed per store) finds the candidates and the log entry confirms one, so
+    /// the index holds no copy of the temp id.
+    by_temp: BTreeSet<(u64, u64)>,
     /// message id -> seq.
     by_id: BTreeMap<MessageId, u64>,
 }
@@ -76,6 +80,9 @@ impl ThreadLog {
 #[derive(Default)]
 pub struct MemMessageStore {
     threads: Sharded<ThreadId, Arc<Mutex<ThreadLog>>>,
+    /// Keys the threads' idempotency indexes (random per store, so client-chosen temp
+    /// ids cannot be aimed at one hash).
+    hasher: RandomState,
 }
 
 impl std::fmt::Debug for MemMessageStore {
@@ -129,29 +136,35 @@ fn page(log: &ThreadLog, query: HistoryQuery) -> HistoryPage {
 }
 
 impl ThreadLog {
-    /// Appends one message under the thread's lock (see [`MessageStore::append`]).
-    fn append(&mut self, msg: NewMessage) -> Appended {
-        let key = (msg.sender_id, msg.temp_id);
-        if let Some(&seq) = self.by_temp.get(&key) {
-            if let Some(original) = self.at(seq) {
-                return Appended {
-                    message: original.clone(),
-                    duplicate: true,
-                };
-            }
+    /// The message `sender` appended with `temp_id`, if any; `key` is their hash.
+    fn by_temp_id(&self, key: u64, sender: &UserId, temp_id: &str) -> Option<&StoredMessage> {
+        self.by_temp
+            .range((key, 0)..=(key, u64::MAX))
+            .filter_map(|&(_, seq)| self.at(seq))
+            .find(|m| m.sender_id == *sender && m.temp_id == temp_id)
+    }
+
+    /// Appends one message under the thread's lock (see [`MessageStore::append`]);
+    /// `hasher` keys the idempotency index.
+    fn append(&mut self, msg: NewMessage, hasher: &RandomState) -> Appended {
+        let key = hasher.hash_one((msg.sender_id.as_str(), msg.temp_id.as_str()));
+        if let Some(original) = self.by_temp_id(key, &msg.sender_id, &msg.temp_id) {
+            return Appended {
+                message: original.clone(),
+                duplicate: true,
+            };
         }
         let seq = self.last_seq() + 1;
-        let (sender_id, temp_id) = key;
         let stored = StoredMessage {
             thread_id: msg.thread_id,
             seq,
             message_id: msg.message_id,
-            sender_id: sender_id.clone(),
-            temp_id: temp_id.clone(),
+            sender_id: msg.sender_id,
+            temp_id: msg.temp_id,
             text: msg.text,
             sent_at: msg.sent_at,
         };
-        self.by_temp.insert((sender_id, temp_id), seq);
+        self.by_temp.insert((key, seq));
         self.by_id.insert(stored.message_id, seq);
         self.push(stored.clone());
         Appended {
@@ -171,7 +184,10 @@ impl MemMessageStore {
         }
         let log = self.log_or_create(thread);
         let mut log = lock(&log);
-        Ok(batch.drain(..).map(|m| log.append(m)).collect())
+        Ok(batch
+            .drain(..)
+            .map(|m| log.append(m, &self.hasher))
+            .collect())
     }
 }
 
@@ -180,7 +196,7 @@ impl MessageStore for MemMessageStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
         let log = self.log_or_create(&msg.thread_id);
         let mut log = lock(&log);
-        Ok(log.append(msg))
+        Ok(log.append(msg, &self.hasher))
     }
 
     async fn append_batch(
