@@ -31,7 +31,7 @@ fn main() {
         .expect("runtime");
     println!("{:<44} {:>12} {:>14}", "case", "allocs/send", "bytes/send");
     for (name, single_node, members) in [
-        ("direct, single node (the default server)", true, 2),
+        ("direct, single node, in-memory store", true, 2),
         ("direct, cluster mode (directory lookup)", false, 2),
         ("group of 10, single node", true, 10),
         ("group of 100, single node", true, 100),
