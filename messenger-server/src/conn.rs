@@ -271,6 +271,10 @@ where
                             return End::Dead;
                         }
                     }
+                    // Once per ping interval: an empty outbound queue gives its storage
+                    // back (a busy session allocates it again once per interval, an
+                    // idle one holds none).
+                    outbox.release_idle();
                     // A late tick delays the next ping rather than bunching them.
                     next_ping += interval();
                     if next_ping <= now {

@@ -271,17 +271,24 @@ impl SessionShared {
         self.wake.notify_one();
     }
 
-    /// The next queued frame. With `release`, finding the queue empty also gives its
-    /// storage back: the writer passes it when it is about to wait for frames, so an
-    /// idle session holds no queue (a busy one allocates it again per batch of frames it
-    /// writes, not per frame). A queue that grew large shrinks as soon as it is drained.
-    fn pop(&self, release: bool) -> Option<Outbound> {
+    /// The next queued frame. A queue that grew large shrinks as soon as it is drained;
+    /// a small one keeps its storage while the session is busy (no allocation per frame)
+    /// until [`Outbox::release_idle`].
+    fn pop(&self) -> Option<Outbound> {
         let mut q = self.queue();
         let item = q.pop_front();
-        if q.is_empty() && (q.capacity() > SHRINK_ABOVE || (release && q.capacity() > 0)) {
+        if q.is_empty() && q.capacity() > SHRINK_ABOVE {
             *q = VecDeque::new();
         }
         item
+    }
+
+    /// Gives the queue's storage back if it is empty.
+    fn release_idle(&self) {
+        let mut q = self.queue();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
     }
 }
 
@@ -312,7 +319,7 @@ impl Outbox {
             if let Some(reason) = self.shared.close.get() {
                 return Some(OutboxItem::Close(*reason));
             }
-            if let Some(out) = self.shared.pop(true) {
+            if let Some(out) = self.shared.pop() {
                 return Some(OutboxItem::Frame(out));
             }
             if self.shared.ended.load(Ordering::Acquire) {
@@ -329,7 +336,14 @@ impl Outbox {
         if self.shared.close.get().is_some() {
             return None;
         }
-        self.shared.pop(false)
+        self.shared.pop()
+    }
+
+    /// Gives the queue's storage back if nothing is queued, for a transport whose
+    /// connection has been idle for a while (the server does it at each ping): an idle
+    /// session then holds no queue. Cheap; the next frame allocates it again.
+    pub fn release_idle(&mut self) {
+        self.shared.release_idle();
     }
 }
 
@@ -408,4 +422,46 @@ pub struct Session {
     pub handle: SessionHandle,
     /// Drain this to the socket; `welcome` is already queued.
     pub outbox: Outbox,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Outbound {
+        Outbound {
+            frame: Bytes::from_static(b"{}"),
+            kind: "pong",
+            accepted_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_gives_its_queue_back_and_a_busy_one_keeps_it() {
+        let shared = std::sync::Arc::new(SessionShared::new(
+            SessionId::from_id(1),
+            UserId::new("u").expect("id"),
+            16,
+            4,
+        ));
+        let mut outbox = Outbox::new(shared.clone());
+        assert_eq!(
+            shared.queue().capacity(),
+            0,
+            "nothing before the first frame"
+        );
+        shared.push(frame());
+        assert!(matches!(outbox.recv().await, Some(OutboxItem::Frame(_))));
+        // Drained by the writer: the storage stays for the next frame.
+        assert!(shared.queue().capacity() > 0);
+        shared.push(frame());
+        assert!(outbox.try_recv().is_some());
+        outbox.release_idle();
+        assert_eq!(shared.queue().capacity(), 0, "released when idle");
+        // Not while frames wait.
+        shared.push(frame());
+        outbox.release_idle();
+        assert_eq!(shared.queue().len(), 1);
+        assert!(outbox.try_recv().is_some());
+    }
 }
