@@ -192,3 +192,85 @@ async fn directory_down_refuses_the_connection() {
     assert!(err.is_transient());
     assert_eq!(e.local_sessions(), 0);
 }
+
+/// A relay that fails every send while `down` is set, over a working one.
+struct SwitchedRelay {
+    inner: Arc<dyn messenger_core::Relay>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl messenger_core::Relay for SwitchedRelay {
+    async fn send(
+        &self,
+        node: NodeId,
+        envelope: messenger_core::model::Envelope,
+    ) -> messenger_core::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::unavailable("relay down"));
+        }
+        self.inner.send(node, envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        node: NodeId,
+    ) -> messenger_core::Result<futures::stream::BoxStream<'static, messenger_core::model::Envelope>>
+    {
+        self.inner.subscribe(node).await
+    }
+}
+
+/// What a relay outage kept back reaches the other node live once the relay is back:
+/// the member there gets the thread and the message without a reconnect.
+#[tokio::test]
+async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let backend = MemBackend::new();
+    let mut adapters = backend.adapters(node(1));
+    let relay = Arc::new(SwitchedRelay {
+        inner: adapters.relay.clone(),
+        down: true.into(),
+    });
+    adapters.relay = relay.clone();
+    let n1 = engine_with(adapters, config(1)).await;
+    let n2 = engine_with(backend.adapters(node(2)), config(2)).await;
+    let mut a = Client::connect(&n1, "alice").await;
+    let mut b = Client::connect(&n2, "bob").await;
+    let t = thread_between(&mut a, &["bob"]).await;
+    a.send(json!({"type":"send_message","thread_id":t,"temp_id":"x","text":"kept"}))
+        .await;
+    let seq = match a.recv().await {
+        ServerFrame::MessageSent { seq, .. } => seq,
+        f => panic!("{f:?}"),
+    };
+    assert!(
+        n1.stats().relay_failures.load(Relaxed) >= 2,
+        "thread + message"
+    );
+    b.assert_silent().await;
+
+    relay.down.store(false, Relaxed);
+    // The retry task's backoff (at most 2 s) plus a loaded machine: a generous bound.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match b.next_item(Duration::from_secs(30)).await {
+            Some(messenger_core::engine::OutboxItem::Frame(out)) => {
+                let text = std::str::from_utf8(&out.frame).expect("utf-8");
+                got.push(ServerFrame::decode(text).expect("frame"));
+            }
+            other => panic!("bob: {other:?} instead of the kept envelopes"),
+        }
+    }
+    assert!(
+        matches!(&got[0], ServerFrame::Thread { thread_id, .. } if thread_id.to_string() == t),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], ServerFrame::ReceiveMessage { seq: s, text, .. } if *s == seq && text == "kept"),
+        "{got:?}"
+    );
+    assert_eq!(n1.stats().relay_retried.load(Relaxed), 2);
+    assert_eq!(n1.stats().relay_dropped.load(Relaxed), 0);
+}

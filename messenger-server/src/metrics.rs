@@ -53,6 +53,8 @@ pub const SERIES: &[&str] = &[
     "messenger_push_failures_total",
     "messenger_relay_sent_total",
     "messenger_relay_failures_total",
+    "messenger_relay_retried_total",
+    "messenger_relay_dropped_total",
     "messenger_slow_consumers_total",
     "messenger_events_published_total",
     "messenger_limit_refusals_total",
@@ -393,8 +395,20 @@ impl Collector for EngineCollector {
         counter(
             &mut enc,
             "relay_failures",
-            "Relay sends that failed (remote members missed a live copy)",
+            "Relay sends that failed at their first try (kept for another try)",
             &s.relay_failures,
+        )?;
+        counter(
+            &mut enc,
+            "relay_retried",
+            "Envelopes the relay took on a later try after a failed send",
+            &s.relay_retried,
+        )?;
+        counter(
+            &mut enc,
+            "relay_dropped",
+            "Envelopes given up after failed sends (remote members get them on catch-up only)",
+            &s.relay_dropped,
         )?;
         counter(
             &mut enc,

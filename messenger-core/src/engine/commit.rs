@@ -564,7 +564,7 @@ impl Engine {
                                 order: Some((c.message.thread_id.clone(), c.message.seq)),
                                 frame: frame.clone(),
                             };
-                            sends.push(self.relay_send(*node, env));
+                            sends.push(self.relay_send(*node, env, true));
                         }
                         after.push(if interest.take_push_turn(now, every) {
                             After::PushTurn
@@ -613,7 +613,7 @@ impl Engine {
                             order: Some((c.message.thread_id.clone(), c.message.seq)),
                             frame: frame.clone(),
                         };
-                        sends.push(self.relay_send(*node, env));
+                        sends.push(self.relay_send(*node, env, true));
                     }
                 }
                 let offline: Vec<UserId> = no_session

@@ -12,7 +12,7 @@ mod order;
 mod push;
 mod session;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::sync::Sharded;
+use crate::sync::{lock, Sharded};
 use session::SessionShared;
 pub use session::{CloseReason, Outbound, Outbox, OutboxItem, Session, SessionHandle};
 
@@ -105,6 +105,16 @@ pub struct EngineConfig {
     /// Most push targets one user keeps (default 10); registering another drops the
     /// least recently refreshed.
     pub max_push_targets: usize,
+    /// How long an envelope whose relay send failed is kept for another try (default
+    /// 30 s; zero: no retry). A background task resends the waiting envelopes, oldest
+    /// first, with a backoff of 100 ms to 2 s, so members on the other node get
+    /// messages the relay lost during a short outage live (as late arrivals, which
+    /// clients order by seq) instead of only on their next catch-up. Typing indicators
+    /// are not kept.
+    pub relay_retry_for: Duration,
+    /// Most envelopes waiting for another try (default 10 000); past it the oldest are
+    /// dropped (counted in [`EngineStats::relay_dropped`]).
+    pub relay_retry_capacity: usize,
 }
 
 impl Default for EngineConfig {
@@ -127,6 +137,8 @@ impl Default for EngineConfig {
             max_send_batch: 256,
             max_sends_in_flight: 64,
             max_push_targets: 10,
+            relay_retry_for: Duration::from_secs(30),
+            relay_retry_capacity: 10_000,
         }
     }
 }
@@ -180,8 +192,14 @@ pub struct EngineStats {
     pub push_failures: AtomicU64,
     /// Envelopes sent to other nodes.
     pub relay_sent: AtomicU64,
-    /// Relay sends that failed.
+    /// Relay sends that failed (first tries; the envelope then waits for a retry).
     pub relay_failures: AtomicU64,
+    /// Envelopes the relay took on a later try, after their first send failed.
+    pub relay_retried: AtomicU64,
+    /// Envelopes given up on after failed sends: older than
+    /// [`EngineConfig::relay_retry_for`], or over its capacity (those members get them
+    /// on catch-up only).
+    pub relay_dropped: AtomicU64,
     /// Sessions closed because their outbound queue overflowed.
     pub slow_consumers: AtomicU64,
     /// Events handed to the event sink.
@@ -247,6 +265,10 @@ struct Inner {
     slots: Sharded<ThreadId, Arc<ThreadSlot>>,
     /// Local sessions of large threads' members, and their push turns.
     large: interest::LargeThreads,
+    /// Envelopes whose relay send failed, oldest first, waiting for another try.
+    retry: Mutex<VecDeque<(NodeId, Envelope, Instant)>>,
+    /// Wakes the retry task when `retry` gets its first envelope.
+    retry_wake: Arc<tokio::sync::Notify>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -279,10 +301,42 @@ impl Engine {
                 watchers: Sharded::new(),
                 slots: Sharded::new(),
                 large: interest::LargeThreads::default(),
+                retry: Mutex::new(VecDeque::new()),
+                retry_wake: Arc::new(tokio::sync::Notify::new()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
         let weak = Arc::downgrade(&engine.inner);
+        let retry_task = tokio::spawn({
+            let weak = weak.clone();
+            let wake = engine.inner.retry_wake.clone();
+            async move {
+                const FIRST: Duration = Duration::from_millis(100);
+                let mut backoff = FIRST;
+                loop {
+                    let woken = wake.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
+                    let waiting = match weak.upgrade() {
+                        Some(inner) => !lock(&inner.retry).is_empty(),
+                        None => break,
+                    };
+                    if !waiting {
+                        backoff = FIRST;
+                        woken.await;
+                        continue;
+                    }
+                    // The backoff between tries (a timer, not a synchronisation).
+                    tokio::time::sleep(backoff).await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    backoff = if (Engine { inner }).retry_relay().await {
+                        FIRST
+                    } else {
+                        (backoff * 2).min(Duration::from_secs(2))
+                    };
+                }
+            }
+        });
         let relay_task = tokio::spawn({
             let weak = weak.clone();
             let mut stream = relay_stream;
@@ -318,7 +372,7 @@ impl Engine {
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([relay_task, presence_task, sweep_task]);
+            .extend([relay_task, presence_task, sweep_task, retry_task]);
         Ok(engine)
     }
 
@@ -850,18 +904,92 @@ impl Engine {
         );
     }
 
-    async fn relay_send(&self, node: NodeId, env: Envelope) {
-        match self.inner.a.relay.send(node, env).await {
+    /// Sends `env` to `node`; on failure keeps it for another try when `retry` (see
+    /// [`EngineConfig::relay_retry_for`]).
+    async fn relay_send(&self, node: NodeId, env: Envelope, retry: bool) {
+        let inner = &self.inner;
+        let (attempt, kept) = if retry && !inner.config.relay_retry_for.is_zero() {
+            (env.clone(), Some(env))
+        } else {
+            (env, None)
+        };
+        match inner.a.relay.send(node, attempt).await {
             Ok(()) => {
-                self.inner.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
+                inner.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                self.inner
-                    .stats
-                    .relay_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                inner.stats.relay_failures.fetch_add(1, Ordering::Relaxed);
+                let Some(env) = kept else {
+                    tracing::warn!(node = %node, error = %e,
+                        "relay send failed: those members get it on catch-up");
+                    return;
+                };
                 tracing::warn!(node = %node, error = %e,
-                    "relay send failed: those members get it on catch-up");
+                    "relay send failed: kept for another try (and those members catch up anyway)");
+                let first = {
+                    let mut q = lock(&inner.retry);
+                    q.push_back((node, env, Instant::now()));
+                    let mut dropped = 0;
+                    while q.len() > inner.config.relay_retry_capacity {
+                        q.pop_front();
+                        dropped += 1;
+                    }
+                    if dropped > 0 {
+                        inner
+                            .stats
+                            .relay_dropped
+                            .fetch_add(dropped, Ordering::Relaxed);
+                    }
+                    q.len() == 1
+                };
+                if first {
+                    inner.retry_wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Resends the envelopes waiting for another try, oldest first, until one fails
+    /// (it goes back to the front; false) or none is left (true). Those older than
+    /// [`EngineConfig::relay_retry_for`] are dropped.
+    async fn retry_relay(&self) -> bool {
+        let inner = &self.inner;
+        loop {
+            let next = {
+                let mut q = lock(&inner.retry);
+                let now = Instant::now();
+                let mut dropped = 0;
+                while q.front().is_some_and(|(_, _, at)| {
+                    now.duration_since(*at) > inner.config.relay_retry_for
+                }) {
+                    q.pop_front();
+                    dropped += 1;
+                }
+                if dropped > 0 {
+                    inner
+                        .stats
+                        .relay_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        dropped,
+                        "relay: envelopes given up after failed sends; \
+                        those members get them on catch-up"
+                    );
+                }
+                q.pop_front()
+            };
+            let Some((node, env, at)) = next else {
+                return true;
+            };
+            match inner.a.relay.send(node, env.clone()).await {
+                Ok(()) => {
+                    inner.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
+                    inner.stats.relay_retried.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    lock(&inner.retry).push_front((node, env, at));
+                    return false;
+                }
             }
         }
     }
@@ -1070,6 +1198,8 @@ impl Engine {
                 by_node.entry(n).or_default().push(user.clone());
             }
         }
+        // A typing indicator is worth nothing late: not kept for another try.
+        let retry = d.kind != "typing";
         let sends = by_node.into_iter().map(|(node, users)| {
             self.relay_send(
                 node,
@@ -1080,6 +1210,7 @@ impl Engine {
                     order: None,
                     frame: encoded.clone(),
                 },
+                retry,
             )
         });
         futures::future::join_all(sends).await;
