@@ -8,13 +8,20 @@
 //! `message_sent`, queueing them on the outboxes and draining them (the transport's
 //! writes are not included: they are the server's, see `conn.rs`).
 //!
+//! The SQLite case runs the same sends on the server binary's default store (an empty
+//! data directory under the system's temp directory, removed afterwards; full sync):
+//! everything the store does on its own threads is counted too.
+//!
 //! Run with `cargo bench -p messenger-bench --bench allocs`.
 
 use std::alloc::System;
 
 use messenger_core::engine::{Engine, EngineConfig, Session};
 use messenger_core::{NodeId, UserId};
+use std::sync::Arc;
+
 use messenger_storage_mem::MemBackend;
+use messenger_storage_sqlite::{SqliteOptions, SqliteStore};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -30,24 +37,34 @@ fn main() {
         .build()
         .expect("runtime");
     println!("{:<44} {:>12} {:>14}", "case", "allocs/send", "bytes/send");
-    for (name, single_node, members) in [
-        ("direct, single node, in-memory store", true, 2),
-        ("direct, cluster mode (directory lookup)", false, 2),
-        ("group of 10, single node", true, 10),
-        ("group of 100, single node", true, 100),
+    for (name, single_node, members, sqlite) in [
+        ("direct, single node, in-memory store", true, 2, false),
+        ("direct, cluster mode (directory lookup)", false, 2, false),
+        ("group of 10, single node", true, 10, false),
+        ("group of 100, single node", true, 100, false),
+        ("direct, single node, SQLite store", true, 2, true),
     ] {
-        let (allocs, bytes) = rt.block_on(case(single_node, members));
+        let (allocs, bytes) = rt.block_on(case(single_node, members, sqlite));
         println!("{name:<44} {allocs:>12.1} {bytes:>14.0}");
     }
 }
 
-/// Allocations and bytes per send for one sender in a thread of `members`.
-async fn case(single_node: bool, members: usize) -> (f64, f64) {
+/// Allocations and bytes per send for one sender in a thread of `members`, on the
+/// in-memory stores or (`sqlite`) on the SQLite store.
+async fn case(single_node: bool, members: usize, sqlite: bool) -> (f64, f64) {
     let mut config = EngineConfig::default();
     config.single_node = single_node;
-    let engine = Engine::start(config, MemBackend::new().adapters(NodeId::default()))
-        .await
-        .expect("engine");
+    let mut adapters = MemBackend::new().adapters(NodeId::default());
+    let dir = std::env::temp_dir().join(format!("messenger-allocs-{}", std::process::id()));
+    if sqlite {
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(SqliteOptions::new(&dir))
+            .await
+            .expect("sqlite store");
+        adapters.messages = Arc::new(store.clone());
+        adapters.threads = Arc::new(store);
+    }
+    let engine = Engine::start(config, adapters).await.expect("engine");
     let mut sessions: Vec<Session> = Vec::with_capacity(members);
     for i in 0..members {
         let user = UserId::new(format!("u{i}")).expect("id");
@@ -101,6 +118,11 @@ async fn case(single_node: bool, members: usize) -> (f64, f64) {
         }
     }
     let stats = region.expect("measured").change();
+    engine.shutdown();
+    drop(engine);
+    if sqlite {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let per = |v: usize| v as f64 / SENDS as f64;
     (
         per(stats.allocations + stats.reallocations),
