@@ -274,3 +274,40 @@ async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
     assert_eq!(n1.stats().relay_retried.load(Relaxed), 2);
     assert_eq!(n1.stats().relay_dropped.load(Relaxed), 0);
 }
+
+/// Past `relay_retry_capacity` the oldest kept envelopes are given up and counted.
+#[tokio::test]
+async fn kept_envelopes_past_the_capacity_are_dropped_oldest_first() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let backend = MemBackend::new();
+    let mut adapters = backend.adapters(node(1));
+    let relay = Arc::new(SwitchedRelay {
+        inner: adapters.relay.clone(),
+        down: true.into(),
+    });
+    adapters.relay = relay.clone();
+    let mut c = config(1);
+    c.relay_retry_capacity = 1;
+    let n1 = engine_with(adapters, c).await;
+    let n2 = engine_with(backend.adapters(node(2)), config(2)).await;
+    let mut a = Client::connect(&n1, "alice").await;
+    let mut b = Client::connect(&n2, "bob").await;
+    let t = thread_between(&mut a, &["bob"]).await;
+    a.send(json!({"type":"send_message","thread_id":t,"temp_id":"y","text":"the newest"}))
+        .await;
+    assert!(matches!(a.recv().await, ServerFrame::MessageSent { .. }));
+    // The thread frame was dropped for the message: only the newest is kept.
+    assert_eq!(n1.stats().relay_dropped.load(Relaxed), 1);
+    relay.down.store(false, Relaxed);
+    match b.next_item(Duration::from_secs(30)).await {
+        Some(messenger_core::engine::OutboxItem::Frame(out)) => {
+            let text = std::str::from_utf8(&out.frame).expect("utf-8");
+            assert!(
+                matches!(ServerFrame::decode(text).expect("frame"), ServerFrame::ReceiveMessage { text, .. } if text == "the newest"),
+                "{text}"
+            );
+        }
+        other => panic!("bob: {other:?}"),
+    }
+}

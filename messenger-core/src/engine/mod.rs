@@ -929,17 +929,8 @@ impl Engine {
                 let first = {
                     let mut q = lock(&inner.retry);
                     q.push_back((node, env, Instant::now()));
-                    let mut dropped = 0;
-                    while q.len() > inner.config.relay_retry_capacity {
-                        q.pop_front();
-                        dropped += 1;
-                    }
-                    if dropped > 0 {
-                        inner
-                            .stats
-                            .relay_dropped
-                            .fetch_add(dropped, Ordering::Relaxed);
-                    }
+                    let cap = inner.config.relay_retry_capacity;
+                    self.drop_kept(&mut q, |q| q.len() > cap);
                     q.len() == 1
                 };
                 if first {
@@ -947,6 +938,25 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Drops the oldest kept envelopes while `over` says so; counts and returns them.
+    fn drop_kept(
+        &self,
+        q: &mut VecDeque<(NodeId, Envelope, Instant)>,
+        over: impl Fn(&VecDeque<(NodeId, Envelope, Instant)>) -> bool,
+    ) -> u64 {
+        let mut dropped = 0;
+        while over(q) && q.pop_front().is_some() {
+            dropped += 1;
+        }
+        if dropped > 0 {
+            self.inner
+                .stats
+                .relay_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        dropped
     }
 
     /// Resends the envelopes waiting for another try, oldest first, until one fails
@@ -958,18 +968,12 @@ impl Engine {
             let next = {
                 let mut q = lock(&inner.retry);
                 let now = Instant::now();
-                let mut dropped = 0;
-                while q.front().is_some_and(|(_, _, at)| {
-                    now.duration_since(*at) > inner.config.relay_retry_for
-                }) {
-                    q.pop_front();
-                    dropped += 1;
-                }
+                let keep = inner.config.relay_retry_for;
+                let dropped = self.drop_kept(&mut q, |q| {
+                    q.front()
+                        .is_some_and(|(_, _, at)| now.duration_since(*at) > keep)
+                });
                 if dropped > 0 {
-                    inner
-                        .stats
-                        .relay_dropped
-                        .fetch_add(dropped, Ordering::Relaxed);
                     tracing::warn!(
                         dropped,
                         "relay: envelopes given up after failed sends; \
