@@ -221,12 +221,12 @@ impl messenger_core::Relay for SwitchedRelay {
     }
 }
 
-/// What a relay outage kept back reaches the other node live once the relay is back:
-/// the member there gets the thread and the message without a reconnect.
-#[tokio::test]
-async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
-    use std::sync::atomic::Ordering::Relaxed;
-
+/// Two nodes on one in-memory backend, node 1 (with `config`) behind a relay that is
+/// down; alice on node 1 has created a thread with bob on node 2. Returns the relay's
+/// switch, node 1, alice, bob and the thread.
+async fn relay_down_pair(
+    config1: messenger_core::engine::EngineConfig,
+) -> (Arc<SwitchedRelay>, Engine, Client, Client, String) {
     let backend = MemBackend::new();
     let mut adapters = backend.adapters(node(1));
     let relay = Arc::new(SwitchedRelay {
@@ -234,11 +234,21 @@ async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
         down: true.into(),
     });
     adapters.relay = relay.clone();
-    let n1 = engine_with(adapters, config(1)).await;
+    let n1 = engine_with(adapters, config1).await;
     let n2 = engine_with(backend.adapters(node(2)), config(2)).await;
     let mut a = Client::connect(&n1, "alice").await;
-    let mut b = Client::connect(&n2, "bob").await;
+    let b = Client::connect(&n2, "bob").await;
     let t = thread_between(&mut a, &["bob"]).await;
+    (relay, n1, a, b, t)
+}
+
+/// What a relay outage kept back reaches the other node live once the relay is back:
+/// the member there gets the thread and the message without a reconnect.
+#[tokio::test]
+async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let (relay, n1, mut a, mut b, t) = relay_down_pair(config(1)).await;
     a.send(json!({"type":"send_message","thread_id":t,"temp_id":"x","text":"kept"}))
         .await;
     let seq = match a.recv().await {
@@ -280,20 +290,9 @@ async fn envelopes_lost_to_a_relay_outage_are_sent_again_when_it_is_back() {
 async fn kept_envelopes_past_the_capacity_are_dropped_oldest_first() {
     use std::sync::atomic::Ordering::Relaxed;
 
-    let backend = MemBackend::new();
-    let mut adapters = backend.adapters(node(1));
-    let relay = Arc::new(SwitchedRelay {
-        inner: adapters.relay.clone(),
-        down: true.into(),
-    });
-    adapters.relay = relay.clone();
     let mut c = config(1);
     c.relay_retry_capacity = 1;
-    let n1 = engine_with(adapters, c).await;
-    let n2 = engine_with(backend.adapters(node(2)), config(2)).await;
-    let mut a = Client::connect(&n1, "alice").await;
-    let mut b = Client::connect(&n2, "bob").await;
-    let t = thread_between(&mut a, &["bob"]).await;
+    let (relay, n1, mut a, mut b, t) = relay_down_pair(c).await;
     a.send(json!({"type":"send_message","thread_id":t,"temp_id":"y","text":"the newest"}))
         .await;
     assert!(matches!(a.recv().await, ServerFrame::MessageSent { .. }));
