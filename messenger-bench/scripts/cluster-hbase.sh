@@ -74,13 +74,7 @@ redis_pid=$!
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 log "HBase ($HBASE_PROFILE) at $ADDR, Redis on $REDIS_PORT"
 
-hbase_cpu() {
-  local t=0 p
-  for p in $HBASE_PIDS; do
-    t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
-  done
-  echo "$t"
-}
+. messenger-bench/scripts/hbase-cpu.sh
 
 # start_nodes NAME COUNT [env assignments...]: COUNT nodes on fresh tables and a fresh
 # key prefix; sets URLS and SPIDS.

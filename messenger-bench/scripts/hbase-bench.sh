@@ -62,14 +62,7 @@ trap 'scripts/hbase.sh stop >/dev/null 2>&1 || true' EXIT
 log "HBase ($HBASE_PROFILE) at $ADDR"
 HBASE_PIDS="$(cat "$HBASE_RUN_DIR"/master.pid "$HBASE_RUN_DIR"/thrift.pid 2>/dev/null | tr '\n' ' ')"
 
-# user+system CPU seconds of the HBase JVMs (master with the region server, gateway).
-hbase_cpu() {
-  local t=0 p
-  for p in $HBASE_PIDS; do
-    t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
-  done
-  echo "$t"
-}
+. messenger-bench/scripts/hbase-cpu.sh
 
 SERVER_FLAGS=(--max-connections 1000000 --rate-limit 100000000 --rate-burst 100000000)
 PIDS=()
